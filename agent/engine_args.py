@@ -1,0 +1,157 @@
+"""The allow-list of engine arguments, per engine: one importable place for both sides.
+
+The control plane imports :data:`ENGINE_ARGS` and :func:`validate_engine_args` to validate what
+an operator asks for; the agent validates again before building a command line. Anything not
+listed here is rejected: engine arguments become argv of a process on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+ArgKind = Literal["bool", "int", "float", "str"]
+ArgValue = bool | int | float | str
+
+# Conservative token for free-form string values (dtype names, quantization methods): no
+# whitespace, no leading dash (it would read as a flag), bounded length.
+_SAFE_STR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    """One allowed engine argument.
+
+    ``flag`` is the command-line flag the value maps to. For ``bool`` arguments the flag is
+    passed alone when the value is true and ``false_flag`` (if any) when it is false; otherwise
+    a false value passes nothing. ``minimum``/``maximum`` are inclusive bounds for numbers.
+    """
+
+    kind: ArgKind
+    flag: str
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+    false_flag: str | None = None
+
+
+ENGINE_ARGS: dict[str, dict[str, ArgSpec]] = {
+    "vllm": {
+        "tensor_parallel_size": ArgSpec(
+            "int", "--tensor-parallel-size", "GPUs to shard the model over", 1, 64
+        ),
+        "max_model_len": ArgSpec(
+            "int", "--max-model-len", "context length in tokens", 16, 10_000_000
+        ),
+        "dtype": ArgSpec(
+            "str",
+            "--dtype",
+            "weights and activations dtype",
+            choices=("auto", "half", "float16", "bfloat16", "float", "float32"),
+        ),
+        "quantization": ArgSpec("str", "--quantization", "quantization method, e.g. awq, fp8"),
+        "gpu_memory_utilization": ArgSpec(
+            "float", "--gpu-memory-utilization", "fraction of GPU memory vLLM may use", 0.05, 1.0
+        ),
+        "enable_prefix_caching": ArgSpec(
+            "bool",
+            "--enable-prefix-caching",
+            "automatic prefix caching",
+            false_flag="--no-enable-prefix-caching",
+        ),
+        "max_num_seqs": ArgSpec(
+            "int", "--max-num-seqs", "maximum concurrent sequences per step", 1, 65_536
+        ),
+        "kv_cache_dtype": ArgSpec("str", "--kv-cache-dtype", "KV-cache dtype, e.g. auto, fp8"),
+        "trust_remote_code": ArgSpec(
+            "bool", "--trust-remote-code", "run model code from the Hugging Face repo"
+        ),
+        "enforce_eager": ArgSpec("bool", "--enforce-eager", "disable CUDA graphs"),
+    },
+    "mock": {
+        "token_rate": ArgSpec(
+            "float", "--token-rate", "tokens per second per request; 0 = no delay", 0, 1_000_000
+        ),
+        "default_max_tokens": ArgSpec(
+            "int", "--default-max-tokens", "completion length when none is asked", 1, 1_000_000
+        ),
+        "startup_delay_s": ArgSpec(
+            "float", "--startup-delay-s", "seconds before /health answers 200", 0, 3600
+        ),
+        "embedding_dim": ArgSpec("int", "--embedding-dim", "embedding vector size", 1, 65_536),
+    },
+}
+
+
+def _check_value(engine: str, name: str, spec: ArgSpec, value: object) -> ArgValue:
+    field = f"engine_args.{name}"
+    if spec.kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{field}: must be a boolean")
+        return value
+    if spec.kind == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"{field}: must be a string")
+        if spec.choices is not None:
+            if value not in spec.choices:
+                raise ValueError(f"{field}: must be one of {', '.join(spec.choices)}")
+        elif not _SAFE_STR.match(value):
+            raise ValueError(f"{field}: must be a short token of letters, digits, '_', '.', '-'")
+        return value
+    number: int | float
+    if spec.kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{field}: must be an integer")
+        number = value
+    else:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{field}: must be a number")
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"{field}: must be finite")
+    if spec.minimum is not None and number < spec.minimum:
+        raise ValueError(f"{field}: must be >= {spec.minimum:g}")
+    if spec.maximum is not None and number > spec.maximum:
+        raise ValueError(f"{field}: must be <= {spec.maximum:g}")
+    return number
+
+
+def validate_engine_args(engine: str, args: Mapping[str, object]) -> dict[str, ArgValue]:
+    """Return ``args`` checked against the allow-list of ``engine``, floats normalised.
+
+    Raises ``ValueError`` whose message starts with the offending field
+    (``engine_args.<name>: ...``) for an unknown engine, an unknown argument, a wrong type, or
+    a value out of bounds. Pure function; never mutates ``args``.
+    """
+    allowed = ENGINE_ARGS.get(engine)
+    if allowed is None:
+        raise ValueError(f"engine: unknown engine {engine!r}")
+    clean: dict[str, ArgValue] = {}
+    for name, value in args.items():
+        spec = allowed.get(name)
+        if spec is None:
+            raise ValueError(f"engine_args.{name}: unknown argument for engine {engine!r}")
+        clean[name] = _check_value(engine, name, spec, value)
+    return clean
+
+
+def engine_args_to_argv(engine: str, args: Mapping[str, object]) -> list[str]:
+    """Validate ``args`` and map them to command-line flags, in a stable (sorted) order."""
+    clean = validate_engine_args(engine, args)
+    allowed = ENGINE_ARGS[engine]
+    argv: list[str] = []
+    for name in sorted(clean):
+        spec, value = allowed[name], clean[name]
+        if spec.kind == "bool":
+            flag = spec.flag if value else spec.false_flag
+            if flag is not None:
+                argv.append(flag)
+        elif isinstance(value, float):
+            argv += [spec.flag, repr(value)]
+        else:
+            argv += [spec.flag, str(value)]
+    return argv

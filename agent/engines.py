@@ -1,0 +1,105 @@
+"""Command lines for the engines the agent can run.
+
+:func:`build_command` turns an :class:`~agent.protocol.EngineSpec` into argv and environment.
+Guarantees: engine arguments are validated against :mod:`agent.engine_args` first (so an
+unknown argument never reaches argv), the engine API key travels in the environment rather
+than argv (argv is visible in ``ps``), and the agent's own secrets are removed from the
+child's environment.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.engine_args import engine_args_to_argv
+from agent.protocol import EngineSpec
+
+# Environment variables of the agent that the engine must never see.
+_AGENT_SECRETS = ("INVENTIV_BOOTSTRAP_TOKEN",)
+
+VLLM_EXECUTABLE = "vllm"
+
+
+@dataclass(frozen=True)
+class EngineCommand:
+    """What to execute. ``env`` is the complete environment of the child."""
+
+    argv: list[str]
+    env: dict[str, str]
+
+
+def _base_env(base: Mapping[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    for name in _AGENT_SECRETS:
+        env.pop(name, None)
+    return env
+
+
+def build_vllm_command(
+    spec: EngineSpec, base_env: Mapping[str, str] | None = None
+) -> EngineCommand:
+    """``vllm serve <model_id> ...``; the API key is passed as ``VLLM_API_KEY``."""
+    argv = [
+        VLLM_EXECUTABLE,
+        "serve",
+        spec.model_id,
+        "--served-model-name",
+        spec.served_model_name,
+        "--host",
+        spec.host,
+        "--port",
+        str(spec.port),
+        *engine_args_to_argv("vllm", spec.engine_args),
+    ]
+    env = _base_env(base_env)
+    env["VLLM_API_KEY"] = spec.api_key
+    return EngineCommand(argv=argv, env=env)
+
+
+def build_mock_command(
+    spec: EngineSpec, base_env: Mapping[str, str] | None = None
+) -> EngineCommand:
+    """``python -m agent.mock_engine ...``; the API key is passed as ``MOCK_ENGINE_API_KEY``."""
+    argv = [
+        sys.executable,
+        "-m",
+        "agent.mock_engine",
+        "--host",
+        spec.host,
+        "--port",
+        str(spec.port),
+        "--served-model-name",
+        spec.served_model_name,
+        "--model-id",
+        spec.model_id,
+        *engine_args_to_argv("mock", spec.engine_args),
+    ]
+    env = _base_env(base_env)
+    env["MOCK_ENGINE_API_KEY"] = spec.api_key
+    # The child must import this very package, however the agent itself was started.
+    package_root = str(Path(__file__).resolve().parent.parent)
+    existing = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = package_root if not existing else f"{package_root}{os.pathsep}{existing}"
+    return EngineCommand(argv=argv, env=env)
+
+
+def build_command(spec: EngineSpec, base_env: Mapping[str, str] | None = None) -> EngineCommand:
+    """Dispatch on ``spec.engine``. Raises ``ValueError`` naming the field for bad engine args."""
+    if spec.engine == "vllm":
+        return build_vllm_command(spec, base_env)
+    return build_mock_command(spec, base_env)
+
+
+def probe_host(bind_host: str) -> str:
+    """The address the agent uses to reach an engine bound to ``bind_host`` on this machine."""
+    if bind_host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if bind_host == "::":
+        return "[::1]"
+    if ":" in bind_host and not bind_host.startswith("["):
+        return f"[{bind_host}]"
+    return bind_host

@@ -1,0 +1,129 @@
+"""The wire protocol between the agent and the control plane, version 1.
+
+Both sides import this module: the agent (which never imports Django) and the control plane's
+internal agent API. Everything that crosses the wire is one of these models, serialised as JSON.
+
+Flow (pull-based, works behind NAT):
+
+1. The machine boots with a one-time, short-lived bootstrap token bound to one instance.
+   ``POST {control_plane}/internal/agent/v1/register`` with :class:`RegisterRequest`.
+   The answer, :class:`RegisterResponse`, carries the per-instance credential the agent uses
+   from then on as ``Authorization: Bearer <credential>``, and the first desired state.
+2. Every ``heartbeat_interval_s`` the agent sends :class:`Heartbeat` to
+   ``POST {control_plane}/internal/agent/v1/heartbeat``; the answer, :class:`HeartbeatResponse`,
+   carries the desired state (serve this engine, drain, stop).
+3. A 401 or 403 on heartbeat means the control plane no longer knows this instance: the agent
+   stops its engine and exits. Errors are OpenAI-shaped JSON: ``{"error": {"message", "type",
+   "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = 1
+REGISTER_PATH = "/internal/agent/v1/register"
+HEARTBEAT_PATH = "/internal/agent/v1/heartbeat"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class GpuInfo(_Message):
+    name: str
+    memory_mib: int = Field(ge=0)
+
+
+class EngineSpec(_Message):
+    """What the engine must serve. ``api_key`` is the per-instance engine secret."""
+
+    engine: Literal["vllm", "mock"]
+    model_id: str
+    served_model_name: str
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    api_key: str
+    host: str = "0.0.0.0"
+    port: int = Field(ge=1, le=65535)
+
+
+class DesiredAction(StrEnum):
+    SERVE = "serve"  # run the engine described by ``engine``
+    DRAIN = "drain"  # accept no new work; report DRAINED once in-flight requests are done
+    STOP = "stop"  # stop the engine and exit
+
+
+class Desired(_Message):
+    action: DesiredAction
+    engine: EngineSpec | None = None
+
+
+class AgentState(StrEnum):
+    STARTING = "starting"  # engine process started, not yet healthy/listed/warmed up
+    READY = "ready"  # engine healthy, model listed, warm-up completion answered
+    ENGINE_DOWN = "engine_down"  # engine crashed or unhealthy; the agent is restarting it
+    DRAINING = "draining"  # desired=drain, requests still in flight
+    DRAINED = "drained"  # desired=drain and nothing in flight
+    STOPPING = "stopping"  # shutting down (desired=stop or SIGTERM)
+
+
+class RegisterRequest(_Message):
+    protocol_version: int = PROTOCOL_VERSION
+    bootstrap_token: str
+    agent_version: str
+    hostname: str
+    gpus: list[GpuInfo] = Field(default_factory=list)
+    # Base URL at which the engine will be reachable, as the machine sees itself. The control
+    # plane may prefer the address the provider reported.
+    advertise_host: str | None = None
+
+
+class RegisterResponse(_Message):
+    protocol_version: int = PROTOCOL_VERSION
+    instance_id: str
+    credential: str
+    heartbeat_interval_s: float
+    desired: Desired
+
+
+class EngineStatus(_Message):
+    healthy: bool = False
+    model_listed: bool = False
+    warmed_up: bool = False
+    restarts: int = 0
+    pid: int | None = None
+    last_error: str | None = None
+
+
+class EngineMetrics(_Message):
+    """Scraped from the engine's Prometheus ``/metrics`` (vLLM metric names)."""
+
+    requests_running: float = 0.0  # vllm:num_requests_running
+    requests_waiting: float = 0.0  # vllm:num_requests_waiting
+    kv_cache_usage: float = 0.0  # vllm:kv_cache_usage_perc (0..1), or gpu_cache_usage_perc
+    prompt_tokens_total: float = 0.0  # vllm:prompt_tokens_total
+    generation_tokens_total: float = 0.0  # vllm:generation_tokens_total
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Heartbeat(_Message):
+    protocol_version: int = PROTOCOL_VERSION
+    instance_id: str
+    state: AgentState
+    engine: EngineStatus = Field(default_factory=EngineStatus)
+    metrics: EngineMetrics | None = None
+    gpus: list[GpuInfo] = Field(default_factory=list)
+    sent_at: datetime = Field(default_factory=_now)
+
+
+class HeartbeatResponse(_Message):
+    protocol_version: int = PROTOCOL_VERSION
+    heartbeat_interval_s: float
+    desired: Desired
