@@ -1,0 +1,11 @@
+from django.db import models
+
+
+class Role(models.TextChoices):
+    OWNER = "owner", "Owner"  # everything, including members and deleting the organization
+    ADMIN = "admin", "Admin"  # manage model codes, deployments, API keys
+    MEMBER = "member", "Member"  # read, and use the organization's API keys
+
+
+# Roles allowed to change the organization's resources.
+MANAGER_ROLES = frozenset({Role.OWNER, Role.ADMIN})

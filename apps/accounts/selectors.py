@@ -1,0 +1,56 @@
+"""Reads for organizations, access-checked: someone else's organization is simply not found."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+
+from apps.accounts.choices import MANAGER_ROLES, Role
+from apps.accounts.models import Membership, Organization, User
+from inventiv.errors import Forbidden, NotFound
+
+
+def organization_list_for_user(*, user: User) -> QuerySet[Organization]:
+    return Organization.objects.filter(memberships__user=user).order_by("id")
+
+
+def membership_get(*, user: User, organization_slug: str) -> Membership:
+    membership = (
+        Membership.objects.select_related("organization")
+        .filter(user=user, organization__slug=organization_slug)
+        .first()
+    )
+    if membership is None:
+        raise NotFound("No such organization.", param="organization")
+    return membership
+
+
+def organization_get_for_user(
+    *, user: User, slug: str | None, manage: bool = False
+) -> Organization:
+    """The organization ``slug`` (default: the user's personal one), if the user belongs to it.
+
+    With ``manage=True`` the user must be an owner or admin (403 otherwise).
+    """
+    if slug:
+        membership = membership_get(user=user, organization_slug=slug)
+    else:
+        found = (
+            Membership.objects.select_related("organization")
+            .filter(user=user)
+            .order_by("-organization__personal", "organization_id")
+            .first()
+        )
+        if found is None:
+            raise NotFound("You belong to no organization.", param="organization")
+        membership = found
+    if manage and Role(membership.role) not in MANAGER_ROLES:
+        raise Forbidden("Only an owner or admin of this organization may do this.")
+    return membership.organization
+
+
+def user_is_member(*, user_id: int, organization_id: int) -> bool:
+    return Membership.objects.filter(user_id=user_id, organization_id=organization_id).exists()
+
+
+def organization_ids_for_user(*, user: User) -> list[int]:
+    return list(Membership.objects.filter(user=user).values_list("organization_id", flat=True))

@@ -1,0 +1,62 @@
+"""Writes for users, organizations and memberships."""
+
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+from django.utils.crypto import get_random_string
+from django.utils.text import slugify
+
+from apps.accounts.choices import Role
+from apps.accounts.models import Membership, Organization, User
+from inventiv.errors import Conflict
+
+
+def _unique_slug(base: str) -> str:
+    root = (slugify(base) or "org")[:48]
+    slug = root
+    while Organization.objects.filter(slug=slug).exists():
+        slug = f"{root}-{get_random_string(6, 'abcdefghijklmnopqrstuvwxyz0123456789')}"
+    return slug
+
+
+def organization_create(*, name: str, owner: User, personal: bool = False) -> Organization:
+    """Create an organization with ``owner`` as its owner. Atomic."""
+    with transaction.atomic():
+        org = Organization.objects.create(name=name, slug=_unique_slug(name), personal=personal)
+        Membership.objects.create(user=owner, organization=org, role=Role.OWNER)
+    return org
+
+
+def organization_ensure_personal(*, user: User) -> Organization:
+    """Return the user's personal organization, creating it if missing. Idempotent."""
+    existing = Organization.objects.filter(
+        personal=True, memberships__user=user, memberships__role=Role.OWNER
+    ).first()
+    if existing is not None:
+        return existing
+    return organization_create(
+        name=user.email.split("@")[0] or "personal", owner=user, personal=True
+    )
+
+
+def user_create(
+    *, email: str, password: str | None, name: str = "", is_staff: bool = False
+) -> User:
+    """Create a user and their personal organization, atomically."""
+    with transaction.atomic():
+        try:
+            if is_staff:
+                user = User.objects.create_superuser(email=email, password=password, name=name)
+            else:
+                user = User.objects.create_user(email=email, password=password, name=name)
+        except IntegrityError:
+            raise Conflict("A user with this email already exists.", param="email") from None
+        organization_ensure_personal(user=user)
+    return user
+
+
+def membership_set(*, organization: Organization, user: User, role: Role) -> Membership:
+    membership, _ = Membership.objects.update_or_create(
+        organization=organization, user=user, defaults={"role": role}
+    )
+    return membership

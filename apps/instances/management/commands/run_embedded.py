@@ -1,0 +1,57 @@
+"""Run the whole platform in one process: web + gateway (uvicorn), a Celery worker (threads)
+and beat, on whatever settings say (the embedded default: SQLite, in-memory broker/layer)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import uvicorn
+from celery.beat import EmbeddedService
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from inventiv.celery import app as celery_app
+
+logger = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = "Run web, gateway, worker and beat in one process (the embedded mode)."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--concurrency", type=int, default=4)
+        parser.add_argument("--no-beat", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if not settings.EMBEDDED and settings.CELERY_BROKER_URL.startswith("memory"):
+            raise CommandError("inconsistent settings: memory broker outside the embedded mode")
+        worker = celery_app.WorkController(
+            pool_cls="threads",
+            concurrency=options["concurrency"],
+            loglevel="INFO",
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+        )
+        threading.Thread(target=worker.start, name="celery-worker", daemon=True).start()
+        beat = None
+        if not options["no_beat"]:
+            beat = EmbeddedService(celery_app, thread=True, scheduler_cls="celery.beat:Scheduler")
+            beat.start()
+        try:
+            uvicorn.run(
+                "inventiv.asgi:application",
+                host=options["host"],
+                port=options["port"],
+                lifespan="off",
+                log_level="warning",
+                timeout_graceful_shutdown=5,
+            )
+        finally:
+            if beat is not None:
+                beat.stop()
+            worker.stop(in_sighandler=False)

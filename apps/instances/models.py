@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+from django.db import models
+
+from apps.accounts.models import Organization
+from apps.instances.choices import InstanceStatus, ProviderKind
+from apps.models.models import LlmModel
+
+
+class Provider(models.Model):
+    """A source of machines, connected by an operator. Credentials are encrypted at rest."""
+
+    name = models.CharField(max_length=64, unique=True)
+    kind = models.CharField(max_length=16, choices=ProviderKind.choices)
+    enabled = models.BooleanField(default=True)
+    # Non-secret settings (region, zones, project id, image, subnet...), per kind.
+    config = models.JSONField(default=dict, blank=True)
+    credentials_encrypted = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(kind__in=ProviderKind.values), name="provider_kind_valid"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class InstanceType(models.Model):
+    """A machine type a provider sells (e.g. Scaleway ``L4-1-24G``: 1×L4, 24 GB)."""
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="instance_types")
+    code = models.CharField(max_length=64)
+    gpu_model = models.CharField(max_length=64, blank=True)
+    gpu_count = models.PositiveSmallIntegerField(default=0)
+    vram_per_gpu_gb = models.PositiveIntegerField(default=0)
+    vcpus = models.PositiveIntegerField(default=0)
+    ram_gb = models.PositiveIntegerField(default=0)
+    hourly_price = models.DecimalField(max_digits=10, decimal_places=4, default=Decimal("0"))
+    currency = models.CharField(max_length=3, default="EUR")
+    # {"zone": "available" | "scarce" | "shortage"}, refreshed by the catalog sync.
+    availability = models.JSONField(default=dict, blank=True)
+    active = models.BooleanField(default=True)
+    synced_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "code"], name="instancetype_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider.name}/{self.code}"
+
+
+class Instance(models.Model):
+    """One machine serving one model code. Its status changes only through
+    ``apps.instances.services.instance_transition`` (compare-and-set + history)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="instances"
+    )
+    llm_model = models.ForeignKey(LlmModel, on_delete=models.PROTECT, related_name="instances")
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="instances")
+    instance_type = models.ForeignKey(
+        InstanceType, null=True, blank=True, on_delete=models.PROTECT, related_name="instances"
+    )
+    zone = models.CharField(max_length=64, blank=True)
+    status = models.CharField(
+        max_length=24, choices=InstanceStatus.choices, default=InstanceStatus.PROVISIONING
+    )
+    status_reason = models.CharField(max_length=500, blank=True)
+    status_changed_at = models.DateTimeField()
+    # The last failure, kept after cleanup so that "terminated" still says why.
+    failure_reason = models.CharField(max_length=500, blank=True)
+    # The provider's id for the machine, recorded the moment we have it.
+    provider_resource_id = models.CharField(max_length=255, blank=True)
+    provider_data = models.JSONField(default=dict, blank=True)
+    public_ip = models.CharField(max_length=64, blank=True)
+    engine_host = models.CharField(max_length=255, blank=True)
+    engine_port = models.PositiveIntegerField(default=8000)
+    engine_secret_encrypted = models.TextField()
+    bootstrap_token_hash = models.CharField(max_length=64, blank=True, db_index=True)
+    bootstrap_expires_at = models.DateTimeField(null=True, blank=True)
+    bootstrap_used_at = models.DateTimeField(null=True, blank=True)
+    credential_hash = models.CharField(max_length=64, blank=True, db_index=True)
+    registered_at = models.DateTimeField(null=True, blank=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    agent_state = models.CharField(max_length=24, blank=True)
+    engine_status = models.JSONField(default=dict, blank=True)
+    engine_metrics = models.JSONField(default=dict, blank=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    terminated_at = models.DateTimeField(null=True, blank=True)
+    # How many times a provision command was sent; bounds re-sends by the reconciler.
+    provision_attempts = models.PositiveSmallIntegerField(default=0)
+    hourly_price = models.DecimalField(max_digits=10, decimal_places=4, default=Decimal("0"))
+    replaces = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaced_by"
+    )
+    archived = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=InstanceStatus.values), name="instance_status_valid"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["status"], name="instance_status_idx"),
+            models.Index(fields=["llm_model", "status"], name="instance_model_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+    @property
+    def endpoint(self) -> str:
+        """Base URL of the engine's OpenAI API, as the gateway reaches it."""
+        host = self.engine_host or self.public_ip
+        return f"http://{host}:{self.engine_port}" if host else ""
+
+
+class InstanceEvent(models.Model):
+    """Append-only history of an instance: every status change with its reason."""
+
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=24, blank=True)
+    to_status = models.CharField(max_length=24)
+    reason = models.CharField(max_length=500)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.instance_id}: {self.from_status} -> {self.to_status}"
+
+
+class OrchestratorLock(models.Model):
+    """A named lease for singleton work (the reconciler), taken by compare-and-set so that it
+    works the same on PostgreSQL and SQLite and never blocks: a second taker just skips."""
+
+    name = models.CharField(max_length=64, primary_key=True)
+    holder = models.CharField(max_length=128, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    last_summary = models.JSONField(default=dict, blank=True)
+
+    def __str__(self) -> str:
+        return self.name

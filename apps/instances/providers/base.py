@@ -1,0 +1,138 @@
+"""The provider adapter interface: how the orchestrator gets machines from anywhere.
+
+Adapters are synchronous (cloud SDKs block) and run only in worker tasks, with timeouts, never
+on an event loop. Every machine is tagged with our instance id so that it can be found again
+after a lost response or a crash (``find_machine``) and swept when orphaned (``list_machines``).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from apps.instances.models import Provider
+
+# The tag (label) carrying our instance id on every cloud resource we create.
+INSTANCE_TAG = "inventiv-instance"
+# The tag marking a resource as ours at all (value: the platform's deployment name).
+MANAGED_TAG = "inventiv-managed"
+
+
+class ProviderError(Exception):
+    """A provider call failed. ``transient`` errors are retried; others fail the attempt."""
+
+    transient = False
+    code = "provider_error"
+
+    def __init__(self, message: str, *, transient: bool | None = None) -> None:
+        super().__init__(message)
+        if transient is not None:
+            self.transient = transient
+
+
+class TransientProviderError(ProviderError):
+    transient = True
+    code = "transient"
+
+
+class QuotaExceeded(ProviderError):
+    code = "quota_exceeded"
+
+
+class OutOfCapacity(ProviderError):
+    """No stock of this instance type in this zone right now."""
+
+    code = "out_of_capacity"
+
+
+class AuthenticationFailed(ProviderError):
+    code = "authentication_failed"
+
+
+class MachineNotFound(ProviderError):
+    code = "not_found"
+
+
+@dataclass(frozen=True)
+class InstanceTypeInfo:
+    """One entry of a provider's catalog."""
+
+    code: str
+    gpu_model: str
+    gpu_count: int
+    vram_per_gpu_gb: int
+    vcpus: int
+    ram_gb: int
+    hourly_price: Decimal
+    currency: str
+    # zone -> "available" | "scarce" | "shortage"
+    availability: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """What to create. ``instance_id`` is ours and goes in the tags."""
+
+    instance_id: str
+    instance_type: str
+    zone: str
+    # Everything the machine needs to start the agent and register.
+    control_plane_url: str
+    bootstrap_token: str
+    engine_port: int
+    boot_volume_gb: int = 100
+    user_data: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A machine as the provider sees it."""
+
+    provider_id: str
+    instance_id: str | None  # from our tag; None when untagged
+    state: str  # "pending" | "running" | "stopped" | "terminated" | provider-specific
+    zone: str = ""
+    public_ip: str | None = None
+    private_ip: str | None = None
+    created_at: datetime | None = None
+    # Attached resources that terminate must also release (volume ids, ip ids...).
+    attached: dict[str, list[str]] = field(default_factory=dict)
+
+
+class ProviderAdapter(abc.ABC):
+    kind: ClassVar[str]
+
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+
+    @abc.abstractmethod
+    def list_instance_types(self) -> list[InstanceTypeInfo]:
+        """The catalog, with prices and per-zone availability."""
+
+    @abc.abstractmethod
+    def create_machine(self, spec: MachineSpec) -> Machine:
+        """Create and power on. Idempotent: if a machine tagged ``spec.instance_id`` exists,
+        return it instead of creating another. Raises QuotaExceeded / OutOfCapacity /
+        TransientProviderError / AuthenticationFailed / ProviderError."""
+
+    @abc.abstractmethod
+    def find_machine(self, instance_id: str) -> Machine | None:
+        """The live machine tagged with our instance id, if any."""
+
+    @abc.abstractmethod
+    def list_machines(self) -> list[Machine]:
+        """Every live machine carrying our tags (for the sweeper)."""
+
+    @abc.abstractmethod
+    def terminate_machine(self, machine: Machine) -> None:
+        """Delete the machine and everything attached (volumes, IPs). Idempotent: a machine
+        already gone is success."""
+
+    def engine_host(self, machine: Machine) -> str:
+        """The address the gateway uses to reach the engine on this machine."""
+        return machine.public_ip or machine.private_ip or ""

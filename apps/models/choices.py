@@ -1,0 +1,34 @@
+from django.db import models
+
+
+class Engine(models.TextChoices):
+    VLLM = "vllm", "vLLM"  # the production engine, on GPU machines
+    MOCK = "mock", "Mock"  # built into the agent: speaks vLLM's API, for development and tests
+
+
+class ModelStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"  # defined, never deployed
+    DEPLOYING = "deploying", "Deploying"  # replicas wanted, none ready yet
+    ACTIVE = "active", "Active"  # at least one ready replica, or deployed and scaled to zero
+    DECOMMISSIONING = "decommissioning", "Decommissioning"  # terminating every instance
+    DECOMMISSIONED = "decommissioned", "Decommissioned"  # nothing left running; history kept
+
+
+# Model codes whose replicas the orchestrator keeps at ``desired_replicas``.
+DEPLOYED_STATUSES = frozenset({ModelStatus.DEPLOYING, ModelStatus.ACTIVE})
+
+
+class RoutingPolicy(models.TextChoices):
+    LEAST_OUTSTANDING = "least_outstanding", "Least outstanding requests"
+    SESSION_AFFINITY = "session_affinity", "Session affinity (by header)"
+    PREFIX_AWARE = "prefix_aware", "Prefix-aware (consistent hashing, bounded load)"
+
+
+class Dtype(models.TextChoices):
+    AUTO = "auto", "auto"
+    FLOAT16 = "float16", "float16"
+    BFLOAT16 = "bfloat16", "bfloat16"
+    FLOAT32 = "float32", "float32"
+    FP8 = "fp8", "fp8"
+    INT8 = "int8", "int8"
+    INT4 = "int4", "int4"

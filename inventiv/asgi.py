@@ -1,0 +1,40 @@
+"""The one ASGI router: ``/v1/...`` to the gateway, ``/ws/...`` to Channels consumers,
+everything else to Django."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inventiv.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from inventiv.consumers import EventsConsumer  # noqa: E402
+from inventiv.pathrouter import PathPrefixRouter  # noqa: E402
+
+websocket_urlpatterns = [path("ws/events/", EventsConsumer.as_asgi())]
+
+
+def _gateway_app():  # type: ignore[no-untyped-def]
+    """The gateway ASGI app, if the gateway is installed (it is imported lazily)."""
+    try:
+        from apps.gateway.asgi import application
+    except ImportError:
+        return None
+    return application
+
+
+application = ProtocolTypeRouter(
+    {
+        "http": PathPrefixRouter(gateway=_gateway_app(), default=django_asgi_app),
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        ),
+    }
+)

@@ -1,0 +1,25 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from inventiv import health, portal
+
+api_v1 = [
+    path("", include("apps.accounts.api.urls")),
+    path("", include("apps.models.api.urls")),
+    path("", include("apps.instances.api.urls")),
+    path("", include("apps.gateway.api.urls")),
+    path("", include("apps.billing.api.urls")),
+]
+
+urlpatterns = [
+    path("", portal.home, name="portal-home"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("admin/", admin.site.urls),
+    path("accounts/", include("allauth.urls")),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("internal/agent/v1/", include("apps.instances.agent_api.urls")),
+]

@@ -1,0 +1,20 @@
+"""Loaded by pytest before Django's settings (``-p tests.plugin``): isolates this run.
+
+Each run gets its own Redis key prefix, its own PostgreSQL test database name and its own
+state directory, so concurrent runs on one machine never collide. Subprocesses started by the
+tests inherit these variables.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+
+_run = f"{os.getpid()}{secrets.token_hex(2)}"
+os.environ.setdefault("INVENTIV_REDIS_PREFIX", f"test-{_run}:")
+os.environ.setdefault("INVENTIV_TEST_DB_NAME", f"test_inventiv_{_run}")
+os.environ.setdefault("INVENTIV_STATE_DIR", tempfile.mkdtemp(prefix=f"inventiv-test-{_run}-"))
+if os.environ.get("DATABASE_URL") or os.environ.get("REDIS_URL"):
+    os.environ.setdefault("SECRET_KEY", "test-" + secrets.token_urlsafe(32))
+os.environ.setdefault("INVENTIV_LOCAL_PROVIDER", "1")
