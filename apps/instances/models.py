@@ -87,6 +87,8 @@ class Instance(models.Model):
     engine_port = models.PositiveIntegerField(default=8000)
     engine_secret_encrypted = models.TextField()
     bootstrap_token_hash = models.CharField(max_length=64, blank=True, db_index=True)
+    # Kept (encrypted) until used, so that a re-sent provision command boots with the same token.
+    bootstrap_token_encrypted = models.TextField(blank=True)
     bootstrap_expires_at = models.DateTimeField(null=True, blank=True)
     bootstrap_used_at = models.DateTimeField(null=True, blank=True)
     credential_hash = models.CharField(max_length=64, blank=True, db_index=True)
@@ -99,6 +101,9 @@ class Instance(models.Model):
     terminated_at = models.DateTimeField(null=True, blank=True)
     # How many times a provision command was sent; bounds re-sends by the reconciler.
     provision_attempts = models.PositiveSmallIntegerField(default=0)
+    # When the last command (provision/terminate) for this instance was sent; the reconciler
+    # re-sends one that seems lost after a while.
+    command_sent_at = models.DateTimeField(null=True, blank=True)
     hourly_price = models.DecimalField(max_digits=10, decimal_places=4, default=Decimal("0"))
     replaces = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaced_by"
@@ -142,6 +147,33 @@ class InstanceEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.instance_id}: {self.from_status} -> {self.to_status}"
+
+
+class ProvisionAttempt(models.Model):
+    """One offer tried for one instance, and how it went: why provisioning picked what it did,
+    or failed."""
+
+    class Outcome(models.TextChoices):
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="attempts")
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="+")
+    instance_type = models.ForeignKey(
+        InstanceType, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    instance_type_code = models.CharField(max_length=64, blank=True)
+    zone = models.CharField(max_length=64, blank=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    error_code = models.CharField(max_length=64, blank=True)
+    message = models.CharField(max_length=1000, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.instance_id} {self.instance_type_code}@{self.zone}: {self.outcome}"
 
 
 class OrchestratorLock(models.Model):
