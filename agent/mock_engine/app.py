@@ -102,7 +102,7 @@ async def _respond(
 
 def _max_tokens(req: dict[str, Any], default: int) -> int:
     for key in ("max_tokens", "max_completion_tokens"):
-        value = req.get(key)
+        value: object = req.get(key)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
