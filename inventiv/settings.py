@@ -242,6 +242,8 @@ BOOT_DEADLINE_S = env_float("INVENTIV_BOOT_DEADLINE_S", 600.0, minimum=0.1)
 STARTUP_DEADLINE_S = env_float("INVENTIV_STARTUP_DEADLINE_S", 1800.0, minimum=0.1)
 DRAIN_DEADLINE_S = env_float("INVENTIV_DRAIN_DEADLINE_S", 120.0, minimum=0.1)
 BOOTSTRAP_TOKEN_TTL_S = env_float("INVENTIV_BOOTSTRAP_TOKEN_TTL_S", 900.0, minimum=1)
+# A provision/terminate command not acted upon after this long is re-sent by the reconciler.
+COMMAND_RESEND_AFTER_S = env_float("INVENTIV_COMMAND_RESEND_AFTER_S", 60.0, minimum=0.1)
 REPLACEMENT_BACKOFF_S = env_float("INVENTIV_REPLACEMENT_BACKOFF_S", 10.0, minimum=0)
 # If at least this share of a fleet (of 3+ instances) misses heartbeats at once, we suspect our
 # own network or database rather than the machines, and do not terminate anything.
@@ -276,4 +278,45 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": RECONCILE_INTERVAL_S,
         "options": {"expires": RECONCILE_INTERVAL_S * 2},
     },
+    # Refreshes every provider's catalog (types, prices, per-zone availability).
+    "catalog-sync": {
+        "task": "apps.instances.provider_tasks.catalog_sync_all_task",
+        "schedule": env_float("INVENTIV_CATALOG_SYNC_INTERVAL_S", 3600.0, minimum=10),
+        "options": {"expires": 600},
+    },
+    # Removes tagged cloud resources that no live instance owns (after a grace period).
+    "sweep": {
+        "task": "apps.instances.provider_tasks.sweep_all_task",
+        "schedule": env_float("INVENTIV_SWEEP_INTERVAL_S", 300.0, minimum=5),
+        "options": {"expires": 240},
+    },
 }
+
+# --- Providers: Scaleway, AWS, on-premise; catalog, sweeper, bootstrap -----------------------
+# (read with the strict helpers of inventiv.env; documented in .env.example)
+# The value of the ``inventiv-managed`` tag on every cloud resource we create. Two platforms
+# sharing a cloud account must use different names: each sweeps only its own resources.
+DEPLOYMENT_NAME = env_str("INVENTIV_DEPLOYMENT_NAME", "inventiv") or "inventiv"
+# What cloud-init and the on-premise join command install with pip: the agent, then the engine.
+INVENTIV_AGENT_PIP_SPEC = env_str("INVENTIV_AGENT_PIP_SPEC", "inventiv-agent") or ""
+INVENTIV_ENGINE_PIP_SPECS = env_list("INVENTIV_ENGINE_PIP_SPECS", ["vllm"])
+# Timeout of one provider API call (connect + read), seconds.
+PROVIDER_CALL_TIMEOUT_S = env_float("INVENTIV_PROVIDER_CALL_TIMEOUT_S", 30.0, minimum=1)
+# How long create waits for the machine to be running before returning it as "starting".
+PROVIDER_WAIT_RUNNING_S = env_float("INVENTIV_PROVIDER_WAIT_RUNNING_S", 120.0, minimum=0)
+# How long terminate waits for the machine to be gone before releasing volumes and IPs.
+PROVIDER_WAIT_GONE_S = env_float("INVENTIV_PROVIDER_WAIT_GONE_S", 180.0, minimum=1)
+PROVIDER_POLL_INTERVAL_S = env_float("INVENTIV_PROVIDER_POLL_INTERVAL_S", 3.0, minimum=0.01)
+# The sweeper never touches a resource younger than this: a machine being created may not be
+# recorded (or even listed) yet. Must exceed the provisioning task's time limit.
+SWEEP_GRACE_S = env_float("INVENTIV_SWEEP_GRACE_S", 900.0, minimum=0)
+ONPREM_JOIN_TOKEN_TTL_S = env_float("INVENTIV_ONPREM_JOIN_TOKEN_TTL_S", 3600.0, minimum=1)
+ONPREM_POLL_INTERVAL_S = env_float("INVENTIV_ONPREM_POLL_INTERVAL_S", 5.0, minimum=0.05)
+# A host not heard from for this long gets no new placements.
+ONPREM_HOST_OFFLINE_AFTER_S = env_float("INVENTIV_ONPREM_HOST_OFFLINE_AFTER_S", 60.0, minimum=1)
+# The provider catalog/sweep tasks live in their own module (tasks.py is the orchestrator's).
+CELERY_IMPORTS = ["apps.instances.provider_tasks"]
+# Cloud SDKs log request bodies (user data carries a bootstrap token) at DEBUG: never log them.
+for _sdk_logger in ("scaleway", "botocore", "boto3", "urllib3"):
+    LOGGING["loggers"][_sdk_logger] = {"level": "WARNING"}  # type: ignore[index]
+# --- end of providers ---------------------------------------------------------------------------

@@ -1,11 +1,14 @@
-"""Celery tasks of the orchestrator: thin wrappers over services, each safe to run twice."""
+"""Celery tasks of the orchestrator (the seed's ``CMD:*``): thin wrappers over
+``apps.instances.orchestrator``, each safe to run twice (``acks_late``, state checked first)."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from celery import shared_task
 
+from apps.instances import orchestrator
 from inventiv.events import STAFF_GROUP, org_group, publish_now
 
 
@@ -19,6 +22,42 @@ def ping_task(*, ping_id: str, organization_id: int, sent_at: float) -> None:
     )
 
 
-@shared_task(acks_late=True)
-def reconcile_task() -> None:
-    """Placeholder replaced by the orchestrator's reconciler."""
+@shared_task(
+    bind=True,
+    acks_late=True,
+    max_retries=5,
+    soft_time_limit=240,
+    time_limit=300,
+)
+def provision_instance_task(self: Any, *, instance_id: str) -> str:
+    """CMD:PROVISION_INSTANCE. Transient provider errors are retried with backoff."""
+    try:
+        return orchestrator.provision_instance(instance_id)
+    except orchestrator.TransientProvisioningError as exc:
+        raise self.retry(exc=exc, countdown=min(2**self.request.retries * 5, 120)) from exc
+
+
+@shared_task(bind=True, acks_late=True, max_retries=10, soft_time_limit=240, time_limit=300)
+def terminate_instance_task(self: Any, *, instance_id: str) -> str:
+    """CMD:TERMINATE_INSTANCE. Any provider error is retried: a machine must not be left."""
+    from apps.instances.providers.base import ProviderError
+
+    try:
+        return orchestrator.terminate_instance(instance_id)
+    except ProviderError as exc:
+        raise self.retry(exc=exc, countdown=min(2**self.request.retries * 5, 300)) from exc
+
+
+@shared_task(acks_late=True, soft_time_limit=120, time_limit=150)
+def reconcile_model_task(*, model_id: int) -> dict[str, Any]:
+    """CMD:DEPLOY / CMD:SCALE / CMD:DECOMMISSION for one model code: converge it now."""
+    result = orchestrator.converge_model(model_id)
+    orchestrator.model_finish_decommission(model_id)
+    return {"created": result.created, "drained": result.drained}
+
+
+@shared_task(acks_late=True, soft_time_limit=120, time_limit=150)
+def reconcile_task() -> dict[str, Any]:
+    """Periodic: converges every model code, enforces deadlines and heartbeats, re-sends lost
+    commands. Holds a non-blocking lease: concurrent runs skip."""
+    return orchestrator.reconcile()

@@ -1,3 +1,8 @@
-from django.urls import URLPattern
+from django.urls import URLPattern, path
 
-urlpatterns: list[URLPattern] = []
+from apps.instances.agent_api import views
+
+urlpatterns: list[URLPattern] = [
+    path("register", views.register, name="agent-register"),
+    path("heartbeat", views.heartbeat, name="agent-heartbeat"),
+]

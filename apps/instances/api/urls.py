@@ -1,5 +1,14 @@
-from django.urls import URLPattern, path
+from django.urls import path
+from rest_framework.routers import SimpleRouter
 
 from apps.instances.api.ops import PingView
+from apps.instances.api.views import ClusterStatusView, InstanceViewSet
 
-urlpatterns: list[URLPattern] = [path("ops/ping/", PingView.as_view(), name="ops-ping")]
+router = SimpleRouter()
+router.register("instances", InstanceViewSet, basename="instance")
+
+urlpatterns = [
+    path("ops/ping/", PingView.as_view(), name="ops-ping"),
+    path("admin/status/", ClusterStatusView.as_view(), name="cluster-status"),
+    *router.urls,
+]

@@ -1,3 +1,7 @@
-from django.urls import URLPattern
+from rest_framework.routers import SimpleRouter
 
-urlpatterns: list[URLPattern] = []
+from apps.models.api.views import ModelCodeViewSet
+
+router = SimpleRouter()
+router.register("model-codes", ModelCodeViewSet, basename="model-code")
+urlpatterns = router.urls

@@ -4,6 +4,7 @@ and beat, on whatever settings say (the embedded default: SQLite, in-memory brok
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any
 
@@ -29,6 +30,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if not settings.EMBEDDED and settings.CELERY_BROKER_URL.startswith("memory"):
             raise CommandError("inconsistent settings: memory broker outside the embedded mode")
+        if not os.environ.get("INVENTIV_PUBLIC_URL"):
+            settings.PUBLIC_URL = f"http://{options['host']}:{options['port']}"
+        if not os.environ.get("INVENTIV_AGENT_API_URL"):
+            settings.AGENT_API_URL = settings.PUBLIC_URL
         worker = celery_app.WorkController(
             pool_cls="threads",
             concurrency=options["concurrency"],

@@ -1,0 +1,178 @@
+"""The control plane's side of the agent protocol (``agent/protocol.py``): registration with a
+one-time bootstrap token, heartbeats, and the desired state each answer carries."""
+
+from __future__ import annotations
+
+import hmac
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from agent.protocol import (
+    AgentState,
+    Desired,
+    DesiredAction,
+    EngineSpec,
+    Heartbeat,
+    HeartbeatResponse,
+    RegisterRequest,
+    RegisterResponse,
+)
+from apps.instances.choices import InstanceStatus, ProviderKind
+from apps.instances.models import Instance
+from apps.instances.services import instance_request_termination, instance_transition
+from inventiv import crypto
+from inventiv.errors import ApplicationError
+
+S = InstanceStatus
+SERVE_STATUSES = frozenset({S.PROVISIONING, S.BOOTING, S.STARTING, S.READY, S.UNAVAILABLE})
+
+
+class AgentAuthError(ApplicationError):
+    """Bad, expired or used bootstrap token; unknown or revoked credential. One message for
+    all, so that a caller learns nothing about which."""
+
+    status_code = 401
+    type = "authentication_error"
+    code = "invalid_agent_credentials"
+
+
+def engine_spec_for(instance: Instance) -> EngineSpec:
+    model = instance.llm_model
+    return EngineSpec(
+        engine=model.engine,  # type: ignore[arg-type]
+        model_id=model.model_id,
+        served_model_name=model.name,
+        engine_args=model.engine_args,
+        api_key=crypto.decrypt(instance.engine_secret_encrypted),
+        host="127.0.0.1" if instance.provider.kind == ProviderKind.LOCAL else "0.0.0.0",
+        port=instance.engine_port,
+    )
+
+
+def desired_for(instance: Instance) -> Desired:
+    status = S(instance.status)
+    if status in SERVE_STATUSES:
+        return Desired(action=DesiredAction.SERVE, engine=engine_spec_for(instance))
+    if status == S.DRAINING:
+        return Desired(action=DesiredAction.DRAIN, engine=engine_spec_for(instance))
+    return Desired(action=DesiredAction.STOP)
+
+
+def agent_register(*, request: RegisterRequest) -> RegisterResponse:
+    """Exchange a one-time bootstrap token for a per-instance credential. The token is
+    consumed atomically: of two concurrent registrations with it, one wins."""
+    instance = (
+        Instance.objects.select_related("llm_model", "provider")
+        .filter(bootstrap_token_hash=crypto.token_hash(request.bootstrap_token))
+        .first()
+    )
+    now = timezone.now()
+    if (
+        instance is None
+        or instance.bootstrap_used_at is not None
+        or instance.bootstrap_expires_at is None
+        or instance.bootstrap_expires_at < now
+        or instance.status not in (S.PROVISIONING, S.BOOTING)
+    ):
+        raise AgentAuthError("Invalid, expired or already used bootstrap token.")
+    credential = crypto.new_token("ivc_")
+    fields = {
+        "bootstrap_used_at": now,
+        "bootstrap_token_encrypted": "",
+        "credential_hash": crypto.token_hash(credential),
+        "registered_at": now,
+        "last_heartbeat_at": now,
+    }
+    if not instance.engine_host and request.advertise_host:
+        fields["engine_host"] = instance.public_ip or request.advertise_host
+    with transaction.atomic():
+        claimed = Instance.objects.filter(id=instance.id, bootstrap_used_at__isnull=True).update(
+            **fields
+        )
+        if not claimed:
+            raise AgentAuthError("Invalid, expired or already used bootstrap token.")
+        for key, value in fields.items():
+            setattr(instance, key, value)
+        if instance.status == S.PROVISIONING:
+            instance_transition(
+                instance=instance,
+                to=S.BOOTING,
+                expected=S.PROVISIONING,
+                reason="agent registered before the create call returned",
+            )
+        instance_transition(
+            instance=instance,
+            to=S.STARTING,
+            expected=S.BOOTING,
+            reason=f"agent registered from {request.hostname}",
+            data={
+                "gpus": [g.model_dump() for g in request.gpus],
+                "agent_version": request.agent_version,
+            },
+        )
+    return RegisterResponse(
+        instance_id=str(instance.id),
+        credential=credential,
+        heartbeat_interval_s=settings.HEARTBEAT_INTERVAL_S,
+        desired=desired_for(instance),
+    )
+
+
+def agent_authenticate(*, credential: str) -> Instance:
+    instance = (
+        Instance.objects.select_related("llm_model", "provider")
+        .filter(credential_hash=crypto.token_hash(credential))
+        .exclude(credential_hash="")
+        .first()
+    )
+    if instance is None or not hmac.compare_digest(
+        instance.credential_hash, crypto.token_hash(credential)
+    ):
+        raise AgentAuthError("Invalid agent credential.")
+    return instance
+
+
+def agent_heartbeat(*, instance: Instance, heartbeat: Heartbeat) -> HeartbeatResponse:
+    """Record a heartbeat and move the instance according to what the agent reports:
+    starting→ready when the engine is ready, ready→starting when it is down (not routable),
+    unavailable→ready/starting when heartbeats resume, draining→terminating once drained."""
+    if heartbeat.instance_id != str(instance.id):
+        raise AgentAuthError("This credential belongs to another instance.")
+    now = timezone.now()
+    fields = {
+        "last_heartbeat_at": now,
+        "agent_state": heartbeat.state.value,
+        "engine_status": heartbeat.engine.model_dump(),
+        "engine_metrics": heartbeat.metrics.model_dump() if heartbeat.metrics else {},
+    }
+    Instance.objects.filter(id=instance.id).update(**fields)
+    for key, value in fields.items():
+        setattr(instance, key, value)
+
+    status, state = S(instance.status), heartbeat.state
+    engine = heartbeat.engine
+    if state == AgentState.READY and status in (S.STARTING, S.UNAVAILABLE):
+        reason = (
+            "engine healthy, model listed, warm-up answered"
+            if status == S.STARTING
+            else "heartbeats resumed, engine ready"
+        )
+        instance_transition(instance=instance, to=S.READY, expected=status, reason=reason)
+    elif state in (AgentState.ENGINE_DOWN, AgentState.STARTING) and status in (
+        S.READY,
+        S.UNAVAILABLE,
+    ):
+        why = engine.last_error or state.value
+        instance_transition(
+            instance=instance,
+            to=S.STARTING,
+            expected=status,
+            reason=f"engine not ready ({why}); restarts={engine.restarts}",
+        )
+    elif state == AgentState.DRAINED and status == S.DRAINING:
+        instance_request_termination(instance=instance, reason="drained: no request in flight")
+    return HeartbeatResponse(
+        heartbeat_interval_s=settings.HEARTBEAT_INTERVAL_S, desired=desired_for(instance)
+    )

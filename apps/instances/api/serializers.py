@@ -1,0 +1,71 @@
+from rest_framework import serializers
+
+from apps.instances.models import Instance, InstanceEvent, ProvisionAttempt
+
+
+class InstanceEventOutSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = InstanceEvent
+        fields = ["from_status", "to_status", "reason", "data", "created_at"]
+        read_only_fields = fields
+
+
+class ProvisionAttemptOutSerializer(serializers.ModelSerializer):
+    provider = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = ProvisionAttempt
+        fields = [
+            "provider",
+            "instance_type_code",
+            "zone",
+            "outcome",
+            "error_code",
+            "message",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class InstanceOutSerializer(serializers.ModelSerializer):
+    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    model_code = serializers.CharField(source="llm_model.name", read_only=True)
+    model_code_id = serializers.IntegerField(source="llm_model_id", read_only=True)
+    provider = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    instance_type = serializers.SlugRelatedField(slug_field="code", read_only=True)
+
+    class Meta:
+        model = Instance
+        fields = [
+            "id",
+            "organization",
+            "model_code",
+            "model_code_id",
+            "provider",
+            "instance_type",
+            "zone",
+            "status",
+            "status_reason",
+            "status_changed_at",
+            "failure_reason",
+            "provider_resource_id",
+            "public_ip",
+            "agent_state",
+            "engine_status",
+            "engine_metrics",
+            "last_heartbeat_at",
+            "ready_at",
+            "terminated_at",
+            "hourly_price",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class InstanceDetailOutSerializer(InstanceOutSerializer):
+    events = InstanceEventOutSerializer(many=True, read_only=True)
+    attempts = ProvisionAttemptOutSerializer(many=True, read_only=True)
+
+    class Meta(InstanceOutSerializer.Meta):
+        fields = [*InstanceOutSerializer.Meta.fields, "events", "attempts"]
+        read_only_fields = fields

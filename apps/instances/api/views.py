@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import IsAdminUser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.settings import api_settings
+from rest_framework.views import APIView
+
+from apps.accounts.selectors import organization_get_for_user
+from apps.instances.api.serializers import InstanceDetailOutSerializer, InstanceOutSerializer
+from apps.instances.models import Instance
+from apps.instances.orchestrator import cluster_status
+from apps.instances.selectors import instance_get_for_user, instance_list_for_user
+from apps.instances.services import instance_drain, instance_request_termination
+from inventiv.errors import Conflict
+
+
+class InstanceViewSet(viewsets.ViewSet):
+    """Machines serving model codes, with their history. Drain and terminate need the owner or
+    admin role."""
+
+    def _get(self, request: Request, pk: Any, *, manage: bool = False) -> Instance:
+        instance = instance_get_for_user(user=request.user, instance_id=str(pk))
+        if manage:
+            organization_get_for_user(
+                user=request.user, slug=instance.organization.slug, manage=True
+            )
+        return instance
+
+    @extend_schema(responses=InstanceOutSerializer(many=True))
+    def list(self, request: Request) -> Response:
+        queryset = instance_list_for_user(user=request.user)
+        params = request.query_params
+        if model_code := params.get("model_code"):
+            queryset = queryset.filter(llm_model_id=model_code if model_code.isdigit() else 0)
+        if wanted := params.get("status"):
+            queryset = queryset.filter(status__in=wanted.split(","))
+        if params.get("include_archived") not in ("1", "true"):
+            queryset = queryset.filter(archived=False)
+        paginator = api_settings.DEFAULT_PAGINATION_CLASS()
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        return paginator.get_paginated_response(InstanceOutSerializer(page, many=True).data)
+
+    @extend_schema(responses=InstanceDetailOutSerializer)
+    def retrieve(self, request: Request, pk: Any = None) -> Response:
+        instance = self._get(request, pk)
+        return Response(InstanceDetailOutSerializer(instance).data)
+
+    @extend_schema(request=None, responses={202: InstanceOutSerializer})
+    @action(detail=True, methods=["post"])
+    def drain(self, request: Request, pk: Any = None) -> Response:
+        instance = self._get(request, pk, manage=True)
+        instance_drain(instance=instance, reason=f"drain requested by {request.user}")
+        instance.refresh_from_db()
+        return Response(InstanceOutSerializer(instance).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: InstanceOutSerializer})
+    @action(detail=True, methods=["post"])
+    def terminate(self, request: Request, pk: Any = None) -> Response:
+        instance = self._get(request, pk, manage=True)
+        if instance.status in ("terminating", "terminated"):
+            return Response(InstanceOutSerializer(instance).data, status=status.HTTP_202_ACCEPTED)
+        if not instance_request_termination(
+            instance=instance, reason=f"terminate requested by {request.user}"
+        ):
+            raise Conflict(f"The instance changed status ({instance.status}); try again.")
+        instance.refresh_from_db()
+        return Response(InstanceOutSerializer(instance).data, status=status.HTTP_202_ACCEPTED)
+
+
+class ClusterStatusView(APIView):
+    """Staff only: instances by state, provider and model code; queue depth; last reconcile."""
+
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(responses={200: dict})
+    def get(self, request: Request) -> Response:
+        return Response(cluster_status())

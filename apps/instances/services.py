@@ -1,0 +1,207 @@
+"""Writes for instances. The only place an instance's status changes.
+
+Every status change is one compare-and-set (``UPDATE ... WHERE id=? AND status=?``) that also
+appends an ``InstanceEvent`` in the same transaction and publishes ``EVENT:INSTANCE_<STATUS>``
+after commit. Losing the race is a normal ``False`` return, not an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.instances.choices import (
+    InstanceStatus,
+    ProviderKind,
+    can_transition,
+)
+from apps.instances.models import Instance, InstanceEvent, Provider
+from apps.models.models import LlmModel
+from inventiv import crypto
+from inventiv.errors import ApplicationError, Conflict
+from inventiv.events import INSTANCE_GROUP, STAFF_GROUP, org_group, publish_on_commit
+
+logger = logging.getLogger(__name__)
+
+S = InstanceStatus
+
+
+def _event_payload(
+    instance: Instance, *, from_status: str, to: str, reason: str, at: datetime
+) -> dict[str, Any]:
+    return {
+        "instance_id": str(instance.id),
+        "organization_id": instance.organization_id,
+        "model_code_id": instance.llm_model_id,
+        "model_code": instance.llm_model.name,
+        "status": to,
+        "from_status": from_status,
+        "reason": reason,
+        "at": at.isoformat(),
+    }
+
+
+def instance_transition(
+    *,
+    instance: Instance,
+    to: InstanceStatus,
+    reason: str,
+    expected: InstanceStatus | None = None,
+    fields: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+) -> bool:
+    """Move ``instance`` to ``to`` if the transition table allows it from its current status.
+
+    ``expected`` pins the status we believe it has (default: the status read now). ``fields``
+    are written in the same UPDATE. Returns False when the transition is not allowed or another
+    writer changed the status first. On success ``instance`` is refreshed in memory.
+    """
+    current = expected or S(Instance.objects.values_list("status", flat=True).get(id=instance.id))
+    if not can_transition(current, to):
+        return False
+    now = timezone.now()
+    values: dict[str, Any] = {"status": to, "status_reason": reason[:500], "status_changed_at": now}
+    if to in (S.PROVISIONING_FAILED, S.STARTUP_FAILED):
+        values["failure_reason"] = reason[:500]
+    if to == S.READY:
+        values["ready_at"] = now
+    if to == S.TERMINATED:
+        values["terminated_at"] = now
+        values["credential_hash"] = ""
+        values["bootstrap_token_encrypted"] = ""
+    values.update(fields or {})
+    with transaction.atomic():
+        updated = Instance.objects.filter(id=instance.id, status=current).update(**values)
+        if not updated:
+            return False
+        InstanceEvent.objects.create(
+            instance_id=instance.id,
+            from_status=current,
+            to_status=to,
+            reason=reason[:500],
+            data=data or {},
+        )
+        for key, value in values.items():
+            setattr(instance, key, value)
+        payload = _event_payload(instance, from_status=current, to=to, reason=reason, at=now)
+        publish_on_commit(
+            [org_group(instance.organization_id), INSTANCE_GROUP, STAFF_GROUP],
+            f"EVENT:INSTANCE_{to.upper()}",
+            payload,
+        )
+    logger.info("instance %s: %s -> %s (%s)", instance.id, current, to, reason)
+    return True
+
+
+def _free_local_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def provider_for_model(llm_model: LlmModel) -> Provider:
+    """The provider new instances of ``llm_model`` go to: its explicit one, else the first
+    enabled provider (the local one when enabled, for development)."""
+    if llm_model.provider_id is not None:
+        provider = llm_model.provider
+        assert provider is not None
+        if not provider.enabled:
+            raise ApplicationError(f"Provider {provider.name} is disabled.", param="provider")
+        return provider
+    providers = Provider.objects.filter(enabled=True).order_by("id")
+    if not settings.LOCAL_PROVIDER_ENABLED:
+        providers = providers.exclude(kind=ProviderKind.LOCAL)
+    provider = providers.first()
+    if provider is None:
+        raise ApplicationError("No enabled provider can host this model code.", code="no_provider")
+    return provider
+
+
+def instance_create(
+    *, llm_model: LlmModel, provider: Provider, replaces: Instance | None = None
+) -> Instance:
+    """Record the intent to run one more instance of ``llm_model`` (status ``provisioning``)
+    and send ``CMD:PROVISION_INSTANCE`` after commit. Call inside the caller's transaction."""
+    from apps.instances.tasks import provision_instance_task
+
+    now = timezone.now()
+    bootstrap_token = crypto.new_token("ivb_")
+    local = provider.kind == ProviderKind.LOCAL
+    instance = Instance.objects.create(
+        organization_id=llm_model.organization_id,
+        llm_model=llm_model,
+        provider=provider,
+        instance_type=llm_model.instance_type,
+        zone=llm_model.zone,
+        status=S.PROVISIONING,
+        status_reason="replica wanted",
+        status_changed_at=now,
+        engine_host="127.0.0.1" if local else "",
+        engine_port=_free_local_port() if local else 8000,
+        engine_secret_encrypted=crypto.encrypt(crypto.new_token("ive_")),
+        bootstrap_token_hash=crypto.token_hash(bootstrap_token),
+        bootstrap_token_encrypted=crypto.encrypt(bootstrap_token),
+        bootstrap_expires_at=now + timedelta(seconds=settings.BOOTSTRAP_TOKEN_TTL_S),
+        command_sent_at=now,
+        replaces=replaces,
+    )
+    InstanceEvent.objects.create(
+        instance=instance,
+        from_status="",
+        to_status=S.PROVISIONING,
+        reason=f"replica wanted for {llm_model.name}"
+        + (f" (replaces {replaces.id})" if replaces else ""),
+    )
+    publish_on_commit(
+        [org_group(instance.organization_id), INSTANCE_GROUP, STAFF_GROUP],
+        "EVENT:INSTANCE_PROVISIONING",
+        _event_payload(
+            instance, from_status="", to=S.PROVISIONING, reason="replica wanted", at=now
+        ),
+    )
+    instance_id = str(instance.id)
+    transaction.on_commit(lambda: provision_instance_task.delay(instance_id=instance_id))
+    return instance
+
+
+def instance_request_termination(*, instance: Instance, reason: str) -> bool:
+    """Move a machine-holding instance to ``terminating`` and send ``CMD:TERMINATE_INSTANCE``
+    after commit. False if it is already terminating/terminated or lost the race."""
+    from apps.instances.tasks import terminate_instance_task
+
+    if not instance_transition(
+        instance=instance,
+        to=S.TERMINATING,
+        reason=reason,
+        fields={"command_sent_at": timezone.now()},
+    ):
+        return False
+    instance_id = str(instance.id)
+    transaction.on_commit(lambda: terminate_instance_task.delay(instance_id=instance_id))
+    return True
+
+
+def instance_fail(*, instance: Instance, to: InstanceStatus, reason: str) -> bool:
+    """Record a failure (provisioning_failed / startup_failed), then clean up through
+    ``terminating`` so that nothing is left at the provider."""
+    if not instance_transition(instance=instance, to=to, reason=reason):
+        return False
+    return instance_request_termination(instance=instance, reason=f"cleanup after {to}")
+
+
+def instance_drain(*, instance: Instance, reason: str) -> bool:
+    """Stop routing to ``instance``; the agent reports DRAINED once in-flight work is done and
+    the instance then terminates. Instances not yet serving terminate at once."""
+    if instance.status in (S.READY, S.STARTING, S.UNAVAILABLE):
+        if instance.status != S.READY:
+            return instance_request_termination(instance=instance, reason=reason)
+        return instance_transition(instance=instance, to=S.DRAINING, reason=reason)
+    if instance.status in (S.PROVISIONING, S.BOOTING):
+        return instance_request_termination(instance=instance, reason=reason)
+    raise Conflict(f"An instance in status {instance.status} cannot be drained.")

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from apps.accounts.selectors import organization_get_for_user
+from apps.models import services
+from apps.models.api.serializers import (
+    DeployInSerializer,
+    ModelCodeInSerializer,
+    ModelCodeOutSerializer,
+    ModelCodeUpdateSerializer,
+    ReplicasInSerializer,
+)
+from apps.models.models import LlmModel
+from apps.models.selectors import model_get_for_user, model_list_for_user
+
+
+class ModelCodeViewSet(viewsets.ViewSet):
+    """Model codes: a public name mapped to an engine model id and hardware needs. Writes need
+    the owner or admin role in the model code's organization."""
+
+    def _get(self, request: Request, pk: Any, *, manage: bool = False) -> LlmModel:
+        model = model_get_for_user(user=request.user, model_id=int(pk) if str(pk).isdigit() else 0)
+        if manage:
+            organization_get_for_user(user=request.user, slug=model.organization.slug, manage=True)
+        return model
+
+    @extend_schema(responses=ModelCodeOutSerializer(many=True))
+    def list(self, request: Request) -> Response:
+        queryset = model_list_for_user(user=request.user)
+        if org := request.query_params.get("organization"):
+            queryset = queryset.filter(organization__slug=org)
+        if name := request.query_params.get("name"):
+            queryset = queryset.filter(name=name)
+        paginator = self._paginator()
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        return paginator.get_paginated_response(ModelCodeOutSerializer(page, many=True).data)
+
+    def _paginator(self):  # type: ignore[no-untyped-def]
+        from rest_framework.settings import api_settings
+
+        return api_settings.DEFAULT_PAGINATION_CLASS()
+
+    @extend_schema(request=ModelCodeInSerializer, responses={201: ModelCodeOutSerializer})
+    def create(self, request: Request) -> Response:
+        data = ModelCodeInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        org = organization_get_for_user(
+            user=request.user, slug=values.pop("organization", None), manage=True
+        )
+        model = services.model_create(organization=org, **values)
+        return Response(ModelCodeOutSerializer(model).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses=ModelCodeOutSerializer)
+    def retrieve(self, request: Request, pk: Any = None) -> Response:
+        return Response(ModelCodeOutSerializer(self._get(request, pk)).data)
+
+    @extend_schema(request=ModelCodeUpdateSerializer, responses=ModelCodeOutSerializer)
+    def partial_update(self, request: Request, pk: Any = None) -> Response:
+        model = self._get(request, pk, manage=True)
+        data = ModelCodeUpdateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        model = services.model_update(model=model, **data.validated_data)
+        return Response(ModelCodeOutSerializer(model).data)
+
+    @extend_schema(responses={204: None})
+    def destroy(self, request: Request, pk: Any = None) -> Response:
+        services.model_delete(model=self._get(request, pk, manage=True))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=DeployInSerializer, responses={202: ModelCodeOutSerializer})
+    @action(detail=True, methods=["post"])
+    def deploy(self, request: Request, pk: Any = None) -> Response:
+        model = self._get(request, pk, manage=True)
+        data = DeployInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        model = services.model_deploy(model=model, replicas=data.validated_data.get("replicas"))
+        return Response(ModelCodeOutSerializer(model).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=ReplicasInSerializer, responses={202: ModelCodeOutSerializer})
+    @action(detail=True, methods=["post"])
+    def replicas(self, request: Request, pk: Any = None) -> Response:
+        model = self._get(request, pk, manage=True)
+        data = ReplicasInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        model = services.model_set_replicas(model=model, replicas=data.validated_data["replicas"])
+        return Response(ModelCodeOutSerializer(model).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses={202: ModelCodeOutSerializer})
+    @action(detail=True, methods=["post"])
+    def decommission(self, request: Request, pk: Any = None) -> Response:
+        model = services.model_decommission(model=self._get(request, pk, manage=True))
+        return Response(ModelCodeOutSerializer(model).data, status=status.HTTP_202_ACCEPTED)

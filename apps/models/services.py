@@ -1,0 +1,155 @@
+"""Writes for model codes. Each command records intent, then wakes the orchestrator after
+commit (``reconcile_model_task``); the periodic reconcile converges anyway if that is lost."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from agent.engine_args import validate_engine_args
+from apps.accounts.models import Organization
+from apps.models.choices import DEPLOYED_STATUSES, Engine, ModelStatus
+from apps.models.models import LlmModel
+from inventiv.errors import ApplicationError, Conflict
+
+MAX_REPLICAS = 64
+EDITABLE = (
+    "engine",
+    "model_id",
+    "engine_args",
+    "gpu_count",
+    "vram_per_gpu_gb",
+    "parameter_count_b",
+    "dtype",
+    "max_model_len",
+    "routing_policy",
+    "provider",
+    "instance_type",
+    "zone",
+)
+
+
+def _wake(model_id: int) -> None:
+    from apps.instances.tasks import reconcile_model_task
+
+    transaction.on_commit(lambda: reconcile_model_task.delay(model_id=model_id))
+
+
+def _validate(values: dict[str, Any]) -> dict[str, Any]:
+    engine = values["engine"]
+    try:
+        values["engine_args"] = validate_engine_args(engine, values.get("engine_args") or {})
+    except ValueError as exc:
+        field, _, _ = str(exc).partition(":")
+        raise ApplicationError(str(exc), param=field or "engine_args") from None
+    if engine == Engine.VLLM:
+        if values.get("gpu_count", 1) < 1:
+            raise ApplicationError(
+                "gpu_count: the vllm engine needs at least one GPU.", param="gpu_count"
+            )
+        if not values.get("vram_per_gpu_gb") and not values.get("parameter_count_b"):
+            raise ApplicationError(
+                "vram_per_gpu_gb: give the VRAM per GPU, or parameter_count_b to estimate it.",
+                param="vram_per_gpu_gb",
+            )
+    tp = values["engine_args"].get("tensor_parallel_size")
+    if tp is not None and tp > max(values.get("gpu_count", 1), 1):
+        raise ApplicationError(
+            "engine_args.tensor_parallel_size: cannot exceed gpu_count.",
+            param="engine_args.tensor_parallel_size",
+        )
+    instance_type = values.get("instance_type")
+    provider = values.get("provider")
+    if (
+        instance_type is not None
+        and provider is not None
+        and instance_type.provider_id != provider.id
+    ):
+        raise ApplicationError("instance_type: belongs to another provider.", param="instance_type")
+    if values.get("parameter_count_b") is not None and values["parameter_count_b"] <= Decimal(0):
+        raise ApplicationError("parameter_count_b: must be positive.", param="parameter_count_b")
+    return values
+
+
+def model_create(*, organization: Organization, name: str, **values: Any) -> LlmModel:
+    """Create a model code in ``draft``. Raises ApplicationError naming the bad field."""
+    values.setdefault("engine", Engine.VLLM)
+    values = _validate(values)
+    try:
+        with transaction.atomic():
+            return LlmModel.objects.create(organization=organization, name=name, **values)
+    except IntegrityError:
+        raise Conflict(f"A model code named {name!r} already exists.", param="name") from None
+
+
+def model_update(*, model: LlmModel, **changes: Any) -> LlmModel:
+    if model.status in (ModelStatus.DECOMMISSIONING, ModelStatus.DECOMMISSIONED):
+        raise Conflict(f"A {model.status} model code cannot be changed.")
+    values = {name: getattr(model, name) for name in EDITABLE}
+    values.update(changes)
+    values = _validate(values)
+    fields = [name for name in EDITABLE if name in changes]
+    for name in fields:
+        setattr(model, name, values[name])
+    model.save(update_fields=[*fields, "updated_at"])
+    return model
+
+
+def model_delete(*, model: LlmModel) -> None:
+    if model.status not in (ModelStatus.DRAFT, ModelStatus.DECOMMISSIONED):
+        raise Conflict("Decommission the model code before deleting it.", code="still_deployed")
+    if model.instances.exists():
+        raise Conflict(
+            "This model code has instance history; it stays decommissioned.", code="has_history"
+        )
+    model.delete()
+
+
+def _set_status(model: LlmModel, status: ModelStatus, **fields: Any) -> None:
+    LlmModel.objects.filter(id=model.id).update(
+        status=status, status_changed_at=timezone.now(), **fields
+    )
+    model.refresh_from_db()
+
+
+def model_deploy(*, model: LlmModel, replicas: int | None = None) -> LlmModel:
+    """draft/active → deploying with ``replicas`` wanted (default: the current desired count,
+    at least 1). Idempotent for a model code already deployed."""
+    if model.status in (ModelStatus.DECOMMISSIONING, ModelStatus.DECOMMISSIONED):
+        raise Conflict(f"A {model.status} model code cannot be deployed.")
+    wanted = replicas if replicas is not None else max(model.desired_replicas, 1)
+    _check_replicas(wanted)
+    with transaction.atomic():
+        status = model.status if model.status in DEPLOYED_STATUSES else ModelStatus.DEPLOYING
+        _set_status(model, ModelStatus(status), desired_replicas=wanted)
+        _wake(model.id)
+    return model
+
+
+def _check_replicas(replicas: int) -> None:
+    if not 0 <= replicas <= MAX_REPLICAS:
+        raise ApplicationError(f"replicas: must be between 0 and {MAX_REPLICAS}.", param="replicas")
+
+
+def model_set_replicas(*, model: LlmModel, replicas: int) -> LlmModel:
+    if model.status not in DEPLOYED_STATUSES:
+        raise Conflict("Deploy the model code before scaling it.", code="not_deployed")
+    _check_replicas(replicas)
+    with transaction.atomic():
+        LlmModel.objects.filter(id=model.id).update(desired_replicas=replicas)
+        model.refresh_from_db()
+        _wake(model.id)
+    return model
+
+
+def model_decommission(*, model: LlmModel) -> LlmModel:
+    """Terminate every instance of the model code and archive its history. Idempotent."""
+    if model.status == ModelStatus.DECOMMISSIONED:
+        return model
+    with transaction.atomic():
+        _set_status(model, ModelStatus.DECOMMISSIONING, desired_replicas=0)
+        _wake(model.id)
+    return model
