@@ -99,6 +99,7 @@ class EngineSupervisor:
         self._spec = spec
         self._reset_status()
         self._task = asyncio.create_task(self._supervise(spec), name="engine-supervisor")
+        self._task.add_done_callback(self._task_done)
         self._on_change()
 
     async def stop(self) -> None:
@@ -113,6 +114,14 @@ class EngineSupervisor:
             kill_group(self._proc.pid)
 
     # -- internals -------------------------------------------------------------------------
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # A bug, not an engine failure: report it instead of silently freezing the state.
+        log.error("engine supervisor crashed", exc_info=task.exception())
+        self.kill_now()
+        self._mark_down(f"agent supervisor error: {task.exception()!r}")
 
     def _reset_status(self) -> None:
         self._phase = AgentState.STARTING

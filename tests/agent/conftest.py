@@ -156,18 +156,11 @@ def mock_spec_desired(port: int, **engine_args: Any) -> dict[str, Any]:
 def start_agent(tmp_path: Path, control_plane: FakeControlPlane) -> Iterator[Any]:
     runs: list[AgentRun] = []
 
-    def start(*, token: str = BOOTSTRAP, **env: str) -> AgentRun:
+    def start(*, token: str = BOOTSTRAP, with_url_flag: bool = True, **env: str) -> AgentRun:
+        url_flag = ["--control-plane", control_plane.url] if with_url_flag else []
         proc = ManagedProcess(
             f"agent-{len(runs)}",
-            [
-                sys.executable,
-                "-m",
-                "agent",
-                "--control-plane",
-                control_plane.url,
-                "--log-level",
-                "debug",
-            ],
+            [sys.executable, "-m", "agent", *url_flag, "--log-level", "debug"],
             env=agent_env(INVENTIV_BOOTSTRAP_TOKEN=token, **env),
             log_dir=tmp_path,
         )

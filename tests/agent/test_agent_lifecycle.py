@@ -234,3 +234,22 @@ def test_it_reports_invalid_engine_args_as_engine_down(
 
     _, down = run.wait_state("engine_down")
     assert "engine_args.rm_rf" in down["engine"]["last_error"]
+
+
+def test_it_reads_its_configuration_from_the_environment(
+    control_plane: FakeControlPlane, start_agent: Any
+) -> None:
+    run = start_agent(
+        with_url_flag=False,
+        INVENTIV_CONTROL_PLANE_URL=control_plane.url,
+        INVENTIV_ADVERTISE_HOST="10.1.2.3",
+    )
+    run.wait_state("ready")
+    assert control_plane.registrations[0]["advertise_host"] == "10.1.2.3"
+    assert control_plane.registrations[0]["agent_version"]
+
+
+def test_it_refuses_to_start_without_a_control_plane(start_agent: Any) -> None:
+    run = start_agent(with_url_flag=False)
+    assert run.wait_exit() == 2
+    assert "--control-plane" in run.proc.log()
