@@ -8,8 +8,9 @@ after a lost response or a crash (``find_machine``) and swept when orphaned (``l
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, ClassVar
 
@@ -102,6 +103,9 @@ class Machine:
     created_at: datetime | None = None
     # Attached resources that terminate must also release (volume ids, ip ids...).
     attached: dict[str, list[str]] = field(default_factory=dict)
+    # The engine port on this machine when the provider chooses it (on-premise hosts running
+    # several instances); None: the instance's own ``engine_port``.
+    engine_port: int | None = None
 
 
 class ProviderAdapter(abc.ABC):
@@ -132,6 +136,15 @@ class ProviderAdapter(abc.ABC):
     def terminate_machine(self, machine: Machine) -> None:
         """Delete the machine and everything attached (volumes, IPs). Idempotent: a machine
         already gone is success."""
+
+    def sweep_orphan_resources(
+        self, *, owner_is_gone: Callable[[str], bool], older_than: timedelta
+    ) -> list[tuple[str, str, str]]:
+        """Delete resources we tagged that outlived their machine (a volume or IP left by a
+        crash mid-terminate). ``owner_is_gone(instance_id)`` says whether the instance named by
+        the tag may still need it. Returns (kind, id, instance id) of what was removed.
+        Default: nothing to do (adapters whose machines hold nothing else)."""
+        return []
 
     def engine_host(self, machine: Machine) -> str:
         """The address the gateway uses to reach the engine on this machine."""
