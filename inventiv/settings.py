@@ -168,7 +168,7 @@ STORAGES = {
         "BACKEND": (
             "django.contrib.staticfiles.storage.StaticFilesStorage"
             if DEBUG or EMBEDDED
-            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            else "inventiv.storage.StaticStorage"
         )
     },
 }
@@ -193,6 +193,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "InstanceStatusEnum": "apps.instances.choices.InstanceStatus",
+        "ModelStatusEnum": "apps.models.choices.ModelStatus",
+    },
 }
 
 # --- Cache, channel layer, Celery -------------------------------------------------------------
@@ -261,6 +265,8 @@ SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", default=False)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^internal/"]
 X_FRAME_OPTIONS = "DENY"
+# HSTS preload is a commitment to browsers' lists; an operator opts in with SECURE_HSTS_PRELOAD.
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 
 LOGGING = {
     "version": 1,
@@ -290,6 +296,12 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "apps.instances.provider_tasks.sweep_all_task",
         "schedule": env_float("INVENTIV_SWEEP_INTERVAL_S", 300.0, minimum=5),
         "options": {"expires": 240},
+    },
+    # Writes the gateways' buffered usage records to the database (idempotent by request id).
+    "usage-flush": {
+        "task": "apps.billing.tasks.usage_flush_task",
+        "schedule": env_float("USAGE_FLUSH_INTERVAL_S", 2.0, minimum=0.05),
+        "options": {"expires": 10},
     },
 }
 
@@ -321,3 +333,39 @@ CELERY_IMPORTS = ["apps.instances.provider_tasks"]
 for _sdk_logger in ("scaleway", "botocore", "boto3", "urllib3"):
     LOGGING["loggers"][_sdk_logger] = {"level": "WARNING"}  # type: ignore[index]
 # --- end of providers ---------------------------------------------------------------------------
+
+# --- Gateway and usage (owned by the gateway work; documented in .env.example, docs/gateway.md)
+# Largest request body accepted (413 beyond), also for chunked bodies without Content-Length.
+GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024)
+# Upstream (engine) timeouts: connecting, and waiting for the response or the next chunk.
+GATEWAY_CONNECT_TIMEOUT_S = env_float("GATEWAY_CONNECT_TIMEOUT_S", 3.0, minimum=0.01)
+GATEWAY_UPSTREAM_TIMEOUT_S = env_float("GATEWAY_UPSTREAM_TIMEOUT_S", 300.0, minimum=0.01)
+GATEWAY_UPSTREAM_MAX_CONNECTIONS = env_int("GATEWAY_UPSTREAM_MAX_CONNECTIONS", 1024, minimum=1)
+# Attempts per request (on connection errors and 5xx before any byte reached the client), and
+# the share of requests that may be retried (a retry budget, so retries never snowball).
+GATEWAY_MAX_ATTEMPTS = env_int("GATEWAY_MAX_ATTEMPTS", 3, minimum=1)
+GATEWAY_RETRY_BUDGET_RATIO = env_float("GATEWAY_RETRY_BUDGET_RATIO", 0.2, minimum=0)
+# Circuit breaker: consecutive failures that take an instance out of rotation, and for how long.
+GATEWAY_BREAKER_FAILURES = env_int("GATEWAY_BREAKER_FAILURES", 3, minimum=1)
+GATEWAY_BREAKER_COOLDOWN_S = env_float("GATEWAY_BREAKER_COOLDOWN_S", 10.0, minimum=0.01)
+# Safety-net refreshes of the key cache and the routing table (events do it at once).
+GATEWAY_KEY_REFRESH_S = env_float("GATEWAY_KEY_REFRESH_S", 30.0, minimum=0.1)
+GATEWAY_ROUTING_REFRESH_S = env_float("GATEWAY_ROUTING_REFRESH_S", 10.0, minimum=0.1)
+# A request for a model code with no ready instance waits this long for one, then gets 503
+# with Retry-After: GATEWAY_RETRY_AFTER_S.
+GATEWAY_CAPACITY_WAIT_S = env_float("GATEWAY_CAPACITY_WAIT_S", 0.0, minimum=0)
+GATEWAY_RETRY_AFTER_S = env_int("GATEWAY_RETRY_AFTER_S", 5, minimum=1)
+# Routing: the header carrying the session for session affinity; prefix-aware routing hashes
+# this many characters of the prompt and allows an instance this factor above the mean load.
+GATEWAY_SESSION_HEADER = (env_str("GATEWAY_SESSION_HEADER", "x-session-id") or "").lower()
+GATEWAY_PREFIX_CHARS = env_int("GATEWAY_PREFIX_CHARS", 256, minimum=1)
+GATEWAY_PREFIX_LOAD_FACTOR = env_float("GATEWAY_PREFIX_LOAD_FACTOR", 1.25, minimum=1.0)
+# A client that leaves mid-stream: the gateway keeps reading the engine's answer this long to
+# record exactly what was generated (0: stop at once, counting the chunks already received).
+GATEWAY_DISCONNECT_DRAIN_S = env_float("GATEWAY_DISCONNECT_DRAIN_S", 60.0, minimum=0)
+# Bearer token for GET /metrics on the standalone gateway; unset disables the endpoint.
+GATEWAY_METRICS_TOKEN = env_str("GATEWAY_METRICS_TOKEN")
+# Usage records: buffered in Redis by gateways, written to PostgreSQL by the worker.
+USAGE_FLUSH_INTERVAL_S = env_float("USAGE_FLUSH_INTERVAL_S", 2.0, minimum=0.05)
+USAGE_FLUSH_BATCH = env_int("USAGE_FLUSH_BATCH", 1000, minimum=1)
+# --- end of gateway and usage -------------------------------------------------------------------

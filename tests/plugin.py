@@ -18,3 +18,6 @@ os.environ.setdefault("INVENTIV_STATE_DIR", tempfile.mkdtemp(prefix=f"inventiv-t
 if os.environ.get("DATABASE_URL") or os.environ.get("REDIS_URL"):
     os.environ.setdefault("SECRET_KEY", "test-" + secrets.token_urlsafe(32))
 os.environ.setdefault("INVENTIV_LOCAL_PROVIDER", "1")
+# Tests speak plain HTTP on loopback; production's HTTPS-only defaults stay on elsewhere.
+for _name in ("SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE"):
+    os.environ.setdefault(_name, "0")

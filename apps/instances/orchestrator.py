@@ -504,3 +504,18 @@ def _queue_depth() -> int | None:
         return None
     finally:
         client.close()
+
+
+def local_fleet_shutdown(reason: str) -> int:
+    """Terminate, synchronously, every instance on a local provider (the embedded platform is
+    stopping and its agents are its own child processes). Deployed model codes stay deployed:
+    the next start provisions fresh instances at once. Returns how many were terminated."""
+    count = 0
+    for instance in Instance.objects.select_related("provider", "llm_model").filter(
+        provider__kind=ProviderKind.LOCAL, status__in=HOLDS_MACHINE
+    ):
+        if instance.status != S.TERMINATING:
+            instance_request_termination(instance=instance, reason=reason)
+        if terminate_instance(str(instance.id)) == "terminated":
+            count += 1
+    return count

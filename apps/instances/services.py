@@ -22,6 +22,7 @@ from apps.instances.choices import (
     can_transition,
 )
 from apps.instances.models import Instance, InstanceEvent, Provider
+from apps.models.choices import ModelStatus
 from apps.models.models import LlmModel
 from inventiv import crypto
 from inventiv.errors import ApplicationError, Conflict
@@ -89,6 +90,10 @@ def instance_transition(
         )
         for key, value in values.items():
             setattr(instance, key, value)
+        if to == S.READY:  # the model code's first ready replica makes it active
+            LlmModel.objects.filter(id=instance.llm_model_id, status=ModelStatus.DEPLOYING).update(
+                status=ModelStatus.ACTIVE, status_changed_at=now
+            )
         payload = _event_payload(instance, from_status=current, to=to, reason=reason, at=now)
         publish_on_commit(
             [org_group(instance.organization_id), INSTANCE_GROUP, STAFF_GROUP],

@@ -122,6 +122,9 @@ def model_deploy(*, model: LlmModel, replicas: int | None = None) -> LlmModel:
         raise Conflict(f"A {model.status} model code cannot be deployed.")
     wanted = replicas if replicas is not None else max(model.desired_replicas, 1)
     _check_replicas(wanted)
+    from apps.instances.services import provider_for_model
+
+    provider_for_model(model)  # fail now, with a clear error, if nothing can host it
     with transaction.atomic():
         status = model.status if model.status in DEPLOYED_STATUSES else ModelStatus.DEPLOYING
         _set_status(model, ModelStatus(status), desired_replicas=wanted)

@@ -24,6 +24,8 @@ class InstanceViewSet(viewsets.ViewSet):
     """Machines serving model codes, with their history. Drain and terminate need the owner or
     admin role."""
 
+    queryset = Instance.objects.none()  # for the schema only; reads go through selectors
+
     def _get(self, request: Request, pk: Any, *, manage: bool = False) -> Instance:
         instance = instance_get_for_user(user=request.user, instance_id=str(pk))
         if manage:

@@ -25,6 +25,8 @@ class ModelCodeViewSet(viewsets.ViewSet):
     """Model codes: a public name mapped to an engine model id and hardware needs. Writes need
     the owner or admin role in the model code's organization."""
 
+    queryset = LlmModel.objects.none()  # for the schema only; reads go through selectors
+
     def _get(self, request: Request, pk: Any, *, manage: bool = False) -> LlmModel:
         model = model_get_for_user(user=request.user, model_id=int(pk) if str(pk).isdigit() else 0)
         if manage:

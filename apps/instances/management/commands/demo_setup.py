@@ -46,13 +46,18 @@ class Command(BaseCommand):
                 user.save(update_fields=["password"])
         org: Organization = organization_ensure_personal(user=user)
         Provider.objects.get_or_create(name="local", defaults={"kind": ProviderKind.LOCAL})
-        model = LlmModel.objects.filter(organization=org, name=DEMO_MODEL).exclude(
-            status=ModelStatus.DECOMMISSIONED
-        ).first()
+        model = (
+            LlmModel.objects.filter(organization=org, name=DEMO_MODEL)
+            .exclude(status=ModelStatus.DECOMMISSIONED)
+            .first()
+        )
         if model is None:
             model = model_create(
-                organization=org, name=DEMO_MODEL, engine=Engine.MOCK,
-                model_id="inventiv/mock-chat-1b", gpu_count=0,
+                organization=org,
+                name=DEMO_MODEL,
+                engine=Engine.MOCK,
+                model_id="inventiv/mock-chat-1b",
+                gpu_count=0,
                 engine_args={"token_rate": 200, "default_max_tokens": 32},
             )
         if model.status == ModelStatus.DRAFT:
@@ -74,7 +79,9 @@ class Command(BaseCommand):
     def _print(self, base: str, password: str, api_key: str | None) -> None:
         out = self.stdout.write
         out("")
-        out("Inventiv Agents is starting (embedded mode: SQLite, in-process broker, local provider)")
+        out(
+            "Inventiv Agents is starting (embedded mode: SQLite, in-process broker, local provider)"
+        )
         out(f"  Portal and API : {base}/            (OpenAPI UI: {base}/api/docs/)")
         out(f"  Admin          : {base}/admin/      login {DEMO_EMAIL} / {password}")
         out(f"  Demo model code: {DEMO_MODEL} (mock engine, 1 local replica)")
@@ -84,13 +91,17 @@ class Command(BaseCommand):
             out("  curl (streamed):")
             out(f"    curl -N {base}/v1/chat/completions -H 'Authorization: Bearer {api_key}' \\")
             out("      -H 'Content-Type: application/json' \\")
-            out(f"      -d '{{\"model\": \"{DEMO_MODEL}\", \"stream\": true, \"messages\": "
-                "[{\"role\": \"user\", \"content\": \"Hello!\"}]}'")
+            out(
+                f'      -d \'{{"model": "{DEMO_MODEL}", "stream": true, "messages": '
+                '[{"role": "user", "content": "Hello!"}]}\''
+            )
             out("")
             out("  openai (Python):")
-            out(f"    from openai import OpenAI")
+            out("    from openai import OpenAI")
             out(f"    client = OpenAI(base_url='{base}/v1', api_key='{api_key}')")
-            out(f"    for chunk in client.chat.completions.create(model='{DEMO_MODEL}', stream=True,")
+            out(
+                f"    for chunk in client.chat.completions.create(model='{DEMO_MODEL}', stream=True,"
+            )
             out("            messages=[{'role': 'user', 'content': 'Hello!'}]):")
             out("        print(chunk.choices[0].delta.content or '', end='')")
         out("")

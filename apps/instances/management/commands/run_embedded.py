@@ -13,6 +13,7 @@ from celery.beat import EmbeddedService
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.instances.orchestrator import local_fleet_shutdown
 from inventiv.celery import app as celery_app
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,11 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--concurrency", type=int, default=4)
         parser.add_argument("--no-beat", action="store_true")
+        parser.add_argument(
+            "--keep-agents",
+            action="store_true",
+            help="leave local agents running on exit (they reconnect on the next start)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not settings.EMBEDDED and settings.CELERY_BROKER_URL.startswith("memory"):
@@ -60,3 +66,6 @@ class Command(BaseCommand):
             if beat is not None:
                 beat.stop()
             worker.stop(in_sighandler=False)
+            if not options["keep_agents"]:
+                stopped = local_fleet_shutdown("the embedded platform stopped")
+                self.stdout.write(f"Stopped {stopped} local instance(s).")

@@ -1,0 +1,64 @@
+# Inventiv Agents — the two commands: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV := $(shell command -v uv 2>/dev/null || echo $(VENV)/bin/uv)
+PORT ?= 8000
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+PYTEST_ARGS ?=
+
+.PHONY: demo test install install-dev services lint typecheck bench lock clean
+
+$(VENV)/bin/python:
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	@command -v uv >/dev/null || $(VENV)/bin/pip install -q uv==0.13.9
+
+$(VENV)/.base-installed: requirements/base.txt requirements/agent.txt | $(VENV)/bin/python
+	$(UV) pip install -q --python $(PY) -r requirements/base.txt -r requirements/agent.txt
+	@touch $@
+
+$(VENV)/.dev-installed: requirements/dev.txt $(VENV)/.base-installed
+	$(UV) pip install -q --python $(PY) -r requirements/dev.txt
+	@touch $@
+
+install: $(VENV)/.base-installed
+install-dev: $(VENV)/.dev-installed
+
+## The whole platform in one process (SQLite, in-process broker, local provider, mock engine).
+demo: install
+	@env -u DATABASE_URL -u REDIS_URL $(PY) manage.py migrate -v0
+	@env -u DATABASE_URL -u REDIS_URL $(PY) manage.py demo_setup --base-url http://127.0.0.1:$(PORT)
+	@env -u DATABASE_URL -u REDIS_URL $(PY) manage.py run_embedded --port $(PORT)
+
+## Start PostgreSQL and Redis when they are not running (Debian service layout).
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && exit 0; sleep 1; done; echo "PostgreSQL/Redis did not start"; exit 1
+
+## The whole suite, on real PostgreSQL and Redis.
+test: install-dev services
+	$(VENV)/bin/ruff check .
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install-dev
+	$(VENV)/bin/mypy agent apps inventiv
+
+bench: install-dev
+	$(PY) -m bench.gateway
+
+## Re-pin requirements/*.txt from requirements/*.in.
+lock:
+	$(UV) pip compile -q requirements/base.in -o requirements/base.txt --python-version 3.11
+	$(UV) pip compile -q requirements/agent.in -o requirements/agent.txt --python-version 3.11
+	$(UV) pip compile -q requirements/dev.in -o requirements/dev.txt --python-version 3.11
+
+clean:
+	rm -rf $(VENV) .inventiv .pytest_cache .mypy_cache .ruff_cache

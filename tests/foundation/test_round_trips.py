@@ -1,0 +1,90 @@
+"""A Celery task round trip and a WebSocket round trip, through real processes: on Redis +
+PostgreSQL (web and worker as separate processes) and in the embedded mode (one process)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from websockets.exceptions import InvalidStatus
+
+from apps.accounts.services import user_create
+from tests.live import csrf_headers, login, receive_until, websocket
+from tests.processes import ROOT, ProcessGroup, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _ping_pong(base_url: str, email: str, password: str) -> dict[str, Any]:
+    client = login(base_url, email, password)
+    with websocket(base_url, client) as ws:
+        subscribed = receive_until(ws, "EVENT:SUBSCRIBED")
+        assert "staff" in subscribed["data"]["groups"]
+        response = client.post("/api/v1/ops/ping/", headers=csrf_headers(client, base_url))
+        assert response.status_code == 202, response.text
+        pong = receive_until(ws, "EVENT:PONG", timeout=15)
+    assert pong["data"]["ping_id"] == response.json()["ping_id"]
+    return pong
+
+
+def test_it_round_trips_a_task_and_a_websocket_message_on_redis_and_postgres(
+    processes: ProcessGroup,
+) -> None:
+    # Given a staff user, the web process and a worker process on PostgreSQL + Redis
+    assert settings.DATABASE_URL and settings.REDIS_URL
+    user_create(email="ops@example.com", password="correct-horse-9", is_staff=True)
+    _, base_url = processes.web()
+    processes.worker()
+    # When the user pings, then the worker's pong reaches the user's WebSocket
+    pong = _ping_pong(base_url, "ops@example.com", "correct-horse-9")
+    assert pong["data"]["worker_at"] >= pong["data"]["sent_at"]
+
+
+def test_it_round_trips_a_task_and_a_websocket_message_in_the_embedded_mode(
+    tmp_path: Path, processes: ProcessGroup
+) -> None:
+    # Given the embedded platform (no DATABASE_URL, no REDIS_URL) in a fresh state directory
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "INVENTIV_TEST_DB_NAME")
+    }
+    env["INVENTIV_STATE_DIR"] = str(tmp_path / "state")
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    subprocess.run(
+        [
+            *manage,
+            "shell",
+            "-c",
+            "from apps.accounts.services import user_create; "
+            "user_create(email='ops@example.com', password='correct-horse-9', is_staff=True)",
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
+    port = free_port()
+    processes.env = env
+    proc = processes.start("embedded", [*manage, "run_embedded", "--port", str(port)])
+    base_url = f"http://127.0.0.1:{port}"
+    processes.wait_http(proc, base_url + "/healthz")
+    # When the user pings, then the in-process worker's pong reaches the WebSocket
+    _ping_pong(base_url, "ops@example.com", "correct-horse-9")
+    assert not (tmp_path / "state" / "db.sqlite3-journal").exists()
+    assert (tmp_path / "state" / "db.sqlite3").exists()
+
+
+def test_it_refuses_an_anonymous_websocket(processes: ProcessGroup) -> None:
+    _, base_url = processes.web()
+    import httpx
+
+    with pytest.raises((InvalidStatus, Exception)) as excinfo:
+        with websocket(base_url, httpx.Client()) as ws:
+            ws.recv(timeout=5)
+    assert "4401" in str(excinfo.value) or "403" in str(excinfo.value)
