@@ -162,7 +162,10 @@ def test_the_compose_file_runs_only_what_exists_with_known_settings() -> None:
         command = service["command"]
         if command[0] == "uvicorn":
             module, _, attr = command[1].partition(":")
-            code = f"import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE','inventiv.settings'); import {module} as m; assert hasattr(m, '{attr}')"
+            code = (
+                "import os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'inventiv.settings'); "
+                f"import {module} as m; assert hasattr(m, '{attr}')"
+            )
             result = subprocess.run(
                 [sys.executable, "-c", code],
                 cwd=ROOT,
