@@ -99,9 +99,8 @@ class Command(BaseCommand):
             out("  openai (Python):")
             out("    from openai import OpenAI")
             out(f"    client = OpenAI(base_url='{base}/v1', api_key='{api_key}')")
-            out(
-                f"    for chunk in client.chat.completions.create(model='{DEMO_MODEL}', stream=True,"
-            )
+            out(f"    for chunk in client.chat.completions.create(model='{DEMO_MODEL}',")
+            out("            stream=True,")
             out("            messages=[{'role': 'user', 'content': 'Hello!'}]):")
             out("        print(chunk.choices[0].delta.content or '', end='')")
         out("")
