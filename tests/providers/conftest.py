@@ -50,3 +50,41 @@ def scw_provider(db: Any, fake_scw: FakeScaleway) -> Provider:
         },
     )
     return provider
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """moto's in-memory AWS (no network). Credentials are moto's dummies."""
+    from moto import mock_aws
+
+    for key in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
+    with mock_aws():
+        yield
+
+
+@pytest.fixture
+def aws_provider(db: Any, aws: None) -> Provider:
+    import boto3
+
+    ami = boto3.client("ec2", region_name="eu-west-3").describe_images(Owners=["amazon"])["Images"][
+        0
+    ]["ImageId"]
+    provider = Provider.objects.create(
+        name="aws",
+        kind="aws",
+        config={
+            "region": "eu-west-3",
+            "zones": ["eu-west-3a", "eu-west-3b"],
+            "ami": ami,
+            "prices": {"g5.xlarge": "1.2"},
+        },
+    )
+    provider_set_credentials(
+        provider=provider,
+        credentials={"access_key_id": "testing", "secret_access_key": "testing"},
+    )
+    return provider

@@ -1,0 +1,490 @@
+"""AWS EC2 GPU instances, through boto3.
+
+Provider settings (``Provider.config``): ``region`` (required); ``zones`` (availability zones
+to use; default: every zone of the region offering the type); ``ami`` (an image id) or
+``ami_ssm_parameter`` (default: the Deep Learning Base OSS Nvidia Driver GPU AMI, Ubuntu 22.04,
+resolved per region through SSM); ``subnets`` (``{"eu-west-3a": "subnet-..."}``, optional);
+``security_group_ids`` (optional); ``instance_profile`` (optional name: never needed by the
+agent); ``market``: ``on-demand`` (default), ``spot`` or ``spot-fallback`` (spot first, then
+on-demand when spot has no capacity); ``root_device_name`` (default ``/dev/sda1``);
+``prices`` (``{"g5.xlarge": "1.006"}``, overrides for the catalog). Credentials:
+``access_key_id`` and ``secret_access_key``, or none to use the worker's own role.
+
+Guarantees: ``run_instances`` carries an idempotency ``ClientToken`` derived from our instance
+id, zone, type and market (a retried call after a lost response returns the same instance),
+our tags on the instance, its volumes and network interfaces, IMDSv2 required, an encrypted
+root volume deleted on termination, and ``shutdown`` meaning terminate. Before creating, we
+look for an instance carrying our tag and adopt it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from django.conf import settings
+from django.utils import timezone
+
+from apps.instances.providers.base import (
+    INSTANCE_TAG,
+    MANAGED_TAG,
+    AuthenticationFailed,
+    InstanceTypeInfo,
+    Machine,
+    MachineNotFound,
+    MachineSpec,
+    OutOfCapacity,
+    ProviderAdapter,
+    ProviderError,
+    QuotaExceeded,
+    TransientProviderError,
+)
+from apps.instances.providers.common import call_timeout, managed_value, our_tags, poll_until
+from apps.instances.providers.credentials import credentials_for
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_AMI_PARAMETER = (
+    "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+)
+LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+
+CAPACITY_ERRORS = {
+    "InsufficientInstanceCapacity",
+    "InsufficientHostCapacity",
+    "InsufficientReservedInstanceCapacity",
+    "InsufficientCapacity",
+    "Unsupported",  # the type is not offered in this zone
+    "SpotMaxPriceTooLow",
+    "InsufficientFreeAddressesInSubnet",
+}
+QUOTA_ERRORS = {
+    "VcpuLimitExceeded",
+    "InstanceLimitExceeded",
+    "MaxSpotInstanceCountExceeded",
+    "VolumeLimitExceeded",
+    "AddressLimitExceeded",
+}
+AUTH_ERRORS = {
+    "AuthFailure",
+    "UnauthorizedOperation",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "AccessDenied",
+    "AccessDeniedException",
+    "OptInRequired",
+}
+TRANSIENT_ERRORS = {
+    "RequestLimitExceeded",
+    "Throttling",
+    "ThrottlingException",
+    "InternalError",
+    "ServiceUnavailable",
+    "Unavailable",
+    "IncorrectState",
+}
+NOT_FOUND_ERRORS = {"InvalidInstanceID.NotFound", "InvalidVolume.NotFound"}
+
+# On-demand Linux prices (USD/h) used only when the Pricing API cannot be read and the
+# provider settings give none. Operators should prefer ``prices`` or Pricing API access.
+FALLBACK_PRICES = {
+    "g4dn.xlarge": "0.526",
+    "g5.xlarge": "1.006",
+    "g5.2xlarge": "1.212",
+    "g5.12xlarge": "5.672",
+    "g5.48xlarge": "16.288",
+    "g6.xlarge": "0.805",
+    "g6e.xlarge": "1.861",
+    "p4d.24xlarge": "32.7726",
+    "p5.48xlarge": "98.32",
+}
+
+
+def _error_from(exc: ClientError | BotoCoreError) -> ProviderError:
+    if isinstance(exc, BotoCoreError):
+        return TransientProviderError(f"AWS unreachable ({type(exc).__name__})")
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    message = str(exc.response.get("Error", {}).get("Message", ""))[:300]
+    detail = f"AWS {code}: {message}"
+    if code in CAPACITY_ERRORS:
+        return OutOfCapacity(detail)
+    if code in QUOTA_ERRORS:
+        return QuotaExceeded(detail)
+    if code in AUTH_ERRORS:
+        return AuthenticationFailed(detail)
+    if code in NOT_FOUND_ERRORS:
+        return MachineNotFound(detail)
+    if code in TRANSIENT_ERRORS or code.endswith(".Unavailable"):
+        return TransientProviderError(detail)
+    return ProviderError(detail)
+
+
+def _tag_dict(tags: list[dict[str, str]] | None) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in tags or []}
+
+
+class AwsAdapter(ProviderAdapter):
+    kind: ClassVar[str] = "aws"
+
+    def __init__(self, provider: Any) -> None:
+        super().__init__(provider)
+        config = provider.config or {}
+        self.region: str = str(config.get("region") or "")
+        self.zones: list[str] = list(config.get("zones") or [])
+        self.ami: str = str(config.get("ami") or "")
+        self.ami_parameter: str = str(config.get("ami_ssm_parameter") or DEFAULT_AMI_PARAMETER)
+        self.subnets: dict[str, str] = dict(config.get("subnets") or {})
+        self.security_group_ids: list[str] = list(config.get("security_group_ids") or [])
+        self.instance_profile: str = str(config.get("instance_profile") or "")
+        self.market: str = str(config.get("market") or "on-demand")
+        self.root_device: str = str(config.get("root_device_name") or "/dev/sda1")
+        self.prices: dict[str, str] = {k: str(v) for k, v in (config.get("prices") or {}).items()}
+        self._session: boto3.session.Session | None = None
+        self._clients: dict[str, Any] = {}
+
+    # --- clients ------------------------------------------------------------------------------
+
+    def _client(self, service: str, region: str | None = None) -> Any:
+        key = f"{service}:{region or self.region}"
+        if key not in self._clients:
+            if not self.region:
+                raise ProviderError("The AWS provider needs a 'region' in its settings.")
+            if self._session is None:
+                creds = credentials_for(self.provider)
+                self._session = boto3.session.Session(
+                    aws_access_key_id=creds.get("access_key_id") or None,
+                    aws_secret_access_key=creds.get("secret_access_key") or None,
+                    aws_session_token=creds.get("session_token") or None,
+                    region_name=self.region,
+                )
+            timeout = call_timeout()
+            self._clients[key] = self._session.client(
+                service,  # type: ignore[call-overload]
+                region_name=region or self.region,
+                config=Config(
+                    connect_timeout=timeout,
+                    read_timeout=timeout,
+                    retries={"max_attempts": 3, "mode": "standard"},
+                ),
+            )
+        return self._clients[key]
+
+    def ec2(self) -> Any:
+        return self._client("ec2")
+
+    def _call(self, fn: Any, /, **kwargs: Any) -> Any:
+        try:
+            return fn(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise _error_from(exc) from None
+
+    # --- catalog ------------------------------------------------------------------------------
+
+    def list_instance_types(self) -> list[InstanceTypeInfo]:
+        ec2 = self.ec2()
+        offered: dict[str, set[str]] = {}
+        for page in self._pages(
+            ec2, "describe_instance_type_offerings", LocationType="availability-zone"
+        ):
+            for item in page.get("InstanceTypeOfferings", []):
+                zone = item["Location"]
+                if not self.zones or zone in self.zones:
+                    offered.setdefault(item["InstanceType"], set()).add(zone)
+        infos: list[InstanceTypeInfo] = []
+        for page in self._pages(ec2, "describe_instance_types"):
+            for item in page.get("InstanceTypes", []):
+                gpus = (item.get("GpuInfo") or {}).get("Gpus") or []
+                code = item["InstanceType"]
+                if not gpus or code not in offered:
+                    continue
+                gpu = gpus[0]
+                count = sum(int(g.get("Count", 0)) for g in gpus)
+                infos.append(
+                    InstanceTypeInfo(
+                        code=code,
+                        gpu_model=f"{gpu.get('Manufacturer', '')} {gpu.get('Name', '')}".strip(),
+                        gpu_count=count,
+                        vram_per_gpu_gb=round(
+                            int((gpu.get("MemoryInfo") or {}).get("SizeInMiB", 0)) / 1024
+                        ),
+                        vcpus=int((item.get("VCpuInfo") or {}).get("DefaultVCpus", 0)),
+                        ram_gb=round(
+                            int((item.get("MemoryInfo") or {}).get("SizeInMiB", 0)) / 1024
+                        ),
+                        hourly_price=self._price(code),
+                        currency="USD",
+                        availability={zone: "available" for zone in sorted(offered[code])},
+                    )
+                )
+        return infos
+
+    def _pages(self, client: Any, operation: str, **kwargs: Any) -> Any:
+        try:
+            yield from client.get_paginator(operation).paginate(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise _error_from(exc) from None
+
+    def _price(self, code: str) -> Decimal:
+        if code in self.prices:
+            return Decimal(self.prices[code])
+        try:
+            price = self._pricing_api_price(code)
+        except Exception as exc:  # the Pricing API is optional: fall back quietly
+            logger.info("aws: no price from the Pricing API for %s (%s)", code, type(exc).__name__)
+            price = None
+        return price if price is not None else Decimal(FALLBACK_PRICES.get(code, "0"))
+
+    def _pricing_api_price(self, code: str) -> Decimal | None:
+        pricing = self._client("pricing", "us-east-1")
+        filters = [
+            ("instanceType", code),
+            ("regionCode", self.region),
+            ("operatingSystem", "Linux"),
+            ("tenancy", "Shared"),
+            ("preInstalledSw", "NA"),
+            ("capacitystatus", "Used"),
+        ]
+        response = pricing.get_products(
+            ServiceCode="AmazonEC2",
+            Filters=[{"Type": "TERM_MATCH", "Field": f, "Value": v} for f, v in filters],
+            MaxResults=1,
+        )
+        for raw in response.get("PriceList", []):
+            product = json.loads(raw)
+            for term in product.get("terms", {}).get("OnDemand", {}).values():
+                for dimension in term.get("priceDimensions", {}).values():
+                    usd = dimension.get("pricePerUnit", {}).get("USD")
+                    if usd:
+                        return Decimal(usd).quantize(Decimal("0.0001"))
+        return None
+
+    # --- lookups ------------------------------------------------------------------------------
+
+    def _machine(self, item: dict[str, Any]) -> Machine:
+        tags = _tag_dict(item.get("Tags"))
+        volumes = [
+            m["Ebs"]["VolumeId"] for m in item.get("BlockDeviceMappings", []) if m.get("Ebs")
+        ]
+        return Machine(
+            provider_id=item["InstanceId"],
+            instance_id=tags.get(INSTANCE_TAG),
+            state=str(item.get("State", {}).get("Name", "")),
+            zone=str(item.get("Placement", {}).get("AvailabilityZone", "")),
+            public_ip=item.get("PublicIpAddress"),
+            private_ip=item.get("PrivateIpAddress"),
+            created_at=item.get("LaunchTime"),
+            attached={"volumes": volumes},
+        )
+
+    def _describe(self, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for page in self._pages(self.ec2(), "describe_instances", Filters=filters):
+            for reservation in page.get("Reservations", []):
+                out.extend(reservation.get("Instances", []))
+        return out
+
+    def find_machine(self, instance_id: str) -> Machine | None:
+        found = self._describe(
+            [
+                {"Name": f"tag:{INSTANCE_TAG}", "Values": [instance_id]},
+                {"Name": "instance-state-name", "Values": LIVE_STATES},
+            ]
+        )
+        if not found:
+            return None
+        found.sort(key=lambda item: item.get("LaunchTime") or timezone.now())
+        return self._machine(found[0])
+
+    def list_machines(self) -> list[Machine]:
+        return [
+            self._machine(item)
+            for item in self._describe(
+                [
+                    {"Name": f"tag:{MANAGED_TAG}", "Values": [managed_value()]},
+                    {"Name": "instance-state-name", "Values": LIVE_STATES},
+                ]
+            )
+        ]
+
+    # --- create -------------------------------------------------------------------------------
+
+    def _resolve_ami(self) -> str:
+        if self.ami:
+            return self.ami
+        response = self._call(self._client("ssm").get_parameter, Name=self.ami_parameter)
+        return str(response["Parameter"]["Value"])
+
+    @staticmethod
+    def client_token(spec: MachineSpec, zone: str, market: str) -> str:
+        """Same request, same token: EC2 then returns the instance it already launched."""
+        digest = hashlib.sha256(f"{zone}|{spec.instance_type}|{market}".encode()).hexdigest()
+        return f"{spec.instance_id}-{digest[:16]}"[:64]
+
+    def create_machine(self, spec: MachineSpec) -> Machine:
+        existing = self.find_machine(spec.instance_id)
+        if existing is not None:
+            logger.info("aws: adopting %s for %s", existing.provider_id, spec.instance_id)
+            if existing.state == "stopped":
+                self._call(self.ec2().start_instances, InstanceIds=[existing.provider_id])
+            return self._wait_running(existing.provider_id)
+        zone = spec.zone or (self.zones[0] if self.zones else "")
+        markets = {
+            "spot": ["spot"],
+            "spot-fallback": ["spot", "on-demand"],
+        }.get(self.market, ["on-demand"])
+        ami = self._resolve_ami()
+        last_error: ProviderError | None = None
+        for market in markets:
+            try:
+                instance_id = self._run(spec, zone=zone, market=market, ami=ami)
+            except OutOfCapacity as exc:
+                last_error = exc
+                if market == "spot" and len(markets) > 1:
+                    logger.info(
+                        "aws: no spot capacity for %s in %s; on-demand", spec.instance_type, zone
+                    )
+                    continue
+                raise
+            return self._wait_running(instance_id)
+        assert last_error is not None
+        raise last_error
+
+    def _run(self, spec: MachineSpec, *, zone: str, market: str, ami: str) -> str:
+        tags = [
+            {"Key": k, "Value": v} for k, v in {**spec.tags, **our_tags(spec.instance_id)}.items()
+        ]
+        tags.append({"Key": "Name", "Value": f"inventiv-{spec.instance_id[:8]}"})
+        params: dict[str, Any] = {
+            "ImageId": ami,
+            "InstanceType": spec.instance_type,
+            "MinCount": 1,
+            "MaxCount": 1,
+            "ClientToken": self.client_token(spec, zone, market),
+            "UserData": spec.user_data,
+            "MetadataOptions": {
+                "HttpTokens": "required",
+                "HttpEndpoint": "enabled",
+                "HttpPutResponseHopLimit": 1,
+            },
+            "BlockDeviceMappings": [
+                {
+                    "DeviceName": self.root_device,
+                    "Ebs": {
+                        "VolumeSize": spec.boot_volume_gb,
+                        "VolumeType": "gp3",
+                        "DeleteOnTermination": True,
+                        "Encrypted": True,
+                    },
+                }
+            ],
+            "TagSpecifications": [
+                {"ResourceType": kind, "Tags": tags}
+                for kind in ("instance", "volume", "network-interface")
+            ],
+            "InstanceInitiatedShutdownBehavior": "terminate",
+        }
+        if zone:
+            params["Placement"] = {"AvailabilityZone": zone}
+        if zone in self.subnets:
+            params["SubnetId"] = self.subnets[zone]
+        if self.security_group_ids:
+            params["SecurityGroupIds"] = self.security_group_ids
+        if self.instance_profile:
+            params["IamInstanceProfile"] = {"Name": self.instance_profile}
+        if market == "spot":
+            params["InstanceMarketOptions"] = {
+                "MarketType": "spot",
+                "SpotOptions": {
+                    "SpotInstanceType": "one-time",
+                    "InstanceInterruptionBehavior": "terminate",
+                },
+            }
+            # One-time spot requests cannot be told to stop on shutdown; terminate is default.
+            del params["InstanceInitiatedShutdownBehavior"]
+        response = self._call(self.ec2().run_instances, **params)
+        return str(response["Instances"][0]["InstanceId"])
+
+    def _wait_running(self, instance_id: str) -> Machine:
+        def fetch() -> Machine:
+            items = self._describe([{"Name": "instance-id", "Values": [instance_id]}])
+            if not items:
+                raise TransientProviderError(f"AWS instance {instance_id} not visible yet")
+            return self._machine(items[0])
+
+        machine, _ = poll_until(
+            fetch,
+            lambda m: m.state in ("running", "stopped", "terminated", "shutting-down"),
+            timeout=float(settings.PROVIDER_WAIT_RUNNING_S),
+        )
+        if machine.state in ("terminated", "shutting-down"):
+            raise OutOfCapacity(f"AWS instance {instance_id} ended at launch ({machine.state})")
+        return machine
+
+    # --- terminate ----------------------------------------------------------------------------
+
+    def terminate_machine(self, machine: Machine) -> None:
+        """Terminate and wait until terminated (volumes go with it: DeleteOnTermination), then
+        delete any of our volumes left for this instance. Idempotent."""
+        ec2 = self.ec2()
+        try:
+            self._call(ec2.terminate_instances, InstanceIds=[machine.provider_id])
+        except MachineNotFound:
+            pass
+        else:
+
+            def state() -> str:
+                items = self._describe([{"Name": "instance-id", "Values": [machine.provider_id]}])
+                return str(items[0]["State"]["Name"]) if items else "terminated"
+
+            _, done = poll_until(
+                state, lambda s: s == "terminated", timeout=float(settings.PROVIDER_WAIT_GONE_S)
+            )
+            if not done:
+                raise TransientProviderError(
+                    f"AWS instance {machine.provider_id} not terminated yet"
+                )
+        if machine.instance_id:
+            for volume in self._volumes(
+                [{"Name": f"tag:{INSTANCE_TAG}", "Values": [machine.instance_id]}]
+            ):
+                if volume.get("State") == "available":
+                    self._delete_volume(volume["VolumeId"])
+
+    def _volumes(self, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for page in self._pages(self.ec2(), "describe_volumes", Filters=filters):
+            out.extend(page.get("Volumes", []))
+        return out
+
+    def _delete_volume(self, volume_id: str) -> None:
+        with contextlib.suppress(MachineNotFound):
+            self._call(self.ec2().delete_volume, VolumeId=volume_id)
+
+    def sweep_orphan_resources(
+        self, *, owner_is_gone: Any, older_than: timedelta
+    ) -> list[tuple[str, str, str]]:
+        removed: list[tuple[str, str, str]] = []
+        cutoff = timezone.now() - older_than
+        for volume in self._volumes(
+            [
+                {"Name": f"tag:{MANAGED_TAG}", "Values": [managed_value()]},
+                {"Name": "status", "Values": ["available"]},
+            ]
+        ):
+            owner = _tag_dict(volume.get("Tags")).get(INSTANCE_TAG, "")
+            created = volume.get("CreateTime")
+            if created is not None and created > cutoff:
+                continue
+            if owner_is_gone(owner):
+                self._delete_volume(volume["VolumeId"])
+                removed.append(("volume", volume["VolumeId"], owner))
+        return removed
