@@ -115,7 +115,7 @@ def test_heartbeats_move_the_instance_with_its_engine(client: Client, mock_model
 
 
 def test_a_heartbeat_for_another_instance_is_refused(client: Client, mock_model: LlmModel) -> None:
-    first, token = make_instance(mock_model, S.BOOTING)
+    _first, token = make_instance(mock_model, S.BOOTING)
     other, _ = make_instance(mock_model, S.BOOTING)
     credential = register(client, token).json()["credential"]
     response = heartbeat(client, credential, str(other.id), AgentState.READY)
