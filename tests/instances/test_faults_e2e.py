@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -25,6 +26,12 @@ def _only_instance(model: LlmModel) -> Instance:
     return wait_for(
         lambda: model.instances.exclude(status=S.TERMINATED).first(), message="an instance"
     )
+
+
+def _agent_count(instance_id: str) -> int:
+    """Agent processes (not their engines) carrying the instance's tag."""
+    cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in agent_pids(instance_id)]
+    return sum(b"agent.mock_engine" not in c for c in cmdlines)
 
 
 def _chat(instance: Instance) -> httpx.Response:
@@ -76,9 +83,7 @@ def test_a_worker_killed_while_provisioning_converges_to_one_machine(
     # Then the instance converges: ready, with exactly one machine
     wait_status(str(instance.id), S.READY, timeout=40)
     assert mock_model.instances.exclude(status=S.TERMINATED).count() == 1
-    processes = agent_pids(str(instance.id))
-    cmdlines = [open(f"/proc/{p}/cmdline", "rb").read() for p in processes]
-    assert sum(b"agent.mock_engine" not in c for c in cmdlines) == 1
+    assert _agent_count(str(instance.id)) == 1
     assert _chat(Instance.objects.get(id=instance.id)).status_code == 200
 
 
