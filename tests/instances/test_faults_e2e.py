@@ -57,12 +57,7 @@ def test_a_command_delivered_twice_starts_one_machine(
     # Then both calls name the same machine: one agent process
     assert first.startswith("created") and first == second
     wait_for(lambda: len(agent_pids(str(instance.id))) >= 1, message="agent process")
-    agents = [
-        p
-        for p in agent_pids(str(instance.id))
-        if b"agent.mock_engine" not in open(f"/proc/{p}/cmdline", "rb").read()
-    ]
-    assert len(agents) == 1
+    assert _agent_count(str(instance.id)) == 1
 
 
 def test_a_worker_killed_while_provisioning_converges_to_one_machine(
