@@ -1,3 +1,8 @@
-from django.urls import URLPattern
+from django.urls import path
 
-urlpatterns: list[URLPattern] = []
+from apps.billing.api.views import UsageListView, UsageSummaryView
+
+urlpatterns = [
+    path("usage/", UsageListView.as_view(), name="usage-list"),
+    path("usage/summary/", UsageSummaryView.as_view(), name="usage-summary"),
+]

@@ -1,3 +1,7 @@
-from django.urls import URLPattern
+from rest_framework.routers import SimpleRouter
 
-urlpatterns: list[URLPattern] = []
+from apps.gateway.api.views import ApiKeyViewSet
+
+router = SimpleRouter()
+router.register("api-keys", ApiKeyViewSet, basename="api-key")
+urlpatterns = router.urls

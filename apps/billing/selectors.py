@@ -1,0 +1,46 @@
+"""Reads for usage, access-checked: only the organizations the user belongs to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Count, QuerySet, Sum
+
+from apps.accounts.models import User
+from apps.accounts.selectors import organization_ids_for_user
+from apps.billing.models import UsageRecord
+
+
+def usage_list_for_user(
+    *, user: User, filters: dict[str, Any] | None = None
+) -> QuerySet[UsageRecord]:
+    queryset = UsageRecord.objects.filter(organization_id__in=organization_ids_for_user(user=user))
+    filters = filters or {}
+    if filters.get("model_code"):
+        queryset = queryset.filter(model_code=filters["model_code"])
+    if filters.get("api_key"):
+        queryset = queryset.filter(api_key_id=filters["api_key"])
+    if filters.get("since"):
+        queryset = queryset.filter(started_at__gte=filters["since"])
+    if filters.get("until"):
+        queryset = queryset.filter(started_at__lt=filters["until"])
+    return queryset.order_by("-started_at", "-id")
+
+
+def usage_summary_for_user(
+    *, user: User, filters: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Totals per model code."""
+    rows = (
+        usage_list_for_user(user=user, filters=filters)
+        .order_by()
+        .values("model_code")
+        .annotate(
+            requests=Count("id"),
+            prompt_tokens=Sum("prompt_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+            total_tokens=Sum("total_tokens"),
+        )
+        .order_by("model_code")
+    )
+    return list(rows)

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.settings import api_settings
+
+from apps.accounts.selectors import organization_get_for_user
+from apps.gateway import services
+from apps.gateway.api.serializers import (
+    ApiKeyCreatedOutSerializer,
+    ApiKeyInSerializer,
+    ApiKeyOutSerializer,
+)
+from apps.gateway.models import ApiKey
+from apps.gateway.selectors import api_key_get_for_user, api_key_list_for_user
+from apps.models.models import LlmModel
+from inventiv.errors import ApplicationError
+
+
+class ApiKeyViewSet(viewsets.ViewSet):
+    """OpenAI-compatible API keys of your organizations. The key itself is shown once, in the
+    answer to create and rotate. Writes need the owner or admin role."""
+
+    def _get(self, request: Request, pk: Any, *, manage: bool = False) -> ApiKey:
+        key = api_key_get_for_user(user=request.user, key_id=int(pk) if str(pk).isdigit() else 0)
+        if manage:
+            organization_get_for_user(user=request.user, slug=key.organization.slug, manage=True)
+        return key
+
+    @extend_schema(responses=ApiKeyOutSerializer(many=True))
+    def list(self, request: Request) -> Response:
+        queryset = api_key_list_for_user(user=request.user)
+        if org := request.query_params.get("organization"):
+            queryset = queryset.filter(organization__slug=org)
+        paginator = api_settings.DEFAULT_PAGINATION_CLASS()
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        return paginator.get_paginated_response(ApiKeyOutSerializer(page, many=True).data)
+
+    @extend_schema(request=ApiKeyInSerializer, responses={201: ApiKeyCreatedOutSerializer})
+    def create(self, request: Request) -> Response:
+        data = ApiKeyInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        org = organization_get_for_user(
+            user=request.user, slug=values.pop("organization", None), manage=True
+        )
+        ids = set(values.pop("model_codes"))
+        models = list(LlmModel.objects.filter(organization=org, pk__in=ids))
+        if len(models) != len(ids):
+            raise ApplicationError(
+                "Unknown model code in this organization.",
+                param="model_codes",
+                code="invalid_model_code",
+            )
+        key, plaintext = services.api_key_create(
+            organization=org, created_by=request.user, model_codes=models, **values
+        )
+        key = api_key_get_for_user(user=request.user, key_id=key.pk)
+        out = ApiKeyCreatedOutSerializer(key, context={"plaintext": plaintext})
+        return Response(out.data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses=ApiKeyOutSerializer)
+    def retrieve(self, request: Request, pk: Any = None) -> Response:
+        return Response(ApiKeyOutSerializer(self._get(request, pk)).data)
+
+    @extend_schema(request=None, responses=ApiKeyOutSerializer)
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, pk: Any = None) -> Response:
+        key = services.api_key_revoke(key=self._get(request, pk, manage=True))
+        return Response(ApiKeyOutSerializer(key).data)
+
+    @extend_schema(responses={204: None})
+    def destroy(self, request: Request, pk: Any = None) -> Response:
+        """Same as revoke (keys are kept for the usage history)."""
+        services.api_key_revoke(key=self._get(request, pk, manage=True))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=None, responses={201: ApiKeyCreatedOutSerializer})
+    @action(detail=True, methods=["post"])
+    def rotate(self, request: Request, pk: Any = None) -> Response:
+        new, plaintext = services.api_key_rotate(
+            key=self._get(request, pk, manage=True), created_by=request.user
+        )
+        new = api_key_get_for_user(user=request.user, key_id=new.pk)
+        out = ApiKeyCreatedOutSerializer(new, context={"plaintext": plaintext})
+        return Response(out.data, status=status.HTTP_201_CREATED)

@@ -1,0 +1,299 @@
+"""The gateway's shared state behind one small interface, in two implementations:
+
+* Redis (production): rate limits are Lua scripts, atomic across every gateway process; usage
+  records are appended to a Redis list that the worker drains.
+* In-process (embedded mode only, ``REDIS_URL`` unset): the same semantics in memory, valid
+  because the embedded mode runs gateway and worker in one process.
+
+``rate_limiter()`` and ``usage_buffer()`` pick the implementation from the settings.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from django.conf import settings
+
+# A concurrency lease outlives a request by at most this long if its gateway dies mid-request.
+LEASE_S = 900
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    key_id: int
+    rpm: int = 0  # 0 means unlimited
+    tpm: int = 0
+    concurrency: int = 0
+
+    @property
+    def any(self) -> bool:
+        return bool(self.rpm or self.tpm or self.concurrency)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    # Which limit refused ("requests", "tokens", "concurrency") and when to retry.
+    limit: str = ""
+    retry_after_s: float = 0.0
+
+
+ALLOW = Decision(True)
+_KINDS = {1: "requests", 2: "tokens", 3: "concurrency"}
+
+
+class RateLimiter(Protocol):
+    async def acquire(self, limits: Limits, request_id: str) -> Decision: ...
+
+    async def release(self, limits: Limits, request_id: str, tokens: int) -> None: ...
+
+
+class UsageBuffer(Protocol):
+    """Records are opaque bytes (JSON). ``push`` is called by gateways; ``peek``/``ack`` by the
+    flush task, under ``lock`` so that two flushes never ack each other's records."""
+
+    async def push(self, records: list[bytes]) -> None: ...
+
+    def peek(self, count: int) -> list[bytes]: ...
+
+    def ack(self, count: int) -> None: ...
+
+    def lock(self, ttl_s: float) -> bool: ...
+
+    def unlock(self) -> None: ...
+
+    def size(self) -> int: ...
+
+
+# --- Redis ---------------------------------------------------------------------------------------
+
+# Token buckets (requests, tokens) refill continuously over a minute; concurrency is a sorted
+# set of request ids scored by lease deadline, so that a dead gateway's leases expire.
+# The tokens bucket is debited after the response (the count is only known then) and may go
+# negative; requests are refused while it is not positive.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local lease = tonumber(ARGV[5])
+if conc > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  if redis.call('ZCARD', KEYS[3]) >= conc then return {3, 1000} end
+end
+if tpm > 0 then
+  local b = redis.call('HMGET', KEYS[2], 'v', 't')
+  local v = tonumber(b[1]) or tpm
+  local ts = tonumber(b[2]) or now
+  v = math.min(tpm, v + (now - ts) * tpm / 60)
+  if v <= 0 then return {2, math.ceil((1 - v) * 60000 / tpm)} end
+end
+if rpm > 0 then
+  local b = redis.call('HMGET', KEYS[1], 'v', 't')
+  local v = tonumber(b[1]) or rpm
+  local ts = tonumber(b[2]) or now
+  v = math.min(rpm, v + (now - ts) * rpm / 60)
+  if v < 1 then return {1, math.ceil((1 - v) * 60000 / rpm)} end
+  redis.call('HSET', KEYS[1], 'v', tostring(v - 1), 't', tostring(now))
+  redis.call('PEXPIRE', KEYS[1], 120000)
+end
+if conc > 0 then
+  redis.call('ZADD', KEYS[3], now + lease, ARGV[4])
+  redis.call('PEXPIRE', KEYS[3], (lease + 1) * 1000)
+end
+return {0, 0}
+"""
+
+_RELEASE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tpm, conc, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+if conc > 0 then redis.call('ZREM', KEYS[2], ARGV[3]) end
+if tpm > 0 and tokens > 0 then
+  local b = redis.call('HMGET', KEYS[1], 'v', 't')
+  local v = tonumber(b[1]) or tpm
+  local ts = tonumber(b[2]) or now
+  v = math.min(tpm, v + (now - ts) * tpm / 60) - tokens
+  redis.call('HSET', KEYS[1], 'v', tostring(v), 't', tostring(now))
+  redis.call('PEXPIRE', KEYS[1], 120000)
+end
+return 0
+"""
+
+
+def _redis_async():  # type: ignore[no-untyped-def]
+    import redis.asyncio as aioredis
+
+    return aioredis.Redis.from_url(settings.REDIS_URL, max_connections=64)
+
+
+class RedisRateLimiter:
+    def __init__(self) -> None:
+        self._redis = _redis_async()
+        self._prefix = settings.REDIS_PREFIX + "gw:rl:"
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._release = self._redis.register_script(_RELEASE)
+
+    def _keys(self, key_id: int) -> list[str]:
+        base = f"{self._prefix}{key_id}:"
+        return [base + "req", base + "tok", base + "conc"]
+
+    async def acquire(self, limits: Limits, request_id: str) -> Decision:
+        code, retry_ms = await self._acquire(
+            keys=self._keys(limits.key_id),
+            args=[limits.rpm, limits.tpm, limits.concurrency, request_id, LEASE_S],
+        )
+        if int(code) == 0:
+            return ALLOW
+        return Decision(False, _KINDS[int(code)], int(retry_ms) / 1000)
+
+    async def release(self, limits: Limits, request_id: str, tokens: int) -> None:
+        if not (limits.tpm or limits.concurrency):
+            return
+        _, tok, conc = self._keys(limits.key_id)
+        await self._release(
+            keys=[tok, conc], args=[limits.tpm, limits.concurrency, request_id, tokens]
+        )
+
+
+class RedisUsageBuffer:
+    def __init__(self) -> None:
+        self._key = settings.REDIS_PREFIX + "usage:buffer"
+        self._lock_key = settings.REDIS_PREFIX + "usage:flush-lock"
+        self._async = None
+        self._sync = None
+
+    def _client(self):  # type: ignore[no-untyped-def]
+        if self._sync is None:
+            import redis
+
+            self._sync = redis.Redis.from_url(settings.REDIS_URL)
+        return self._sync
+
+    async def push(self, records: list[bytes]) -> None:
+        if self._async is None:
+            self._async = _redis_async()
+        await self._async.rpush(self._key, *records)
+
+    def peek(self, count: int) -> list[bytes]:
+        return list(self._client().lrange(self._key, 0, count - 1))
+
+    def ack(self, count: int) -> None:
+        self._client().ltrim(self._key, count, -1)
+
+    def lock(self, ttl_s: float) -> bool:
+        return bool(self._client().set(self._lock_key, b"1", nx=True, px=int(ttl_s * 1000)))
+
+    def unlock(self) -> None:
+        self._client().delete(self._lock_key)
+
+    def size(self) -> int:
+        return int(self._client().llen(self._key))
+
+
+# --- In-process (embedded mode) ----------------------------------------------------------------
+
+
+@dataclass
+class _Bucket:
+    value: float
+    at: float
+
+
+@dataclass
+class InProcessRateLimiter:
+    """Same semantics as the Redis scripts, for one process. Mutated only under ``_lock``."""
+
+    _buckets: dict[tuple[int, str], _Bucket] = field(default_factory=dict)
+    _leases: dict[int, dict[str, float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _refill(self, key: tuple[int, str], per_minute: int, now: float) -> _Bucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(float(per_minute), now)
+        bucket.value = min(per_minute, bucket.value + (now - bucket.at) * per_minute / 60)
+        bucket.at = now
+        return bucket
+
+    async def acquire(self, limits: Limits, request_id: str) -> Decision:
+        now = time.monotonic()
+        with self._lock:
+            leases = self._leases.setdefault(limits.key_id, {})
+            if limits.concurrency:
+                for rid in [r for r, deadline in leases.items() if deadline <= now]:
+                    del leases[rid]
+                if len(leases) >= limits.concurrency:
+                    return Decision(False, "concurrency", 1.0)
+            if limits.tpm:
+                tok = self._refill((limits.key_id, "tok"), limits.tpm, now)
+                if tok.value <= 0:
+                    return Decision(False, "tokens", math.ceil((1 - tok.value) * 60 / limits.tpm))
+            if limits.rpm:
+                req = self._refill((limits.key_id, "req"), limits.rpm, now)
+                if req.value < 1:
+                    return Decision(False, "requests", (1 - req.value) * 60 / limits.rpm)
+                req.value -= 1
+            if limits.concurrency:
+                leases[request_id] = now + LEASE_S
+        return ALLOW
+
+    async def release(self, limits: Limits, request_id: str, tokens: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if limits.concurrency:
+                self._leases.get(limits.key_id, {}).pop(request_id, None)
+            if limits.tpm and tokens > 0:
+                self._refill((limits.key_id, "tok"), limits.tpm, now).value -= tokens
+
+
+class InProcessUsageBuffer:
+    def __init__(self) -> None:
+        self._items: deque[bytes] = deque()
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+
+    async def push(self, records: list[bytes]) -> None:
+        with self._lock:
+            self._items.extend(records)
+
+    def peek(self, count: int) -> list[bytes]:
+        with self._lock:
+            return [self._items[i] for i in range(min(count, len(self._items)))]
+
+    def ack(self, count: int) -> None:
+        with self._lock:
+            for _ in range(min(count, len(self._items))):
+                self._items.popleft()
+
+    def lock(self, ttl_s: float) -> bool:
+        return self._flush_lock.acquire(blocking=False)
+
+    def unlock(self) -> None:
+        if self._flush_lock.locked():
+            self._flush_lock.release()
+
+    def size(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+
+_in_process_buffer = InProcessUsageBuffer()
+_in_process_limiter = InProcessRateLimiter()
+
+
+def rate_limiter() -> RateLimiter:
+    """A new Redis limiter (one per gateway process and event loop), or the process's own."""
+    if settings.REDIS_URL:
+        return RedisRateLimiter()
+    return _in_process_limiter
+
+
+def usage_buffer() -> UsageBuffer:
+    if settings.REDIS_URL:
+        return RedisUsageBuffer()
+    return _in_process_buffer

@@ -1,0 +1,218 @@
+"""The routing table: model code → ready instances, in memory, with per-instance outstanding
+counts, a circuit breaker, and the three routing policies.
+
+Everything here runs on the gateway's event loop thread: plain attributes, no locks. Outstanding
+counts are per gateway process (each replica balances its own share of the traffic).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+
+from apps.gateway.types import InstanceSnapshot, ModelSnapshot
+
+LEAST_OUTSTANDING = "least_outstanding"
+SESSION_AFFINITY = "session_affinity"
+PREFIX_AWARE = "prefix_aware"
+_VNODES = 64  # virtual nodes per instance on the consistent-hash ring
+
+
+def _hash64(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+@dataclass(slots=True)
+class InstanceState:
+    snapshot: InstanceSnapshot
+    outstanding: int = 0
+    failures: int = 0  # consecutive
+    open_until: float = 0.0  # circuit open (out of rotation) until this monotonic time
+    url_base: str = ""
+    auth_header: str = ""
+
+    def __post_init__(self) -> None:
+        self.url_base = self.snapshot.endpoint
+        self.auth_header = "Bearer " + self.snapshot.secret
+
+    @property
+    def id(self) -> str:
+        return self.snapshot.id
+
+
+@dataclass(slots=True)
+class ModelRoute:
+    snapshot: ModelSnapshot
+    instances: list[InstanceState]
+    label: str
+    ring: list[tuple[int, int]] = field(default_factory=list)  # (hash, index in instances)
+    ring_keys: list[int] = field(default_factory=list)
+
+    def build_ring(self) -> None:
+        ring = [
+            (_hash64(f"{inst.id}#{v}".encode()), index)
+            for index, inst in enumerate(self.instances)
+            for v in range(_VNODES)
+        ]
+        ring.sort()
+        self.ring = ring
+        self.ring_keys = [h for h, _ in ring]
+
+
+class RoutingTable:
+    def __init__(self, *, breaker_failures: int, breaker_cooldown_s: float, load_factor: float):
+        self.routes: dict[tuple[int, str], ModelRoute] = {}
+        self.by_org: dict[int, list[ModelRoute]] = {}
+        self._states: dict[str, InstanceState] = {}
+        self._rr = itertools.count()
+        self.breaker_failures = breaker_failures
+        self.breaker_cooldown_s = breaker_cooldown_s
+        self.load_factor = load_factor
+
+    # --- loading ---------------------------------------------------------------------------
+    def _route(self, model: ModelSnapshot) -> ModelRoute:
+        states = []
+        for inst in model.instances:
+            state = self._states.get(inst.id)
+            if state is None or state.snapshot != inst:
+                # Keep counters of a known instance across reloads (its requests are in flight).
+                previous = state
+                state = InstanceState(inst)
+                if previous is not None:
+                    state.outstanding = previous.outstanding
+                self._states[inst.id] = state
+            states.append(state)
+        route = ModelRoute(model, states, f"{model.organization_slug}/{model.name}")
+        if model.routing_policy == PREFIX_AWARE:
+            route.build_ring()
+        return route
+
+    def replace(self, models: list[ModelSnapshot]) -> None:
+        """Install a full snapshot (the periodic refresh, or after an instance event)."""
+        routes = {(m.organization_id, m.name): self._route(m) for m in models}
+        by_org: dict[int, list[ModelRoute]] = {}
+        for route in routes.values():
+            by_org.setdefault(route.snapshot.organization_id, []).append(route)
+        live = {inst.id for route in routes.values() for inst in route.instances}
+        for instance_id in [i for i in self._states if i not in live]:
+            if self._states[instance_id].outstanding == 0:
+                del self._states[instance_id]
+        self.routes, self.by_org = routes, by_org
+
+    def upsert(self, model: ModelSnapshot) -> ModelRoute:
+        """Install one model code (looked up on a miss)."""
+        route = self._route(model)
+        self.routes[(model.organization_id, model.name)] = route
+        org_routes = [
+            r for r in self.by_org.get(model.organization_id, []) if r.snapshot.id != model.id
+        ]
+        self.by_org[model.organization_id] = [*org_routes, route]
+        return route
+
+    def get(self, organization_id: int, name: str) -> ModelRoute | None:
+        return self.routes.get((organization_id, name))
+
+    # --- circuit breaker -------------------------------------------------------------------
+    def record_success(self, state: InstanceState) -> None:
+        state.failures = 0
+        state.open_until = 0.0
+
+    def record_failure(self, state: InstanceState) -> None:
+        state.failures += 1
+        if state.failures >= self.breaker_failures:
+            # Half-open after the cooldown: one more failure opens it again.
+            state.failures = self.breaker_failures - 1
+            state.open_until = time.monotonic() + self.breaker_cooldown_s
+
+    # --- choosing --------------------------------------------------------------------------
+    def choose(
+        self,
+        route: ModelRoute,
+        *,
+        exclude: set[str],
+        session: str | None = None,
+        prefix: str | None = None,
+    ) -> InstanceState | None:
+        now = time.monotonic()
+        candidates = [s for s in route.instances if s.id not in exclude and s.open_until <= now]
+        if not candidates:
+            # Every instance is out of rotation: trying one beats refusing the request.
+            candidates = [s for s in route.instances if s.id not in exclude]
+            if not candidates:
+                return None
+        if len(candidates) == 1:
+            return candidates[0]
+        policy = route.snapshot.routing_policy
+        if policy == SESSION_AFFINITY and session:
+            return self._rendezvous(candidates, session)
+        if policy == PREFIX_AWARE and prefix:
+            chosen = self._bounded_ring(route, candidates, prefix)
+            if chosen is not None:
+                return chosen
+        return self._least_outstanding(candidates)
+
+    def _least_outstanding(self, candidates: list[InstanceState]) -> InstanceState:
+        # Round-robin start so that ties (the common case at low load) spread evenly.
+        n = len(candidates)
+        start = next(self._rr) % n
+        best = candidates[start]
+        for i in range(1, n):
+            state = candidates[(start + i) % n]
+            if state.outstanding < best.outstanding:
+                best = state
+        return best
+
+    @staticmethod
+    def _rendezvous(candidates: list[InstanceState], session: str) -> InstanceState:
+        """Highest-random-weight hashing: a session keeps its instance while it is healthy, and
+        only the sessions of a removed instance move."""
+        key = session.encode()
+        return max(candidates, key=lambda s: _hash64(key + b"|" + s.id.encode()))
+
+    def _bounded_ring(
+        self, route: ModelRoute, candidates: list[InstanceState], prefix: str
+    ) -> InstanceState | None:
+        """Consistent hashing with bounded loads: walk the ring from the prefix's hash and take
+        the first instance whose load stays within ``load_factor`` × the mean."""
+        if not route.ring:
+            return None
+        allowed = {id(s) for s in candidates}
+        total = sum(s.outstanding for s in candidates) + 1
+        bound = math.ceil(self.load_factor * total / len(candidates))
+        start = bisect.bisect(route.ring_keys, _hash64(prefix.encode()))
+        seen: set[int] = set()
+        ring, size = route.ring, len(route.ring)
+        for step in range(size):
+            index = ring[(start + step) % size][1]
+            if index in seen:
+                continue
+            seen.add(index)
+            state = route.instances[index]
+            if id(state) in allowed and state.outstanding + 1 <= bound:
+                return state
+            if len(seen) == len(route.instances):
+                break
+        return None
+
+
+class RetryBudget:
+    """Retries may add at most ``ratio`` × requests (plus a small reserve), so that a failing
+    fleet is not hit by a retry storm."""
+
+    def __init__(self, ratio: float, reserve: float = 10.0) -> None:
+        self.ratio = ratio
+        self.cap = max(reserve, 100.0)
+        self.tokens = reserve
+
+    def deposit(self) -> None:
+        self.tokens = min(self.cap, self.tokens + self.ratio)
+
+    def withdraw(self) -> bool:
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False

@@ -1,0 +1,106 @@
+"""Reads for API keys (access-checked) and the snapshots the gateway loads off the hot path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.db.models import Prefetch, QuerySet
+
+from apps.accounts.models import User
+from apps.accounts.selectors import organization_ids_for_user
+from apps.gateway.models import ApiKey
+from apps.gateway.types import InstanceSnapshot, KeySnapshot, ModelSnapshot
+from apps.instances.choices import ROUTABLE
+from apps.instances.models import Instance
+from apps.models.choices import ModelStatus
+from apps.models.models import LlmModel
+from inventiv.crypto import decrypt
+from inventiv.errors import NotFound
+
+
+def api_key_list_for_user(*, user: User) -> QuerySet[ApiKey]:
+    return (
+        ApiKey.objects.filter(organization_id__in=organization_ids_for_user(user=user))
+        .select_related("organization")
+        .prefetch_related(Prefetch("model_codes", queryset=LlmModel.objects.only("id", "name")))
+        .order_by("-id")
+    )
+
+
+def api_key_get_for_user(*, user: User, key_id: int) -> ApiKey:
+    key = api_key_list_for_user(user=user).filter(pk=key_id).first()
+    if key is None:
+        raise NotFound("No such API key.")
+    return key
+
+
+# --- Gateway snapshots (called in a thread, never on the hot path for a cached key) ------------
+
+
+def _snapshot(key: ApiKey, allowed: Iterable[int]) -> KeySnapshot:
+    ids = frozenset(allowed)
+    return KeySnapshot(
+        id=key.pk,
+        lookup_id=key.lookup_id,
+        secret_hash=key.secret_hash,
+        organization_id=key.organization_id,
+        allowed_model_ids=ids or None,
+        expires_at=key.expires_at.timestamp() if key.expires_at else None,
+        revoked=key.revoked_at is not None,
+        rpm=key.rpm_limit or 0,
+        tpm=key.tpm_limit or 0,
+        concurrency=key.concurrency_limit or 0,
+    )
+
+
+def key_snapshots(*, lookup_ids: Iterable[str]) -> dict[str, KeySnapshot]:
+    """The keys with these lookup ids (absent ones are simply missing). Two queries."""
+    keys = list(ApiKey.objects.filter(lookup_id__in=list(lookup_ids)))
+    allowed: dict[int, list[int]] = {}
+    through = ApiKey.model_codes.through.objects.filter(apikey_id__in=[k.pk for k in keys])
+    for key_id, model_id in through.values_list("apikey_id", "llmmodel_id"):
+        allowed.setdefault(key_id, []).append(model_id)
+    return {k.lookup_id: _snapshot(k, allowed.get(k.pk, ())) for k in keys}
+
+
+def _instance_snapshots(model_ids: list[int]) -> dict[int, list[InstanceSnapshot]]:
+    by_model: dict[int, list[InstanceSnapshot]] = {}
+    instances = Instance.objects.filter(llm_model_id__in=model_ids, status__in=ROUTABLE).only(
+        "id", "llm_model_id", "engine_host", "public_ip", "engine_port", "engine_secret_encrypted"
+    )
+    for inst in instances:
+        if not inst.endpoint:
+            continue
+        try:
+            secret = decrypt(inst.engine_secret_encrypted)
+        except ValueError:  # unreadable secret: the instance cannot be called
+            continue
+        by_model.setdefault(inst.llm_model_id, []).append(
+            InstanceSnapshot(id=str(inst.id), endpoint=inst.endpoint, secret=secret)
+        )
+    return by_model
+
+
+def routing_snapshot(
+    *, organization_id: int | None = None, name: str | None = None
+) -> list[ModelSnapshot]:
+    """Every live model code (or the one named) with its ready instances. Two queries."""
+    models = LlmModel.objects.exclude(status=ModelStatus.DECOMMISSIONED).select_related(
+        "organization"
+    )
+    if organization_id is not None:
+        models = models.filter(organization_id=organization_id, name=name)
+    model_list = list(models.order_by("id"))
+    instances = _instance_snapshots([m.pk for m in model_list])
+    return [
+        ModelSnapshot(
+            id=m.pk,
+            organization_id=m.organization_id,
+            organization_slug=m.organization.slug,
+            name=m.name,
+            routing_policy=m.routing_policy,
+            created=int(m.created_at.timestamp()),
+            instances=tuple(sorted(instances.get(m.pk, []), key=lambda i: i.id)),
+        )
+        for m in model_list
+    ]

@@ -1,0 +1,38 @@
+"""Plain snapshots the gateway keeps in memory (never ORM objects on the hot path)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class KeySnapshot:
+    id: int
+    lookup_id: str
+    secret_hash: str
+    organization_id: int
+    # None: every model code of the organization.
+    allowed_model_ids: frozenset[int] | None
+    expires_at: float | None  # epoch seconds
+    revoked: bool
+    rpm: int
+    tpm: int
+    concurrency: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSnapshot:
+    id: str
+    endpoint: str  # http://host:port
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSnapshot:
+    id: int
+    organization_id: int
+    organization_slug: str
+    name: str
+    routing_policy: str
+    created: int  # epoch seconds
+    instances: tuple[InstanceSnapshot, ...]
