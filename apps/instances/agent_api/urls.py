@@ -1,8 +1,10 @@
 from django.urls import URLPattern, path
 
-from apps.instances.agent_api import views
+from apps.instances.agent_api import hosts, views
 
 urlpatterns: list[URLPattern] = [
     path("register", views.register, name="agent-register"),
     path("heartbeat", views.heartbeat, name="agent-heartbeat"),
+    path("hosts/join", hosts.join, name="agent-host-join"),
+    path("hosts/poll", hosts.poll, name="agent-host-poll"),
 ]
