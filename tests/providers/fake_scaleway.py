@@ -148,7 +148,7 @@ class FakeScaleway:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _handle  # noqa: N815
+            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _handle
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
@@ -396,7 +396,12 @@ class FakeScaleway:
         data = kw["body"]()
         ctype = data.get("commercial_type", "")
         if ctype not in GPU_TYPES and ctype not in CPU_TYPES:
-            return _error(400, "invalid_arguments", "Validation Error", fields={"commercial_type": ["unknown"]})
+            return _error(
+                400,
+                "invalid_arguments",
+                "Validation Error",
+                fields={"commercial_type": ["unknown"]},
+            )
         if zone not in self.zones:
             return _error(400, "invalid_arguments", f"unknown zone {zone}")
         if data.get("image") not in (self.images[zone]["id"], self.images[zone]["label"]):
@@ -407,7 +412,9 @@ class FakeScaleway:
                 403,
                 "quotas_exceeded",
                 "quota(s) exceeded for this resource",
-                details=[{"resource": f"instances_{ctype}", "quota": self.quota[ctype], "current": used}],
+                details=[
+                    {"resource": f"instances_{ctype}", "quota": self.quota[ctype], "current": used}
+                ],
             )
         for ip_id in data.get("public_ips") or []:
             if ip_id not in self.ips:
@@ -538,7 +545,7 @@ class FakeScaleway:
             return not_found("instance_user_data", key)
         return 200, self.user_data[(server_id, key)]
 
-    # --- IPs and volumes ---------------------------------------------------------------------------
+    # --- IPs and volumes --------------------------------------------------------------------------
 
     def _ip_json(self, ip: dict[str, Any], *, with_server: bool = True) -> dict[str, Any]:
         out = {

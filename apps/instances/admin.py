@@ -1,0 +1,152 @@
+"""Admin for operators: providers (credentials write-only), catalog, on-premise hosts (with a
+join command shown once), sweep records. Writes go through services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from apps.instances.models import (
+    InstanceType,
+    OnPremAssignment,
+    OnPremHost,
+    Provider,
+    SweepRecord,
+)
+from apps.instances.onprem_services import onprem_host_issue_join
+from apps.instances.providers.credentials import credentials_for, provider_set_credentials
+
+
+class ProviderForm(forms.ModelForm):  # type: ignore[type-arg]
+    credentials = forms.JSONField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text=(
+            'Write-only. Scaleway: {"access_key": "SCW...", "secret_key": "..."}; AWS: '
+            '{"access_key_id": "...", "secret_access_key": "..."} or empty for the worker '
+            "role. Leave empty to keep the stored credentials."
+        ),
+    )
+
+    class Meta:
+        model = Provider
+        fields = ["name", "kind", "enabled", "config"]
+
+
+@admin.register(Provider)
+class ProviderAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    form = ProviderForm
+    list_display = ["name", "kind", "enabled", "has_credentials", "created_at"]
+    actions = ["sync_catalog", "sweep_now"]
+
+    @admin.display(boolean=True, description="credentials")
+    def has_credentials(self, obj: Provider) -> bool:
+        return bool(obj.credentials_encrypted)
+
+    def save_model(self, request: HttpRequest, obj: Provider, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        new = form.cleaned_data.get("credentials")
+        if new:
+            provider_set_credentials(provider=obj, credentials={**credentials_for(obj), **new})
+
+    @admin.action(description="Sync the catalog now")
+    def sync_catalog(self, request: HttpRequest, queryset: QuerySet[Provider]) -> None:
+        from apps.instances.provider_tasks import catalog_sync_task
+
+        for provider in queryset:
+            catalog_sync_task.delay(provider_id=provider.id)
+        messages.info(request, f"Catalog sync sent for {queryset.count()} provider(s).")
+
+    @admin.action(description="Sweep orphaned resources now")
+    def sweep_now(self, request: HttpRequest, queryset: QuerySet[Provider]) -> None:
+        from apps.instances.provider_tasks import sweep_provider_task
+
+        for provider in queryset:
+            sweep_provider_task.delay(provider_id=provider.id)
+        messages.info(request, f"Sweep sent for {queryset.count()} provider(s).")
+
+
+@admin.register(InstanceType)
+class InstanceTypeAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = [
+        "code",
+        "provider",
+        "gpu_model",
+        "gpu_count",
+        "vram_per_gpu_gb",
+        "hourly_price",
+        "currency",
+        "active",
+        "synced_at",
+    ]
+    list_filter = ["provider", "active", "gpu_model"]
+    search_fields = ["code", "gpu_model"]
+
+
+@admin.register(OnPremHost)
+class OnPremHostAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = [
+        "name",
+        "provider",
+        "enabled",
+        "gpu_model",
+        "gpu_count",
+        "joined_at",
+        "last_seen_at",
+    ]
+    readonly_fields = [
+        "join_token_hash",
+        "join_expires_at",
+        "joined_at",
+        "credential_hash",
+        "hostname",
+        "advertise_host",
+        "gpus",
+        "gpu_model",
+        "vram_per_gpu_gb",
+        "last_seen_at",
+    ]
+    actions = ["issue_join_command"]
+
+    @admin.action(description="Issue a one-time join command (revokes the current one)")
+    def issue_join_command(self, request: HttpRequest, queryset: QuerySet[OnPremHost]) -> None:
+        for host in queryset:
+            join = onprem_host_issue_join(provider=host.provider, name=host.name)
+            messages.warning(
+                request, f"{host.name} (shown once, valid until {join.expires_at}): {join.command}"
+            )
+
+
+@admin.register(OnPremAssignment)
+class OnPremAssignmentAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = [
+        "id",
+        "host",
+        "instance",
+        "gpu_indices",
+        "engine_port",
+        "desired",
+        "state",
+        "created_at",
+        "stopped_at",
+    ]
+    list_filter = ["state", "desired"]
+    exclude = ["bootstrap_token_encrypted"]
+
+
+@admin.register(SweepRecord)
+class SweepRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = [
+        "created_at",
+        "provider",
+        "resource_kind",
+        "resource_id",
+        "instance_id",
+        "action",
+        "reason",
+    ]
+    list_filter = ["provider", "action", "resource_kind"]

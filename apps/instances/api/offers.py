@@ -1,0 +1,81 @@
+"""Offers for a model code: what it can run on (provider, zone, instance type), with price and
+live availability, cheapest first. Read-only; the model code is access-checked."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.instances.matching import offers_for_model
+from apps.instances.models import InstanceType, Provider
+from apps.instances.sizing import needs_for_model
+from apps.models.selectors import model_get_for_user
+from inventiv.errors import NotFound
+
+
+class OfferSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    provider_id = serializers.IntegerField()
+    provider_name = serializers.CharField()
+    provider_kind = serializers.CharField()
+    instance_type_id = serializers.IntegerField(allow_null=True)
+    instance_type_code = serializers.CharField()
+    zone = serializers.CharField()
+    gpu_model = serializers.CharField()
+    gpu_count = serializers.IntegerField()
+    vram_per_gpu_gb = serializers.IntegerField()
+    hourly_price = serializers.DecimalField(max_digits=10, decimal_places=4)
+    currency = serializers.CharField()
+    availability = serializers.CharField()
+
+
+class OffersOutSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    needs = serializers.CharField()
+    offers = OfferSerializer(many=True)
+
+
+class ModelOffersView(APIView):
+    """``GET /api/v1/models/{id}/offers/?provider=&instance_type=&zone=``"""
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("provider", int, required=False),
+            OpenApiParameter("instance_type", int, required=False),
+            OpenApiParameter("zone", str, required=False),
+        ],
+        responses=OffersOutSerializer,
+    )
+    def get(self, request: Request, model_id: int) -> Response:
+        model = model_get_for_user(user=request.user, model_id=model_id)  # type: ignore[arg-type]
+        params = request.query_params
+        provider = None
+        instance_type = None
+        if params.get("provider"):
+            provider = Provider.objects.filter(id=_int(params["provider"], "provider")).first()
+            if provider is None:
+                raise NotFound("No such provider.", param="provider")
+        if params.get("instance_type"):
+            instance_type = InstanceType.objects.filter(
+                id=_int(params["instance_type"], "instance_type")
+            ).first()
+            if instance_type is None:
+                raise NotFound("No such instance type.", param="instance_type")
+        offers = offers_for_model(
+            model, provider=provider, instance_type=instance_type, zone=params.get("zone")
+        )
+        return Response(
+            OffersOutSerializer(
+                {"needs": needs_for_model(model).explanation, "offers": offers}
+            ).data
+        )
+
+
+def _int(raw: str, param: str) -> int:
+    from inventiv.errors import ApplicationError
+
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApplicationError(f"{param} must be an integer.", param=param) from None
