@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import orjson
 from django.conf import settings
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from apps.gateway import metrics
 from apps.gateway.auth import KeyCache
@@ -242,7 +243,12 @@ class Gateway:
                     await layer.group_add(group, channel)
                 joined = time.monotonic()
                 while True:
-                    message = await layer.receive(channel)
+                    try:
+                        message = await layer.receive(channel)
+                    except RedisTimeout:
+                        # channels-redis blocks 5 s in BZPOPMIN, as long as redis-py's read
+                        # timeout: an idle wait may time out. Nothing is lost; wait again.
+                        continue
                     event = str(message.get("event", ""))
                     data = message.get("data") or {}
                     if event.startswith("EVENT:KEY_"):
