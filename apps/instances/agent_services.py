@@ -40,11 +40,15 @@ class AgentAuthError(ApplicationError):
 
 def engine_spec_for(instance: Instance) -> EngineSpec:
     model = instance.llm_model
+    args = dict(model.engine_args)
+    if model.engine == "vllm" and model.gpu_count > 1:
+        # Shard over every GPU asked for unless the model code says otherwise.
+        args.setdefault("tensor_parallel_size", model.gpu_count)
     return EngineSpec(
         engine=model.engine,  # type: ignore[arg-type]
         model_id=model.model_id,
         served_model_name=model.name,
-        engine_args=model.engine_args,
+        engine_args=args,
         api_key=crypto.decrypt(instance.engine_secret_encrypted),
         host="127.0.0.1" if instance.provider.kind == ProviderKind.LOCAL else "0.0.0.0",
         port=instance.engine_port,
