@@ -672,7 +672,7 @@ class Gateway:
             if resp.status == 200 and _USAGE_OBJ in payload:
                 self._take_usage(req, payload)
             elif resp.status >= 400:
-                req.error_code = "upstream_%d" % resp.status
+                req.error_code = f"upstream_{resp.status}"
             content_type = resp.headers.get("Content-Type", "application/json").encode()
             await self._respond(send, req, resp.status, payload, content_type=content_type)
         finally:
@@ -773,11 +773,11 @@ class Gateway:
         for event in events.split(b"\n\n"):
             if not event:
                 continue
-            if _USAGE_OBJ in event and event.startswith(b"data: {"):
-                if self._take_usage(req, event[6:]):
-                    found = True
-                    if not keep and b'"choices":[]' in event:
-                        continue
+            usage_event = _USAGE_OBJ in event and event.startswith(b"data: {")
+            if usage_event and self._take_usage(req, event[6:]):
+                found = True
+                if not keep and b'"choices":[]' in event:
+                    continue
             out.append(event)
         return (b"\n\n".join(out) + b"\n\n" if out else b""), found
 

@@ -5,6 +5,7 @@ cache), so that a model code created a moment ago is found at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,10 +39,8 @@ class Directory:
     async def run(self) -> None:
         """Reload when woken by an event (several events → one reload) or periodically."""
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.refresh_s)
-            except TimeoutError:
-                pass
             self._wake.clear()
             try:
                 await self.reload()

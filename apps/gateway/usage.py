@@ -5,6 +5,7 @@ path. At most the last batch interval is lost if the process is killed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -42,10 +43,8 @@ class UsageRecorder:
 
     async def run(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=BATCH_INTERVAL_S)
-            except TimeoutError:
-                pass
             self._wake.clear()
             try:
                 await self.flush()

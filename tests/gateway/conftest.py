@@ -88,10 +88,22 @@ def start_engine(processes: ProcessGroup) -> Callable[..., EngineHandle]:
         proc = processes.start(
             f"engine-{model.name}-{count}",
             [
-                PYTHON, "-m", "agent.mock_engine", "--host", "127.0.0.1", "--port", str(port),
-                "--served-model-name", model.name, "--model-id", model.model_id,
-                "--token-rate", str(token_rate), "--default-max-tokens", str(max_tokens),
-            ],  # fmt: skip
+                PYTHON,
+                "-m",
+                "agent.mock_engine",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--served-model-name",
+                model.name,
+                "--model-id",
+                model.model_id,
+                "--token-rate",
+                str(token_rate),
+                "--default-max-tokens",
+                str(max_tokens),
+            ],
             MOCK_ENGINE_API_KEY=secret,
         )
         url = f"http://127.0.0.1:{port}"

@@ -30,7 +30,7 @@ def test_it_refuses_bad_revoked_and_expired_keys_with_one_body(
     # Given a live key, a revoked one, one about to expire and forged ones
     start_engine(model_code)
     gateway = start_gateway()
-    live_row, live = new_key()
+    _, live = new_key()
     revoked_row, revoked = new_key()
     expiring_row, expiring = new_key(expires_at=timezone.now() + timedelta(seconds=1))
     assert _chat(gateway, expiring).status_code == 200  # cached while valid

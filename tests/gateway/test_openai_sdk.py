@@ -155,9 +155,7 @@ def test_every_response_carries_a_request_id_and_the_gateway_overhead(
     assert ok.headers["x-request-id"] == flushed_usage(1)[0].request_id
 
 
-def test_the_web_process_serves_the_gateway_at_v1(
-    processes, model_code, start_engine, new_key
-):
+def test_the_web_process_serves_the_gateway_at_v1(processes, model_code, start_engine, new_key):
     # Given the web process (which mounts the gateway at /v1)
     start_engine(model_code)
     _, url = processes.web()

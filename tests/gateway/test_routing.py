@@ -32,7 +32,9 @@ def test_least_outstanding_picks_the_least_busy_instance_and_spreads_ties():
 def test_session_affinity_keeps_a_session_on_its_instance():
     table, route = _table("session_affinity")
 
-    picks = {s: {table.choose(route, exclude=set(), session=s).id for _ in range(5)} for s in "abcdefgh"}
+    picks = {
+        s: {table.choose(route, exclude=set(), session=s).id for _ in range(5)} for s in "abcdefgh"
+    }
 
     assert all(len(p) == 1 for p in picks.values())
     assert len({next(iter(p)) for p in picks.values()}) > 1  # sessions spread out

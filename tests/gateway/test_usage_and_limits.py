@@ -17,7 +17,10 @@ def test_recorded_usage_equals_what_the_engines_generated(
     model_code, start_engine, start_gateway, new_key
 ):
     # Given two engines, one of which fails a few requests (they are retried elsewhere)
-    engines = [start_engine(model_code, token_rate=400.0), start_engine(model_code, token_rate=400.0)]
+    engines = [
+        start_engine(model_code, token_rate=400.0),
+        start_engine(model_code, token_rate=400.0),
+    ]
     client = start_gateway().client(new_key()[1])
     engines[0].control(fail_next=3, fail_status=500)
 
@@ -112,7 +115,9 @@ def test_the_concurrency_limit_holds_across_gateway_processes(
     auth = {"Authorization": f"Bearer {key}"}
 
     # When a stream is open through one gateway
-    with httpx.stream("POST", f"{gateways[0].url}/v1/chat/completions", json=body, headers=auth) as s:
+    with httpx.stream(
+        "POST", f"{gateways[0].url}/v1/chat/completions", json=body, headers=auth
+    ) as s:
         assert s.status_code == 200
         # Then a second request through the other is refused
         second = httpx.post(f"{gateways[1].url}/v1/chat/completions", json=body, headers=auth)
