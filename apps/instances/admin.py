@@ -11,10 +11,13 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from apps.instances.models import (
+    Instance,
+    InstanceEvent,
     InstanceType,
     OnPremAssignment,
     OnPremHost,
     Provider,
+    ProvisionAttempt,
     SweepRecord,
 )
 from apps.instances.onprem_services import onprem_host_issue_join
@@ -150,3 +153,90 @@ class SweepRecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "reason",
     ]
     list_filter = ["provider", "action", "resource_kind"]
+
+
+class InstanceEventInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = InstanceEvent
+    extra = 0
+    can_delete = False
+    fields = ["created_at", "from_status", "to_status", "reason"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ProvisionAttemptInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = ProvisionAttempt
+    extra = 0
+    can_delete = False
+    fields = [
+        "created_at",
+        "provider",
+        "instance_type_code",
+        "zone",
+        "outcome",
+        "error_code",
+        "message",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Instance)
+class InstanceAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """The fleet. Status is read-only here: it changes through the state machine only (use the
+    actions)."""
+
+    list_display = [
+        "id",
+        "llm_model",
+        "organization",
+        "provider",
+        "status",
+        "status_changed_at",
+        "last_heartbeat_at",
+        "failure_reason",
+    ]
+    list_filter = ["status", "provider", "archived"]
+    search_fields = ["id", "llm_model__name", "provider_resource_id", "organization__slug"]
+    list_select_related = ["llm_model", "organization", "provider"]
+    inlines = [ProvisionAttemptInline, InstanceEventInline]
+    actions = ["drain", "terminate"]
+    exclude = [
+        "engine_secret_encrypted",
+        "bootstrap_token_encrypted",
+        "bootstrap_token_hash",
+        "credential_hash",
+    ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f.name for f in Instance._meta.fields if f.name not in self.exclude]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Drain (then terminate)")
+    def drain(self, request: HttpRequest, queryset: QuerySet[Instance]) -> None:
+        from apps.instances.services import instance_drain
+        from inventiv.errors import ApplicationError
+
+        done = 0
+        for instance in queryset.select_related("llm_model"):
+            try:
+                done += instance_drain(instance=instance, reason=f"drained by {request.user}")
+            except ApplicationError as exc:
+                messages.warning(request, f"{instance.id}: {exc.message}")
+        messages.info(request, f"{done} instance(s) draining or terminating.")
+
+    @admin.action(description="Terminate now")
+    def terminate(self, request: HttpRequest, queryset: QuerySet[Instance]) -> None:
+        from apps.instances.services import instance_request_termination
+
+        done = sum(
+            instance_request_termination(instance=i, reason=f"terminated by {request.user}")
+            for i in queryset.select_related("llm_model")
+        )
+        messages.info(request, f"{done} instance(s) terminating.")
