@@ -105,3 +105,20 @@ def api_key_rotate(*, key: ApiKey, created_by: User | None = None) -> tuple[ApiK
     )
     api_key_revoke(key=key)
     return new, plaintext
+
+
+def api_key_ensure_demo(*, organization: Organization, existing: str | None = None) -> str:
+    """The demo's key (``make demo``): ``existing`` if it is still a live key of the
+    organization, else a new key named ``demo``. Idempotent across demo restarts."""
+    from apps.gateway.keys import parse_lookup_id
+    from inventiv.crypto import token_matches
+
+    if existing and (lookup_id := parse_lookup_id(existing)):
+        key = ApiKey.objects.filter(
+            organization=organization, lookup_id=lookup_id, revoked_at__isnull=True
+        ).first()
+        live = key is not None and (key.expires_at is None or key.expires_at > timezone.now())
+        if live and key is not None and token_matches(existing, key.secret_hash):
+            return existing
+    _, plaintext = api_key_create(organization=organization, name="demo")
+    return plaintext

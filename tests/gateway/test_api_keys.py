@@ -75,3 +75,15 @@ def test_it_revokes_and_rotates_a_key(api):
     assert api.get(f"/api/v1/api-keys/{key_id}/").json()["revoked"] is True
     assert revoked_again.status_code == 400
     assert revoked.json()["revoked"] is True
+
+
+def test_the_demo_key_is_kept_across_restarts_unless_revoked(owner_org):
+    from apps.gateway.services import api_key_ensure_demo, api_key_revoke
+
+    first = api_key_ensure_demo(organization=owner_org)
+    again = api_key_ensure_demo(organization=owner_org, existing=first)
+    api_key_revoke(key=ApiKey.objects.get())
+    replaced = api_key_ensure_demo(organization=owner_org, existing=first)
+
+    assert again == first and replaced != first
+    assert ApiKey.objects.count() == 2
