@@ -311,7 +311,8 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
 # sharing a cloud account must use different names: each sweeps only its own resources.
 DEPLOYMENT_NAME = env_str("INVENTIV_DEPLOYMENT_NAME", "inventiv") or "inventiv"
 # What cloud-init and the on-premise join command install with pip: the agent, then the engine.
-INVENTIV_AGENT_PIP_SPEC = env_str("INVENTIV_AGENT_PIP_SPEC", "inventiv-agent") or ""
+# Empty: the wheel this control plane serves at /internal/agent/v1/dist/ (built from agent/).
+INVENTIV_AGENT_PIP_SPEC = env_str("INVENTIV_AGENT_PIP_SPEC", "") or ""
 INVENTIV_ENGINE_PIP_SPECS = env_list("INVENTIV_ENGINE_PIP_SPECS", ["vllm"])
 # Timeout of one provider API call (connect + read), seconds.
 PROVIDER_CALL_TIMEOUT_S = env_float("INVENTIV_PROVIDER_CALL_TIMEOUT_S", 30.0, minimum=1)

@@ -39,8 +39,18 @@ def boot_volume_gb(llm_model: LlmModel) -> int:
     return max(MIN_BOOT_VOLUME_GB, int(-(-size // 10) * 10))
 
 
+def agent_pip_spec() -> str:
+    """Where machines install the agent from: ``INVENTIV_AGENT_PIP_SPEC`` if set, else the
+    wheel this control plane serves (built from its own ``agent/``)."""
+    if settings.INVENTIV_AGENT_PIP_SPEC:
+        return str(settings.INVENTIV_AGENT_PIP_SPEC)
+    from apps.instances.agent_package import wheel_name
+
+    return f"{settings.AGENT_API_URL}/internal/agent/v1/dist/{wheel_name()}"
+
+
 def _pip_specs() -> list[str]:
-    return [settings.INVENTIV_AGENT_PIP_SPEC, *settings.INVENTIV_ENGINE_PIP_SPECS]
+    return [agent_pip_spec(), *settings.INVENTIV_ENGINE_PIP_SPECS]
 
 
 def _install_commands() -> str:

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 from pydantic import BaseModel, ValidationError
 
 from agent.protocol import PROTOCOL_VERSION, Heartbeat, RegisterRequest
+from apps.instances import agent_package
 from apps.instances.agent_services import (
     AgentAuthError,
     agent_authenticate,
     agent_heartbeat,
     agent_register,
 )
-from inventiv.errors import ApplicationError, error_body
+from inventiv.errors import ApplicationError, NotFound, error_body
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -58,6 +59,16 @@ def _bearer(request: HttpRequest) -> str:
 def _json(model: BaseModel) -> JsonResponse:
     data: Any = model.model_dump(mode="json")
     return JsonResponse(data)
+
+
+@require_GET
+def agent_wheel(request: HttpRequest, filename: str) -> HttpResponse:
+    """The agent wheel machines install (public code, no secret inside)."""
+    if filename != agent_package.wheel_name():
+        return _error(NotFound(f"No such file; the agent is {agent_package.wheel_name()}."))
+    response = HttpResponse(agent_package.build_wheel(), content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
 
 
 @csrf_exempt
