@@ -211,7 +211,12 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": REDIS_PREFIX + "asgi"},
+            "CONFIG": {
+                # redis-py 8 defaults to a 5 s socket timeout, which races channels-redis' 5 s
+                # blocking reads and kills idle WebSockets: give reads room.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "prefix": REDIS_PREFIX + "asgi",
+            },
         }
     }
     CELERY_BROKER_URL = REDIS_URL

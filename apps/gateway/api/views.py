@@ -26,6 +26,8 @@ class ApiKeyViewSet(viewsets.ViewSet):
     """OpenAI-compatible API keys of your organizations. The key itself is shown once, in the
     answer to create and rotate. Writes need the owner or admin role."""
 
+    queryset = ApiKey.objects.none()  # for the schema only; reads go through selectors
+
     def _get(self, request: Request, pk: Any, *, manage: bool = False) -> ApiKey:
         key = api_key_get_for_user(user=request.user, key_id=int(pk) if str(pk).isdigit() else 0)
         if manage:
