@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.instances.orchestrator import local_fleet_shutdown
+from apps.instances.tasks import reconcile_task
 from inventiv.celery import app as celery_app
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ class Command(BaseCommand):
             without_gossip=True,
         )
         threading.Thread(target=worker.start, name="celery-worker", daemon=True).start()
+        # Converge at once: commands sent before this process existed (e.g. by demo_setup)
+        # went to another process's in-memory broker.
+        reconcile_task.delay()
         beat = None
         if not options["no_beat"]:
             beat = EmbeddedService(celery_app, thread=True, scheduler_cls="celery.beat:Scheduler")
