@@ -84,8 +84,9 @@ def test_it_refuses_an_anonymous_websocket(processes: ProcessGroup) -> None:
     _, base_url = processes.web()
     import httpx
 
-    with pytest.raises((InvalidStatus, Exception)) as excinfo, websocket(
-        base_url, httpx.Client()
-    ) as ws:
+    with (
+        pytest.raises((InvalidStatus, Exception)) as excinfo,
+        websocket(base_url, httpx.Client()) as ws,
+    ):
         ws.recv(timeout=5)
     assert "4401" in str(excinfo.value) or "403" in str(excinfo.value)

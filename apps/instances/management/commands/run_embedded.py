@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 from typing import Any
 
@@ -18,6 +19,10 @@ from apps.instances.tasks import reconcile_task
 from inventiv.celery import app as celery_app
 
 logger = logging.getLogger(__name__)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
 
 
 class Command(BaseCommand):
@@ -57,6 +62,9 @@ class Command(BaseCommand):
         if not options["no_beat"]:
             beat = EmbeddedService(celery_app, thread=True, scheduler_cls="celery.beat:Scheduler")
             beat.start()
+        # uvicorn re-raises SIGTERM/SIGINT once it has shut down; make SIGTERM exit through the
+        # ``finally`` below (as Ctrl-C does) so that local instances are stopped.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
             uvicorn.run(
                 "inventiv.asgi:application",
