@@ -2,7 +2,8 @@
 
 Every option falls back to an environment variable, so cloud-init can configure the agent
 without putting the bootstrap token on a command line. Exit codes: 0 normal stop, 2 usage error,
-3 registration refused (bad or expired bootstrap token).
+3 registration refused (bad or expired bootstrap token, or neither a token nor a stored
+credential).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import logging
 import os
 import sys
+from pathlib import Path
 
 from agent.runner import AgentConfig, run_agent
 
@@ -34,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TOKEN",
         default=os.environ.get("INVENTIV_BOOTSTRAP_TOKEN"),
         help="one-time bootstrap token; prefer the env var INVENTIV_BOOTSTRAP_TOKEN",
+    )
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=os.environ.get("INVENTIV_AGENT_STATE_DIR") or None,
+        help="keep the instance credential in DIR/credential.json so a restarted agent resumes "
+        "without a new bootstrap token (env INVENTIV_AGENT_STATE_DIR; default: not kept)",
     )
     p.add_argument(
         "--advertise-host",
@@ -67,14 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.control_plane:
         parser.error("--control-plane (or INVENTIV_CONTROL_PLANE_URL) is required")
-    if not args.bootstrap_token:
-        parser.error("--bootstrap-token (or INVENTIV_BOOTSTRAP_TOKEN) is required")
+    if not args.bootstrap_token and not args.state_dir:
+        parser.error(
+            "--bootstrap-token (or INVENTIV_BOOTSTRAP_TOKEN) is required without --state-dir"
+        )
     if args.log_level not in LOG_LEVELS:
         parser.error(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
     setup_logging(args.log_level)
     config = AgentConfig(
         control_plane_url=args.control_plane,
-        bootstrap_token=args.bootstrap_token,
+        bootstrap_token=args.bootstrap_token or None,
         advertise_host=args.advertise_host,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
     )
     return asyncio.run(run_agent(config))

@@ -136,6 +136,9 @@ class HostAgent:
     def _start(self, assignment_id: int, token: str, gpus: list[int], url: str) -> None:
         env = dict(os.environ)
         env.pop("INVENTIV_JOIN_TOKEN", None)
+        # Instance agents under a host agent keep their credential in memory only: several
+        # sharing one state directory would overwrite each other's credential.
+        env.pop("INVENTIV_AGENT_STATE_DIR", None)
         env.update(
             INVENTIV_BOOTSTRAP_TOKEN=token,
             INVENTIV_CONTROL_PLANE_URL=url,

@@ -12,6 +12,15 @@ Guarantees:
   ``stop_timeout_s``), send a best-effort STOPPING heartbeat, and return :data:`EXIT_OK`.
 * On every exit path, including an unexpected exception, the engine's process group is killed.
 * Neither the bootstrap token, the credential, nor the engine API key is ever logged.
+
+With a state directory (:mod:`agent.state`), a successful registration is saved to
+``credential.json`` and a restarted agent resumes from it instead of spending its one-time
+bootstrap token again: its first heartbeat carries the desired state. If the control plane
+refuses the stored credential (401/403) the file is deleted and the agent registers with its
+bootstrap token if it has one (exit 3 if that is refused too), otherwise it returns
+:data:`EXIT_OK`. desired=stop and a 401/403 during the heartbeat loop delete the file, so a
+reboot does not bring back a terminated instance; SIGTERM/SIGINT keep it (a reboot stops the
+agent with SIGTERM, and the instance must resume afterwards).
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import logging
 import signal
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent import __version__
 from agent.control_plane import (
@@ -38,9 +48,11 @@ from agent.protocol import (
     EngineStatus,
     GpuInfo,
     Heartbeat,
+    HeartbeatResponse,
     RegisterRequest,
     RegisterResponse,
 )
+from agent.state import CredentialStore
 from agent.supervisor import EngineSupervisor, SupervisorTimings
 
 log = logging.getLogger(__name__)
@@ -54,8 +66,9 @@ _MIN_INTERVAL_S = 0.05
 @dataclass(frozen=True)
 class AgentConfig:
     control_plane_url: str
-    bootstrap_token: str
+    bootstrap_token: str | None
     advertise_host: str = "127.0.0.1"
+    state_dir: Path | None = None  # no persistence unless given
     register_backoff_initial_s: float = 1.0
     register_backoff_max_s: float = 30.0
     final_heartbeat_timeout_s: float = 3.0
@@ -86,6 +99,11 @@ class Agent:
         self._credential = ""
         self._interval = 10.0
         self._gpus: list[GpuInfo] = []
+        self._store = (
+            CredentialStore(config.state_dir, config.control_plane_url)
+            if config.state_dir is not None
+            else None
+        )
 
     # -- state -----------------------------------------------------------------------------
 
@@ -126,31 +144,94 @@ class Agent:
 
     async def run(self) -> int:
         self._gpus = await asyncio.to_thread(detect_gpus)
-        registered = await self._register()
+        stored = self._store.load() if self._store is not None else None
+        if stored is not None:
+            self._instance_id = stored.instance_id
+            self._credential = stored.credential
+            log.info("resuming as instance %s with the stored credential", stored.instance_id)
+            resumed = await self._resume()
+            if isinstance(resumed, int):
+                return resumed
+            if resumed is not None:
+                return await self._start(resumed.heartbeat_interval_s, resumed.desired)
+            self._forget_credential()
+            self._instance_id = self._credential = ""
+            if not self.config.bootstrap_token:
+                log.error("the stored credential was refused and there is no bootstrap token")
+                return EXIT_OK
+            log.info("the stored credential was refused; registering with the bootstrap token")
+        elif not self.config.bootstrap_token:
+            log.error("no stored credential and no bootstrap token: cannot register")
+            return EXIT_REJECTED
+        registered = await self._register(self.config.bootstrap_token)
         if isinstance(registered, int):
             return registered
         self._instance_id = registered.instance_id
         self._credential = registered.credential
-        self._interval = max(_MIN_INTERVAL_S, registered.heartbeat_interval_s)
-        log.info(
-            "registered as instance %s; heartbeat every %.2fs",
-            registered.instance_id,
-            self._interval,
-        )
+        log.info("registered as instance %s", registered.instance_id)
+        self._save_credential()
+        return await self._start(registered.heartbeat_interval_s, registered.desired)
+
+    async def _start(self, interval_s: float, desired: Desired) -> int:
+        self._interval = max(_MIN_INTERVAL_S, interval_s)
+        log.info("heartbeat every %.2fs", self._interval)
         self.supervisor = EngineSupervisor(
             on_change=self._on_engine_change,
             timings=supervisor_timings(self._interval, self.config.stop_timeout_s),
         )
-        await self._apply(registered.desired)
+        await self._apply(desired)
         return await self._heartbeat_loop()
+
+    # -- stored credential ------------------------------------------------------------------
+
+    def _save_credential(self) -> None:
+        if self._store is None:
+            return
+        try:
+            self._store.save(self._instance_id, self._credential)
+        except OSError as exc:  # keep serving; only a restart would need the file
+            log.error("cannot save the credential to %s: %s", self._store.path, exc)
+        else:
+            log.info("saved the credential to %s", self._store.path)
+
+    def _forget_credential(self) -> None:
+        if self._store is None:
+            return
+        try:
+            self._store.delete()
+        except OSError as exc:
+            log.error("cannot delete %s: %s", self._store.path, exc)
+        else:
+            log.info("deleted the stored credential %s", self._store.path)
 
     async def _sleep_or_shutdown(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.shutdown.wait(), seconds)
 
-    async def _register(self) -> RegisterResponse | int:
+    async def _resume(self) -> HeartbeatResponse | int | None:
+        """First heartbeat with the stored credential (no engine yet): its answer, None if the
+        credential was refused (401/403), or :data:`EXIT_OK` on a signal. Anything else is
+        retried with the registration backoff."""
+        backoff = self.config.register_backoff_initial_s
+        while not self.shutdown.is_set():
+            state = self.state()
+            self._last_sent_state = state
+            try:
+                return await self.client.heartbeat(self._credential, self._heartbeat(state))
+            except ControlPlaneRejected as exc:
+                if exc.status in (401, 403):
+                    log.error("the control plane refused the stored credential (%s)", exc)
+                    return None
+                log.warning("heartbeat refused (%s); retrying in %.1fs", exc, backoff)
+            except ControlPlaneUnavailable as exc:
+                log.warning("heartbeat failed (%s); retrying in %.1fs", exc, backoff)
+            await self._sleep_or_shutdown(backoff)
+            backoff = min(backoff * 2, self.config.register_backoff_max_s)
+        return EXIT_OK
+
+    async def _register(self, bootstrap_token: str) -> RegisterResponse | int:
         request = RegisterRequest(
-            bootstrap_token=self.config.bootstrap_token,
+            bootstrap_token=bootstrap_token,
             agent_version=__version__,
             hostname=socket.gethostname(),
             gpus=self._gpus,
@@ -195,6 +276,7 @@ class Agent:
                 if exc.status in (401, 403):
                     log.error("control plane no longer accepts this agent (%s); stopping", exc)
                     self._stopping = True
+                    self._forget_credential()
                     await self.supervisor.stop()
                     return EXIT_OK
                 log.error("heartbeat refused (%s); retrying", exc)
@@ -232,6 +314,8 @@ class Agent:
     async def _shut_down(self) -> int:
         assert self.supervisor is not None
         self._stopping = True
+        if self._stop_desired():  # not on a signal: a rebooting machine must resume
+            self._forget_credential()
         log.info("stopping the engine and exiting")
         await asyncio.gather(self.supervisor.stop(), self._final_heartbeat())
         return EXIT_OK

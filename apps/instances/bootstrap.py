@@ -81,7 +81,7 @@ def render_cloud_init(*, control_plane_url: str, bootstrap_token: str) -> str:
             "",
             "[Service]",
             f"EnvironmentFile={AGENT_ENV_FILE}",
-            f"ExecStart={AGENT_DIR}/venv/bin/python -m agent",
+            f"ExecStart={AGENT_DIR}/venv/bin/python -m agent --state-dir /var/lib/inventiv-agent",
             "Restart=on-failure",
             "RestartSec=5",
             "RestartPreventExitStatus=3",

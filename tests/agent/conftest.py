@@ -9,7 +9,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,12 +156,20 @@ def mock_spec_desired(port: int, **engine_args: Any) -> dict[str, Any]:
 def start_agent(tmp_path: Path, control_plane: FakeControlPlane) -> Iterator[Any]:
     runs: list[AgentRun] = []
 
-    def start(*, token: str = BOOTSTRAP, with_url_flag: bool = True, **env: str) -> AgentRun:
+    def start(
+        *,
+        token: str | None = BOOTSTRAP,
+        with_url_flag: bool = True,
+        args: Sequence[str] = (),
+        **env: str,
+    ) -> AgentRun:
         url_flag = ["--control-plane", control_plane.url] if with_url_flag else []
+        if token is not None:
+            env["INVENTIV_BOOTSTRAP_TOKEN"] = token
         proc = ManagedProcess(
             f"agent-{len(runs)}",
-            [sys.executable, "-m", "agent", *url_flag, "--log-level", "debug"],
-            env=agent_env(INVENTIV_BOOTSTRAP_TOKEN=token, **env),
+            [sys.executable, "-m", "agent", *url_flag, "--log-level", "debug", *args],
+            env=agent_env(**env),
             log_dir=tmp_path,
         )
         run = AgentRun(proc, control_plane)

@@ -30,6 +30,7 @@ class FakeControlPlane:
         self.heartbeats: list[dict[str, Any]] = []
         self.register_failures = 0  # answer this many registrations with 503 first
         self.heartbeat_status: int | None = None  # e.g. 401 to revoke, 503 to be "down"
+        self.bootstrap_used = False  # the token is one-time: a second registration gets 401
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -95,8 +96,9 @@ class FakeControlPlane:
                         if cp.register_failures > 0:
                             cp.register_failures -= 1
                             return self._reply(503, _error("unavailable", "try later"))
-                        if body.get("bootstrap_token") != cp.bootstrap_token:
+                        if body.get("bootstrap_token") != cp.bootstrap_token or cp.bootstrap_used:
                             return self._reply(401, _error("invalid_bootstrap_token", "no"))
+                        cp.bootstrap_used = True
                         return self._reply(
                             200,
                             {

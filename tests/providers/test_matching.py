@@ -122,7 +122,10 @@ def test_it_boots_the_agent_with_only_its_one_time_token() -> None:
     env_file, unit = config["write_files"]
     assert env_file["permissions"] == "0600"
     assert "INVENTIV_BOOTSTRAP_TOKEN=ivb_1" in env_file["content"]
-    assert "ExecStart=/opt/inventiv/venv/bin/python -m agent" in unit["content"]
+    assert (
+        "ExecStart=/opt/inventiv/venv/bin/python -m agent --state-dir /var/lib/inventiv-agent\n"
+        in unit["content"]
+    )
     assert "ivb_1" not in json.dumps(config["runcmd"])
 
 
