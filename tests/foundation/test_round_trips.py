@@ -90,3 +90,34 @@ def test_it_refuses_an_anonymous_websocket(processes: ProcessGroup) -> None:
     ):
         ws.recv(timeout=5)
     assert "4401" in str(excinfo.value) or "403" in str(excinfo.value)
+
+
+def test_instance_events_reach_only_the_organizations_members(processes: ProcessGroup) -> None:
+    # Given Olivia and Sam, each in their own organization, both watching /ws/events/
+    from apps.accounts.models import Organization
+    from apps.instances.choices import InstanceStatus
+    from apps.instances.models import Provider
+    from apps.instances.services import instance_transition
+    from apps.models.services import model_create
+    from tests.instances.factories import make_instance
+
+    olivia = user_create(email="olivia@example.com", password="correct-horse-9")
+    user_create(email="sam@example.com", password="correct-horse-9")
+    Provider.objects.create(name="local", kind="local")
+    org = Organization.objects.get(memberships__user=olivia)
+    model = model_create(organization=org, name="bot", engine="mock", model_id="m", gpu_count=0)
+    instance, _ = make_instance(model, InstanceStatus.BOOTING)
+    _, base_url = processes.web()
+    with (
+        websocket(base_url, login(base_url, "olivia@example.com", "correct-horse-9")) as mine,
+        websocket(base_url, login(base_url, "sam@example.com", "correct-horse-9")) as theirs,
+    ):
+        receive_until(mine, "EVENT:SUBSCRIBED")
+        receive_until(theirs, "EVENT:SUBSCRIBED")
+        # When Olivia's instance changes status
+        instance_transition(instance=instance, to=InstanceStatus.STARTING, reason="registered")
+        # Then Olivia sees it, and Sam sees nothing
+        event = receive_until(mine, "EVENT:INSTANCE_STARTING")
+        assert event["data"]["instance_id"] == str(instance.id)
+        with pytest.raises(TimeoutError):
+            theirs.recv(timeout=1.5)

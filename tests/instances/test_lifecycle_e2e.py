@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from openai import OpenAI
 from rest_framework.test import APIClient
 
+from apps.gateway.services import api_key_create
 from apps.instances.choices import InstanceStatus as S
 from apps.instances.models import Instance, Provider
 from apps.models.choices import ModelStatus
@@ -70,6 +72,17 @@ def test_a_model_code_is_deployed_scaled_and_decommissioned_end_to_end(
         )
         assert refused.status_code == 401
 
+    # And the gateway (mounted at /v1 of the web process) serves the model code by its name
+    _, key = api_key_create(organization=model.organization, name="e2e")
+    client = OpenAI(base_url=f"{platform.url}/v1", api_key=key, max_retries=0)
+    answers = {
+        client.chat.completions.create(
+            model="sales-bot", messages=[{"role": "user", "content": f"hi {n}"}]
+        ).usage.completion_tokens  # type: ignore[union-attr]
+        for n in range(6)
+    }
+    assert answers == {5}
+
     # When replicas go to 1, then one instance drains and terminates, its agent gone
     assert api.post(f"/api/v1/model-codes/{model_id}/replicas/", {"replicas": 1}).status_code == 202
     wait_for(
@@ -82,6 +95,8 @@ def test_a_model_code_is_deployed_scaled_and_decommissioned_end_to_end(
     assert agent_pids(str(gone.id)) == []
     assert history(str(gone.id))[-3:] == [S.DRAINING, S.TERMINATING, S.TERMINATED]
     assert agent_pids(str(kept.id))
+    # And the gateway keeps answering from the instance that is left
+    assert client.completions.create(model="sales-bot", prompt="x").usage.completion_tokens == 5  # type: ignore[union-attr]
 
     # When the model code is decommissioned, then everything terminates and is archived
     assert api.post(f"/api/v1/model-codes/{model_id}/decommission/").status_code == 202
