@@ -177,3 +177,16 @@ class ProcessGroup:
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
+
+
+def embedded_env(state_dir: Path) -> dict[str, str]:
+    """The environment of an embedded platform (no DATABASE_URL/REDIS_URL) in ``state_dir``,
+    migrated and ready to start."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "INVENTIV_TEST_DB_NAME")
+    }
+    env["INVENTIV_STATE_DIR"] = str(state_dir)
+    subprocess.run([PYTHON, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    return env

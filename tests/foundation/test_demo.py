@@ -4,7 +4,6 @@ openai example work against the demo model code on a local agent with the mock e
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from openai import OpenAI
 
 from apps.instances.providers.local import _tagged_pids
 from tests.live import login
-from tests.processes import ROOT, ProcessGroup, free_port, wait_for
+from tests.processes import ROOT, ProcessGroup, embedded_env, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -24,16 +23,10 @@ def test_the_demo_serves_a_streamed_answer_with_the_printed_key(
     tmp_path: Path, processes: ProcessGroup
 ) -> None:
     # Given the demo's setup and the embedded platform, as `make demo` runs them
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "INVENTIV_TEST_DB_NAME")
-    }
-    env["INVENTIV_STATE_DIR"] = str(tmp_path / "state")
+    env = embedded_env(tmp_path / "state")
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     manage = [sys.executable, "manage.py"]
-    subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     setup = subprocess.run(
         [*manage, "demo_setup", "--base-url", base_url],
         cwd=ROOT,

@@ -3,7 +3,6 @@ PostgreSQL (web and worker as separate processes) and in the embedded mode (one 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from websockets.exceptions import InvalidStatus
 
 from apps.accounts.services import user_create
 from tests.live import csrf_headers, login, receive_until, websocket
-from tests.processes import ROOT, ProcessGroup, free_port
+from tests.processes import ROOT, ProcessGroup, embedded_env, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -49,14 +48,8 @@ def test_it_round_trips_a_task_and_a_websocket_message_in_the_embedded_mode(
     tmp_path: Path, processes: ProcessGroup
 ) -> None:
     # Given the embedded platform (no DATABASE_URL, no REDIS_URL) in a fresh state directory
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "INVENTIV_TEST_DB_NAME")
-    }
-    env["INVENTIV_STATE_DIR"] = str(tmp_path / "state")
+    env = embedded_env(tmp_path / "state")
     manage = [sys.executable, "manage.py"]
-    subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True)
     subprocess.run(
         [
             *manage,
