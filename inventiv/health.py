@@ -23,7 +23,9 @@ def _check_database() -> None:
 def _check_redis() -> None:
     import redis
 
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+    url = settings.REDIS_URL
+    assert url, "readyz checks Redis only when REDIS_URL is set"
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
     try:
         client.ping()
     finally:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import render
 
+from apps.accounts.auth import AuthenticatedHttpRequest
 from apps.accounts.models import Membership
 from apps.instances.models import Instance
 from apps.models.models import LlmModel
 
 
 @login_required
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: AuthenticatedHttpRequest) -> HttpResponse:
     memberships = list(Membership.objects.select_related("organization").filter(user=request.user))
     org_ids = [m.organization_id for m in memberships]
     model_codes = (

@@ -117,7 +117,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": STATE_DIR / "db.sqlite3",
+            "NAME": str(STATE_DIR / "db.sqlite3"),
             "OPTIONS": {
                 # WAL + immediate transactions: the embedded mode's threads (web, worker, beat)
                 # wait for each other instead of failing with "database is locked".

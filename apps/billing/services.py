@@ -23,7 +23,7 @@ _FIELDS = (
 def _record(raw: bytes) -> UsageRecord | None:
     try:
         data: dict[str, Any] = orjson.loads(raw)
-        values = {name: data.get(name) for name in _FIELDS}
+        values: dict[str, Any] = {name: data.get(name) for name in _FIELDS}
         values["error_code"] = values["error_code"] or ""
         values["prompt_tokens"] = int(values["prompt_tokens"] or 0)
         values["completion_tokens"] = int(values["completion_tokens"] or 0)

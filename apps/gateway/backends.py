@@ -15,9 +15,13 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from django.conf import settings
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio as aioredis
 
 # A concurrency lease outlives a request by at most this long if its gateway dies mid-request.
 LEASE_S = 900
@@ -125,10 +129,16 @@ return 0
 """
 
 
-def _redis_async():  # type: ignore[no-untyped-def]
+def _redis_url() -> str:
+    url = settings.REDIS_URL
+    assert url, "the Redis implementations are picked only when REDIS_URL is set"
+    return url
+
+
+def _redis_async() -> aioredis.Redis:
     import redis.asyncio as aioredis
 
-    return aioredis.Redis.from_url(settings.REDIS_URL, max_connections=64)
+    return aioredis.Redis.from_url(_redis_url(), max_connections=64)
 
 
 class RedisRateLimiter:
@@ -164,14 +174,14 @@ class RedisUsageBuffer:
     def __init__(self) -> None:
         self._key = settings.REDIS_PREFIX + "usage:buffer"
         self._lock_key = settings.REDIS_PREFIX + "usage:flush-lock"
-        self._async = None
-        self._sync = None
+        self._async: aioredis.Redis | None = None
+        self._sync: redis.Redis | None = None
 
-    def _client(self):  # type: ignore[no-untyped-def]
+    def _client(self) -> redis.Redis:
         if self._sync is None:
             import redis
 
-            self._sync = redis.Redis.from_url(settings.REDIS_URL)
+            self._sync = redis.Redis.from_url(_redis_url())
         return self._sync
 
     async def push(self, records: list[bytes]) -> None:
@@ -180,7 +190,8 @@ class RedisUsageBuffer:
         await self._async.rpush(self._key, *records)
 
     def peek(self, count: int) -> list[bytes]:
-        return list(self._client().lrange(self._key, 0, count - 1))
+        # bytes, not str: the client is created without decode_responses.
+        return cast("list[bytes]", self._client().lrange(self._key, 0, count - 1))
 
     def ack(self, count: int) -> None:
         self._client().ltrim(self._key, count, -1)

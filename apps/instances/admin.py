@@ -159,7 +159,7 @@ class InstanceEventInline(admin.TabularInline):  # type: ignore[type-arg]
     model = InstanceEvent
     extra = 0
     can_delete = False
-    fields = ["created_at", "from_status", "to_status", "reason"]
+    fields = ("created_at", "from_status", "to_status", "reason")
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -170,7 +170,7 @@ class ProvisionAttemptInline(admin.TabularInline):  # type: ignore[type-arg]
     model = ProvisionAttempt
     extra = 0
     can_delete = False
-    fields = [
+    fields = (
         "created_at",
         "provider",
         "instance_type_code",
@@ -178,7 +178,7 @@ class ProvisionAttemptInline(admin.TabularInline):  # type: ignore[type-arg]
         "outcome",
         "error_code",
         "message",
-    ]
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:

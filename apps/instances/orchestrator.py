@@ -12,6 +12,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -454,7 +455,7 @@ def _resend_lost_commands() -> dict[str, int]:
             else terminate_instance_task
         )
         instance_id = str(instance.id)
-        transaction.on_commit(lambda t=task, i=instance_id: t.delay(instance_id=i))
+        transaction.on_commit(functools.partial(task.delay, instance_id=instance_id))
         resent += 1
     return {"commands_resent": resent}
 

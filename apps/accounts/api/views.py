@@ -4,6 +4,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.api.serializers import MeOutSerializer
+from apps.accounts.auth import request_user
 from apps.accounts.models import Membership
 
 
@@ -12,7 +13,7 @@ class MeView(APIView):
 
     @extend_schema(responses=MeOutSerializer)
     def get(self, request: Request) -> Response:
-        user = request.user
+        user = request_user(request)
         memberships = Membership.objects.select_related("organization").filter(user=user)
         data = {
             "email": user.email,

@@ -3,15 +3,16 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
+from apps.accounts.auth import request_user
 from apps.billing.api.serializers import (
     UsageFilterSerializer,
     UsageRecordOutSerializer,
     UsageSummaryOutSerializer,
 )
 from apps.billing.selectors import usage_list_for_user, usage_summary_for_user
+from inventiv.pagination import default_paginator
 
 
 class UsageListView(APIView):
@@ -23,8 +24,8 @@ class UsageListView(APIView):
     def get(self, request: Request) -> Response:
         filters = UsageFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        queryset = usage_list_for_user(user=request.user, filters=filters.validated_data)
-        paginator = api_settings.DEFAULT_PAGINATION_CLASS()
+        queryset = usage_list_for_user(user=request_user(request), filters=filters.validated_data)
+        paginator = default_paginator()
         page = paginator.paginate_queryset(queryset, request, view=self)
         return paginator.get_paginated_response(UsageRecordOutSerializer(page, many=True).data)
 
@@ -38,5 +39,5 @@ class UsageSummaryView(APIView):
     def get(self, request: Request) -> Response:
         filters = UsageFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        rows = usage_summary_for_user(user=request.user, filters=filters.validated_data)
+        rows = usage_summary_for_user(user=request_user(request), filters=filters.validated_data)
         return Response({"data": UsageSummaryOutSerializer(rows, many=True).data})

@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from apps.accounts.models import Organization
 from apps.gateway.models import ApiKey
 
 
@@ -19,7 +20,9 @@ class ApiKeyInSerializer(serializers.Serializer):
 
 
 class ApiKeyOutSerializer(serializers.ModelSerializer):
-    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     model_codes = serializers.SerializerMethodField()
     revoked = serializers.SerializerMethodField()
 

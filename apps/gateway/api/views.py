@@ -7,8 +7,8 @@ from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.settings import api_settings
 
+from apps.accounts.auth import request_user
 from apps.accounts.selectors import organization_get_for_user
 from apps.gateway import services
 from apps.gateway.api.serializers import (
@@ -20,6 +20,7 @@ from apps.gateway.models import ApiKey
 from apps.gateway.selectors import api_key_get_for_user, api_key_list_for_user
 from apps.models.models import LlmModel
 from inventiv.errors import ApplicationError
+from inventiv.pagination import default_paginator
 
 
 class ApiKeyViewSet(viewsets.ViewSet):
@@ -29,17 +30,18 @@ class ApiKeyViewSet(viewsets.ViewSet):
     queryset = ApiKey.objects.none()  # for the schema only; reads go through selectors
 
     def _get(self, request: Request, pk: Any, *, manage: bool = False) -> ApiKey:
-        key = api_key_get_for_user(user=request.user, key_id=int(pk) if str(pk).isdigit() else 0)
+        user = request_user(request)
+        key = api_key_get_for_user(user=user, key_id=int(pk) if str(pk).isdigit() else 0)
         if manage:
-            organization_get_for_user(user=request.user, slug=key.organization.slug, manage=True)
+            organization_get_for_user(user=user, slug=key.organization.slug, manage=True)
         return key
 
     @extend_schema(responses=ApiKeyOutSerializer(many=True))
     def list(self, request: Request) -> Response:
-        queryset = api_key_list_for_user(user=request.user)
+        queryset = api_key_list_for_user(user=request_user(request))
         if org := request.query_params.get("organization"):
             queryset = queryset.filter(organization__slug=org)
-        paginator = api_settings.DEFAULT_PAGINATION_CLASS()
+        paginator = default_paginator()
         page = paginator.paginate_queryset(queryset, request, view=self)
         return paginator.get_paginated_response(ApiKeyOutSerializer(page, many=True).data)
 
@@ -48,8 +50,9 @@ class ApiKeyViewSet(viewsets.ViewSet):
         data = ApiKeyInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
+        user = request_user(request)
         org = organization_get_for_user(
-            user=request.user, slug=values.pop("organization", None), manage=True
+            user=user, slug=values.pop("organization", None), manage=True
         )
         ids = set(values.pop("model_codes"))
         models = list(LlmModel.objects.filter(organization=org, pk__in=ids))
@@ -60,9 +63,9 @@ class ApiKeyViewSet(viewsets.ViewSet):
                 code="invalid_model_code",
             )
         key, plaintext = services.api_key_create(
-            organization=org, created_by=request.user, model_codes=models, **values
+            organization=org, created_by=user, model_codes=models, **values
         )
-        key = api_key_get_for_user(user=request.user, key_id=key.pk)
+        key = api_key_get_for_user(user=user, key_id=key.pk)
         out = ApiKeyCreatedOutSerializer(key, context={"plaintext": plaintext})
         return Response(out.data, status=status.HTTP_201_CREATED)
 
@@ -86,8 +89,8 @@ class ApiKeyViewSet(viewsets.ViewSet):
     @action(detail=True, methods=["post"])
     def rotate(self, request: Request, pk: Any = None) -> Response:
         new, plaintext = services.api_key_rotate(
-            key=self._get(request, pk, manage=True), created_by=request.user
+            key=self._get(request, pk, manage=True), created_by=request_user(request)
         )
-        new = api_key_get_for_user(user=request.user, key_id=new.pk)
+        new = api_key_get_for_user(user=request_user(request), key_id=new.pk)
         out = ApiKeyCreatedOutSerializer(new, context={"plaintext": plaintext})
         return Response(out.data, status=status.HTTP_201_CREATED)

@@ -10,6 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.auth import request_user
 from apps.accounts.selectors import organization_get_for_user
 from apps.instances.tasks import ping_task
 
@@ -26,7 +27,7 @@ class PingView(APIView):
     )
     def post(self, request: Request) -> Response:
         org = organization_get_for_user(
-            user=request.user, slug=request.query_params.get("organization")
+            user=request_user(request), slug=request.query_params.get("organization")
         )
         ping_id = uuid.uuid4().hex
         ping_task.delay(ping_id=ping_id, organization_id=org.id, sent_at=time.time())

@@ -1,6 +1,13 @@
 from rest_framework import serializers
 
-from apps.instances.models import Instance, InstanceEvent, ProvisionAttempt
+from apps.accounts.models import Organization
+from apps.instances.models import (
+    Instance,
+    InstanceEvent,
+    InstanceType,
+    Provider,
+    ProvisionAttempt,
+)
 
 
 class InstanceEventOutSerializer(serializers.ModelSerializer):
@@ -11,7 +18,9 @@ class InstanceEventOutSerializer(serializers.ModelSerializer):
 
 
 class ProvisionAttemptOutSerializer(serializers.ModelSerializer):
-    provider = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    provider: serializers.SlugRelatedField[Provider] = serializers.SlugRelatedField(
+        slug_field="name", read_only=True
+    )
 
     class Meta:
         model = ProvisionAttempt
@@ -28,11 +37,17 @@ class ProvisionAttemptOutSerializer(serializers.ModelSerializer):
 
 
 class InstanceOutSerializer(serializers.ModelSerializer):
-    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     model_code = serializers.CharField(source="llm_model.name", read_only=True)
     model_code_id = serializers.IntegerField(source="llm_model_id", read_only=True)
-    provider = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    instance_type = serializers.SlugRelatedField(slug_field="code", read_only=True)
+    provider: serializers.SlugRelatedField[Provider] = serializers.SlugRelatedField(
+        slug_field="name", read_only=True
+    )
+    instance_type: serializers.SlugRelatedField[InstanceType] = serializers.SlugRelatedField(
+        slug_field="code", read_only=True
+    )
 
     class Meta:
         model = Instance

@@ -8,9 +8,9 @@ from rest_framework.decorators import action
 from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
+from apps.accounts.auth import request_user
 from apps.accounts.selectors import organization_get_for_user
 from apps.instances.api.serializers import InstanceDetailOutSerializer, InstanceOutSerializer
 from apps.instances.models import Instance
@@ -18,6 +18,7 @@ from apps.instances.orchestrator import cluster_status
 from apps.instances.selectors import instance_get_for_user, instance_list_for_user
 from apps.instances.services import instance_drain, instance_request_termination
 from inventiv.errors import Conflict
+from inventiv.pagination import default_paginator
 
 
 class InstanceViewSet(viewsets.ViewSet):
@@ -27,24 +28,24 @@ class InstanceViewSet(viewsets.ViewSet):
     queryset = Instance.objects.none()  # for the schema only; reads go through selectors
 
     def _get(self, request: Request, pk: Any, *, manage: bool = False) -> Instance:
-        instance = instance_get_for_user(user=request.user, instance_id=str(pk))
+        instance = instance_get_for_user(user=request_user(request), instance_id=str(pk))
         if manage:
             organization_get_for_user(
-                user=request.user, slug=instance.organization.slug, manage=True
+                user=request_user(request), slug=instance.organization.slug, manage=True
             )
         return instance
 
     @extend_schema(responses=InstanceOutSerializer(many=True))
     def list(self, request: Request) -> Response:
-        queryset = instance_list_for_user(user=request.user)
+        queryset = instance_list_for_user(user=request_user(request))
         params = request.query_params
         if model_code := params.get("model_code"):
-            queryset = queryset.filter(llm_model_id=model_code if model_code.isdigit() else 0)
+            queryset = queryset.filter(llm_model_id=int(model_code) if model_code.isdigit() else 0)
         if wanted := params.get("status"):
             queryset = queryset.filter(status__in=wanted.split(","))
         if params.get("include_archived") not in ("1", "true"):
             queryset = queryset.filter(archived=False)
-        paginator = api_settings.DEFAULT_PAGINATION_CLASS()
+        paginator = default_paginator()
         page = paginator.paginate_queryset(queryset, request, view=self)
         return paginator.get_paginated_response(InstanceOutSerializer(page, many=True).data)
 

@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -331,7 +331,7 @@ class ScalewayAdapter(ProviderAdapter):
             )
         if not found:
             return None
-        found.sort(key=lambda s: s.creation_date or datetime.max.replace(tzinfo=timezone.utc))
+        found.sort(key=lambda s: s.creation_date or datetime.max.replace(tzinfo=UTC))
         return self._machine(found[0])
 
     def list_machines(self) -> list[Machine]:

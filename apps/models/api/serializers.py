@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from apps.accounts.models import Organization
 from apps.instances.models import InstanceType, Provider
 from apps.models.choices import Dtype, Engine, RoutingPolicy
 from apps.models.models import LlmModel
@@ -51,8 +52,12 @@ class DeployInSerializer(serializers.Serializer):
 
 
 class ModelCodeOutSerializer(serializers.ModelSerializer):
-    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    provider = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
+    provider: serializers.SlugRelatedField[Provider] = serializers.SlugRelatedField(
+        slug_field="name", read_only=True
+    )
 
     class Meta:
         model = LlmModel

@@ -8,6 +8,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from apps.accounts.auth import request_user
 from apps.accounts.selectors import organization_get_for_user
 from apps.models import services
 from apps.models.api.serializers import (
@@ -19,6 +20,7 @@ from apps.models.api.serializers import (
 )
 from apps.models.models import LlmModel
 from apps.models.selectors import model_get_for_user, model_list_for_user
+from inventiv.pagination import default_paginator
 
 
 class ModelCodeViewSet(viewsets.ViewSet):
@@ -28,26 +30,22 @@ class ModelCodeViewSet(viewsets.ViewSet):
     queryset = LlmModel.objects.none()  # for the schema only; reads go through selectors
 
     def _get(self, request: Request, pk: Any, *, manage: bool = False) -> LlmModel:
-        model = model_get_for_user(user=request.user, model_id=int(pk) if str(pk).isdigit() else 0)
+        user = request_user(request)
+        model = model_get_for_user(user=user, model_id=int(pk) if str(pk).isdigit() else 0)
         if manage:
-            organization_get_for_user(user=request.user, slug=model.organization.slug, manage=True)
+            organization_get_for_user(user=user, slug=model.organization.slug, manage=True)
         return model
 
     @extend_schema(responses=ModelCodeOutSerializer(many=True))
     def list(self, request: Request) -> Response:
-        queryset = model_list_for_user(user=request.user)
+        queryset = model_list_for_user(user=request_user(request))
         if org := request.query_params.get("organization"):
             queryset = queryset.filter(organization__slug=org)
         if name := request.query_params.get("name"):
             queryset = queryset.filter(name=name)
-        paginator = self._paginator()
+        paginator = default_paginator()
         page = paginator.paginate_queryset(queryset, request, view=self)
         return paginator.get_paginated_response(ModelCodeOutSerializer(page, many=True).data)
-
-    def _paginator(self):  # type: ignore[no-untyped-def]
-        from rest_framework.settings import api_settings
-
-        return api_settings.DEFAULT_PAGINATION_CLASS()
 
     @extend_schema(request=ModelCodeInSerializer, responses={201: ModelCodeOutSerializer})
     def create(self, request: Request) -> Response:
@@ -55,7 +53,7 @@ class ModelCodeViewSet(viewsets.ViewSet):
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
         org = organization_get_for_user(
-            user=request.user, slug=values.pop("organization", None), manage=True
+            user=request_user(request), slug=values.pop("organization", None), manage=True
         )
         model = services.model_create(organization=org, **values)
         return Response(ModelCodeOutSerializer(model).data, status=status.HTTP_201_CREATED)
