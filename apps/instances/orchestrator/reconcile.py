@@ -1,0 +1,243 @@
+"""The periodic reconciler: deadlines, heartbeats, lost commands, every model code's replicas,
+under a non-blocking lease; and the cluster status."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from apps.instances.choices import FAILED, HOLDS_MACHINE, InstanceStatus
+from apps.instances.models import Instance, OrchestratorLock
+from apps.instances.orchestrator.scaling import converge_model, model_finish_decommission
+from apps.instances.services import (
+    instance_fail,
+    instance_request_termination,
+    instance_transition,
+)
+from apps.models.choices import DEPLOYED_STATUSES, ModelStatus
+from apps.models.models import LlmModel
+from inventiv import crypto
+
+logger = logging.getLogger(__name__)
+S = InstanceStatus
+
+MAX_PROVISION_COMMANDS = 5
+RECONCILE_LOCK = "reconcile"
+
+
+def _take_lease(name: str, seconds: float) -> str | None:
+    holder = f"{socket.gethostname()}:{os.getpid()}:{crypto.new_token(nbytes=4)}"
+    now = timezone.now()
+    OrchestratorLock.objects.get_or_create(name=name)
+    taken = OrchestratorLock.objects.filter(
+        Q(expires_at__isnull=True) | Q(expires_at__lt=now), name=name
+    ).update(holder=holder, expires_at=now + timedelta(seconds=seconds))
+    return holder if taken else None
+
+
+def _release_lease(name: str, holder: str, summary: dict[str, Any]) -> None:
+    OrchestratorLock.objects.filter(name=name, holder=holder).update(
+        expires_at=None, last_run_at=timezone.now(), last_summary=summary
+    )
+
+
+def reconcile() -> dict[str, Any]:
+    """One pass of the reconciler. Returns a summary (also stored for the status endpoint)."""
+    holder = _take_lease(RECONCILE_LOCK, seconds=max(30.0, settings.RECONCILE_INTERVAL_S * 4))
+    if holder is None:
+        return {"skipped": "another reconciler holds the lease"}
+    summary: dict[str, Any] = {}
+    try:
+        summary.update(_enforce_deadlines())
+        summary.update(_check_heartbeats())
+        summary.update(_resend_lost_commands())
+        created = drained = 0
+        for model_id in LlmModel.objects.filter(
+            status__in=[*DEPLOYED_STATUSES, ModelStatus.DECOMMISSIONING]
+        ).values_list("id", flat=True):
+            try:
+                result = converge_model(model_id)
+            except Exception:  # one broken model code must not stop the others
+                logger.exception("converging model code %s failed", model_id)
+                continue
+            created += result.created
+            drained += result.drained
+            model_finish_decommission(model_id)
+        summary.update(created=created, drained=drained)
+    finally:
+        _release_lease(RECONCILE_LOCK, holder, summary)
+    return summary
+
+
+def _enforce_deadlines() -> dict[str, int]:
+    now = timezone.now()
+    failed = 0
+    rules = [
+        (
+            S.BOOTING,
+            settings.BOOT_DEADLINE_S,
+            S.STARTUP_FAILED,
+            "the agent did not register within {s:.0f}s",
+        ),
+        (
+            S.STARTING,
+            settings.STARTUP_DEADLINE_S,
+            S.STARTUP_FAILED,
+            "the engine was not ready within {s:.0f}s",
+        ),
+    ]
+    for status, seconds, to, text in rules:
+        cutoff = now - timedelta(seconds=seconds)
+        for instance in Instance.objects.select_related("llm_model").filter(
+            status=status, status_changed_at__lt=cutoff
+        ):
+            if instance_fail(instance=instance, to=to, reason=text.format(s=seconds)):
+                failed += 1
+    drain_cutoff = now - timedelta(seconds=settings.DRAIN_DEADLINE_S)
+    for instance in Instance.objects.select_related("llm_model").filter(
+        status=S.DRAINING, status_changed_at__lt=drain_cutoff
+    ):
+        instance_request_termination(
+            instance=instance, reason=f"drain deadline ({settings.DRAIN_DEADLINE_S:.0f}s) passed"
+        )
+    return {"deadline_failures": failed}
+
+
+def _check_heartbeats() -> dict[str, Any]:
+    """ready/starting → unavailable after missed heartbeats; unavailable too long → replaced.
+    A mass loss (a large share of a fleet of 3+ at once) points at us, not at the machines:
+    then nothing is marked or terminated, and the summary says so."""
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.HEARTBEAT_DEADLINE_S)
+    watched = Instance.objects.select_related("llm_model").filter(
+        status__in=[S.STARTING, S.READY, S.UNAVAILABLE]
+    )
+    fleet = list(watched)
+    silent = [i for i in fleet if i.last_heartbeat_at is None or i.last_heartbeat_at < cutoff]
+    if len(fleet) >= 3 and len(silent) >= len(fleet) * settings.MASS_HEARTBEAT_LOSS_RATIO:
+        logger.warning("mass heartbeat loss: %d of %d instances silent", len(silent), len(fleet))
+        return {"mass_heartbeat_loss": f"{len(silent)}/{len(fleet)}"}
+    marked = replaced = 0
+    replace_cutoff = now - timedelta(seconds=settings.UNAVAILABLE_REPLACE_AFTER_S)
+    for instance in silent:
+        if instance.status in (S.READY, S.STARTING):
+            age = (now - (instance.last_heartbeat_at or instance.status_changed_at)).total_seconds()
+            if instance_transition(
+                instance=instance,
+                to=S.UNAVAILABLE,
+                expected=S(instance.status),
+                reason=f"no heartbeat for {age:.0f}s",
+            ):
+                marked += 1
+        elif (
+            instance.status == S.UNAVAILABLE
+            and instance.status_changed_at < replace_cutoff
+            and instance_request_termination(
+                instance=instance,
+                reason=f"unavailable over {settings.UNAVAILABLE_REPLACE_AFTER_S:.0f}s: replaced",
+            )
+        ):
+            replaced += 1
+    return {"marked_unavailable": marked, "replaced_unavailable": replaced}
+
+
+def _resend_lost_commands() -> dict[str, int]:
+    """Re-send provision/terminate commands whose after-commit enqueue (or whose worker) was
+    lost. Bounded: an instance whose provisioning was re-sent too often fails."""
+    from apps.instances.tasks import provision_instance_task, terminate_instance_task
+
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=settings.COMMAND_RESEND_AFTER_S)
+    resent = 0
+    stale = Instance.objects.select_related("llm_model").filter(
+        Q(command_sent_at__isnull=True) | Q(command_sent_at__lt=cutoff),
+        status__in=[S.PROVISIONING, S.TERMINATING, *FAILED],
+    )
+    for instance in stale:
+        if instance.status in FAILED:
+            instance_request_termination(
+                instance=instance, reason=f"cleanup after {instance.status}"
+            )
+            continue
+        if (
+            instance.status == S.PROVISIONING
+            and instance.provision_attempts >= MAX_PROVISION_COMMANDS
+        ):
+            instance_fail(
+                instance=instance,
+                to=S.PROVISIONING_FAILED,
+                reason=f"provisioning did not complete after {MAX_PROVISION_COMMANDS} commands",
+            )
+            continue
+        updated = Instance.objects.filter(id=instance.id, status=instance.status).update(
+            command_sent_at=now,
+            provision_attempts=instance.provision_attempts
+            + (1 if instance.status == S.PROVISIONING else 0),
+        )
+        if not updated:
+            continue
+        task = (
+            provision_instance_task
+            if instance.status == S.PROVISIONING
+            else terminate_instance_task
+        )
+        instance_id = str(instance.id)
+        transaction.on_commit(functools.partial(task.delay, instance_id=instance_id))
+        resent += 1
+    return {"commands_resent": resent}
+
+
+def cluster_status() -> dict[str, Any]:
+    """The seed's ``GET /admin/status``: instances by state, provider and model code, queue
+    depth when measurable, and the last reconcile."""
+    by_status = dict(
+        Instance.objects.filter(archived=False).values_list("status").annotate(n=Count("id"))
+    )
+    by_provider: dict[str, dict[str, int]] = {}
+    for name, status, n in (
+        Instance.objects.filter(status__in=HOLDS_MACHINE)
+        .values_list("provider__name", "status")
+        .annotate(n=Count("id"))
+    ):
+        by_provider.setdefault(name, {})[status] = n
+    by_model: dict[str, dict[str, int]] = {}
+    for org, name, status, n in (
+        Instance.objects.filter(status__in=HOLDS_MACHINE)
+        .values_list("organization__slug", "llm_model__name", "status")
+        .annotate(n=Count("id"))
+    ):
+        by_model.setdefault(f"{org}/{name}", {})[status] = n
+    lock = OrchestratorLock.objects.filter(name=RECONCILE_LOCK).first()
+    return {
+        "instances_by_status": by_status,
+        "instances_by_provider": by_provider,
+        "instances_by_model_code": by_model,
+        "queue_depth": _queue_depth(),
+        "last_reconcile": {
+            "at": lock.last_run_at.isoformat() if lock and lock.last_run_at else None,
+            "summary": lock.last_summary if lock else {},
+        },
+    }
+
+
+def _queue_depth() -> int | None:
+    if not settings.REDIS_URL:
+        return None
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+    try:
+        return int(client.llen(settings.REDIS_PREFIX + "celery:celery"))
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
