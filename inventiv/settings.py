@@ -11,6 +11,7 @@ Two shapes, same code:
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from pathlib import Path
 
@@ -160,8 +161,9 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")) or "")
-if EMBEDDED or DEBUG:
-    STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise serves from the finders then
+# collectstatic fills it in production; before that (tests, embedded) it may just be empty.
+with contextlib.suppress(OSError):
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
