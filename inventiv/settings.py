@@ -27,6 +27,10 @@ STATE_DIR.mkdir(parents=True, exist_ok=True)
 DATABASE_URL = env_str("DATABASE_URL")
 REDIS_URL = env_str("REDIS_URL")
 EMBEDDED = DATABASE_URL is None and REDIS_URL is None
+if DATABASE_URL and not REDIS_URL:
+    # Separate web and worker processes need a shared broker: the in-memory one would silently
+    # drop every command sent by the web process.
+    raise ImproperlyConfigured("DATABASE_URL is set but REDIS_URL is not: set both, or neither.")
 # Prefix of every Redis key we write (cache, channel layer, broker, gateway counters), so that
 # several deployments or test runs can share one Redis without colliding.
 REDIS_PREFIX = env_str("INVENTIV_REDIS_PREFIX", "inventiv:") or "inventiv:"
@@ -178,9 +182,11 @@ WHITENOISE_USE_FINDERS = DEBUG or EMBEDDED
 
 # --- REST API -------------------------------------------------------------------------------
 REST_FRAMEWORK = {
+    # Basic auth (handy with curl) only on a developer's machine: in production it would let
+    # anyone guess passwords against every endpoint.
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.BasicAuthentication",
+        *(["rest_framework.authentication.BasicAuthentication"] if EMBEDDED or DEBUG else []),
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
@@ -255,11 +261,16 @@ STARTUP_DEADLINE_S = env_float("INVENTIV_STARTUP_DEADLINE_S", 1800.0, minimum=0.
 DRAIN_DEADLINE_S = env_float("INVENTIV_DRAIN_DEADLINE_S", 120.0, minimum=0.1)
 BOOTSTRAP_TOKEN_TTL_S = env_float("INVENTIV_BOOTSTRAP_TOKEN_TTL_S", 900.0, minimum=1)
 # A provision/terminate command not acted upon after this long is re-sent by the reconciler.
-COMMAND_RESEND_AFTER_S = env_float("INVENTIV_COMMAND_RESEND_AFTER_S", 60.0, minimum=0.1)
+# Longer than a task's time limit (300 s), so that a slow command is never sent twice at once.
+COMMAND_RESEND_AFTER_S = env_float("INVENTIV_COMMAND_RESEND_AFTER_S", 330.0, minimum=0.1)
 REPLACEMENT_BACKOFF_S = env_float("INVENTIV_REPLACEMENT_BACKOFF_S", 10.0, minimum=0)
 # If at least this share of a fleet (of 3+ instances) misses heartbeats at once, we suspect our
 # own network or database rather than the machines, and do not terminate anything.
 MASS_HEARTBEAT_LOSS_RATIO = env_float("INVENTIV_MASS_HEARTBEAT_LOSS_RATIO", 0.5, minimum=0)
+# ...but only for so long: a loss that lasts longer is real (a zone outage) and is handled.
+MASS_HEARTBEAT_LOSS_HOLD_S = env_float(
+    "INVENTIV_MASS_HEARTBEAT_LOSS_HOLD_S", 3 * HEARTBEAT_DEADLINE_S, minimum=0
+)
 LOCAL_PROVIDER_ENABLED = env_bool("INVENTIV_LOCAL_PROVIDER", default=EMBEDDED or DEBUG)
 
 # --- Security (production) ------------------------------------------------------------------

@@ -116,6 +116,7 @@ def agent_register(*, request: RegisterRequest) -> RegisterResponse:
                 "agent_version": request.agent_version,
             },
         )
+    instance.refresh_from_db(fields=["status"])  # it may have been terminated meanwhile
     return RegisterResponse(
         instance_id=str(instance.id),
         credential=credential,

@@ -188,7 +188,7 @@ def offers_for_instance(instance: Instance) -> list[Offer]:
     model code pins them, else every compatible offer of its provider (or of every provider
     when the model code names none). A local instance only ever runs locally."""
     if instance.provider.kind == ProviderKind.LOCAL:
-        return [_local_offer(instance.provider)]
+        return [_local_offer(instance.provider)] if settings.LOCAL_PROVIDER_ENABLED else []
     model = instance.llm_model
     return offers_for_model(
         model,

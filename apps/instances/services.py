@@ -110,14 +110,26 @@ def _free_local_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def provider_check_usable(provider: Provider) -> None:
+    """Refuse a disabled provider, and the local one unless this deployment enables it (it
+    runs tenants' engines on the control plane's own machine)."""
+    if not provider.enabled:
+        raise ApplicationError(f"Provider {provider.name} is disabled.", param="provider")
+    if provider.kind == ProviderKind.LOCAL and not settings.LOCAL_PROVIDER_ENABLED:
+        raise ApplicationError(
+            f"Provider {provider.name} (local) is not enabled on this platform.",
+            param="provider",
+            code="provider_not_enabled",
+        )
+
+
 def provider_for_model(llm_model: LlmModel) -> Provider:
     """The provider new instances of ``llm_model`` go to: its explicit one, else the first
     enabled provider (the local one when enabled, for development)."""
     if llm_model.provider_id is not None:
         provider = llm_model.provider
         assert provider is not None
-        if not provider.enabled:
-            raise ApplicationError(f"Provider {provider.name} is disabled.", param="provider")
+        provider_check_usable(provider)
         return provider
     providers = Provider.objects.filter(enabled=True).order_by("id")
     if not settings.LOCAL_PROVIDER_ENABLED:
@@ -175,15 +187,20 @@ def instance_create(
     return instance
 
 
-def instance_request_termination(*, instance: Instance, reason: str) -> bool:
+def instance_request_termination(
+    *, instance: Instance, reason: str, expected: InstanceStatus | None = None
+) -> bool:
     """Move a machine-holding instance to ``terminating`` and send ``CMD:TERMINATE_INSTANCE``
-    after commit. False if it is already terminating/terminated or lost the race."""
+    after commit. ``expected`` pins the status the decision was based on (a reconciler's
+    snapshot), so that an instance that changed meanwhile is left alone. False if it is
+    already terminating/terminated or lost the race."""
     from apps.instances.tasks import terminate_instance_task
 
     if not instance_transition(
         instance=instance,
         to=S.TERMINATING,
         reason=reason,
+        expected=expected,
         fields={"command_sent_at": timezone.now()},
     ):
         return False
@@ -203,10 +220,9 @@ def instance_fail(*, instance: Instance, to: InstanceStatus, reason: str) -> boo
 def instance_drain(*, instance: Instance, reason: str) -> bool:
     """Stop routing to ``instance``; the agent reports DRAINED once in-flight work is done and
     the instance then terminates. Instances not yet serving terminate at once."""
-    if instance.status in (S.READY, S.STARTING, S.UNAVAILABLE):
-        if instance.status != S.READY:
-            return instance_request_termination(instance=instance, reason=reason)
-        return instance_transition(instance=instance, to=S.DRAINING, reason=reason)
-    if instance.status in (S.PROVISIONING, S.BOOTING):
-        return instance_request_termination(instance=instance, reason=reason)
+    status = S(instance.status)
+    if status == S.READY:
+        return instance_transition(instance=instance, to=S.DRAINING, reason=reason, expected=status)
+    if status in (S.STARTING, S.UNAVAILABLE, S.PROVISIONING, S.BOOTING):
+        return instance_request_termination(instance=instance, reason=reason, expected=status)
     raise Conflict(f"An instance in status {instance.status} cannot be drained.")

@@ -63,6 +63,10 @@ def _validate(values: dict[str, Any]) -> dict[str, Any]:
         )
     instance_type = values.get("instance_type")
     provider = values.get("provider")
+    if provider is not None:
+        from apps.instances.services import provider_check_usable
+
+        provider_check_usable(provider)
     if (
         instance_type is not None
         and provider is not None
@@ -85,9 +89,24 @@ def model_create(*, organization: Organization, name: str, **values: Any) -> Llm
         raise Conflict(f"A model code named {name!r} already exists.", param="name") from None
 
 
+# What running instances were built from: changing it on a deployed model code would restart
+# (or break) every replica at once, so it is refused until rolling updates exist.
+ENGINE_FIELDS = frozenset(EDITABLE) - {"routing_policy"}
+
+
 def model_update(*, model: LlmModel, **changes: Any) -> LlmModel:
     if model.status in (ModelStatus.DECOMMISSIONING, ModelStatus.DECOMMISSIONED):
         raise Conflict(f"A {model.status} model code cannot be changed.")
+    frozen = sorted(
+        name for name in ENGINE_FIELDS & set(changes) if changes[name] != getattr(model, name)
+    )
+    if frozen and model.status in DEPLOYED_STATUSES:
+        raise Conflict(
+            f"{frozen[0]}: cannot change on a deployed model code (every replica would "
+            "restart at once); scale it to 0 or create a new model code.",
+            param=frozen[0],
+            code="deployed",
+        )
     values = {name: getattr(model, name) for name in EDITABLE}
     values.update(changes)
     values = _validate(values)
@@ -108,6 +127,15 @@ def model_delete(*, model: LlmModel) -> None:
     model.delete()
 
 
+def _locked(model: LlmModel, allowed: frozenset[ModelStatus] | set[ModelStatus]) -> LlmModel:
+    """The model code, row-locked for this transaction, if its status is still in
+    ``allowed``; 409 otherwise (a concurrent command changed it)."""
+    locked = LlmModel.objects.select_for_update().get(id=model.id)
+    if locked.status not in allowed:
+        raise Conflict(f"The model code is {locked.status}; this command no longer applies.")
+    return locked
+
+
 def _set_status(model: LlmModel, status: ModelStatus, **fields: Any) -> None:
     LlmModel.objects.filter(id=model.id).update(
         status=status, status_changed_at=timezone.now(), **fields
@@ -126,7 +154,8 @@ def model_deploy(*, model: LlmModel, replicas: int | None = None) -> LlmModel:
 
     provider_for_model(model)  # fail now, with a clear error, if nothing can host it
     with transaction.atomic():
-        status = model.status if model.status in DEPLOYED_STATUSES else ModelStatus.DEPLOYING
+        locked = _locked(model, {ModelStatus.DRAFT, *DEPLOYED_STATUSES})
+        status = locked.status if locked.status in DEPLOYED_STATUSES else ModelStatus.DEPLOYING
         _set_status(model, ModelStatus(status), desired_replicas=wanted)
         _wake(model.id)
     return model
@@ -142,6 +171,7 @@ def model_set_replicas(*, model: LlmModel, replicas: int) -> LlmModel:
         raise Conflict("Deploy the model code before scaling it.", code="not_deployed")
     _check_replicas(replicas)
     with transaction.atomic():
+        _locked(model, set(DEPLOYED_STATUSES))
         LlmModel.objects.filter(id=model.id).update(desired_replicas=replicas)
         model.refresh_from_db()
         _wake(model.id)
@@ -153,6 +183,10 @@ def model_decommission(*, model: LlmModel) -> LlmModel:
     if model.status == ModelStatus.DECOMMISSIONED:
         return model
     with transaction.atomic():
+        locked = _locked(model, set(ModelStatus))
+        if locked.status in (ModelStatus.DECOMMISSIONING, ModelStatus.DECOMMISSIONED):
+            model.refresh_from_db()
+            return model
         _set_status(model, ModelStatus.DECOMMISSIONING, desired_replicas=0)
         _wake(model.id)
     return model

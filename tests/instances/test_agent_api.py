@@ -12,6 +12,7 @@ from django.utils import timezone
 from agent.protocol import AgentState, Heartbeat, RegisterRequest
 from apps.instances.choices import InstanceStatus as S
 from apps.instances.models import Instance
+from apps.instances.services import instance_request_termination, instance_transition
 from apps.models.models import LlmModel
 from tests.instances.factories import make_instance
 
@@ -126,7 +127,9 @@ def test_a_heartbeat_for_another_instance_is_refused(client: Client, mock_model:
 def test_a_terminated_instance_credential_is_refused(client: Client, mock_model: LlmModel) -> None:
     instance, token = make_instance(mock_model, S.BOOTING)
     credential = register(client, token).json()["credential"]
-    Instance.objects.filter(id=instance.id).update(credential_hash="")
+    assert instance_request_termination(instance=instance, reason="scaled down")
+    assert instance_transition(instance=instance, to=S.TERMINATED, reason="machine released")
+    assert Instance.objects.get(id=instance.id).credential_hash == ""
     assert heartbeat(client, credential, str(instance.id), AgentState.READY).status_code == 401
 
 

@@ -137,3 +137,32 @@ def test_a_crashing_engine_is_restarted_and_not_routable_meanwhile(
     assert instance.engine_status["restarts"] >= 1
     assert _chat(instance).status_code == 200
     assert mock_model.instances.count() == 1
+
+
+def test_a_machine_created_while_its_instance_was_terminated_is_released_at_once(
+    platform: Platform, mock_model: LlmModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a provision command whose create call returns after a terminate went through
+    from apps.instances.providers.local import LocalAdapter
+    from apps.instances.services import instance_request_termination
+
+    platform.worker.stop()  # we run the command ourselves, with the race in the middle
+    model_deploy(model=mock_model, replicas=1)
+    orchestrator.converge_model(mock_model.id)
+    instance = _only_instance(mock_model)
+    create = LocalAdapter.create_machine
+
+    def create_then_terminated(self: LocalAdapter, spec: object) -> object:
+        machine = create(self, spec)  # type: ignore[arg-type]
+        racing = Instance.objects.get(id=instance.id)
+        instance_request_termination(instance=racing, reason="user terminated it meanwhile")
+        orchestrator.terminate_instance(str(instance.id))
+        return machine
+
+    monkeypatch.setattr(LocalAdapter, "create_machine", create_then_terminated)
+    # When the create returns
+    outcome = orchestrator.provision_instance(str(instance.id))
+    # Then the machine is released at once: no agent left
+    assert outcome.endswith("released at once: instance terminated")
+    assert Instance.objects.get(id=instance.id).status == S.TERMINATED
+    wait_for(lambda: agent_pids(str(instance.id)) == [], timeout=15, message="no agent left")

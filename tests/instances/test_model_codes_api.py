@@ -142,3 +142,35 @@ def test_listing_model_codes_costs_a_constant_number_of_queries(api: APIClient) 
     with CaptureQueriesContext(connection) as six:
         assert len(api.get("/api/v1/model-codes/").json()["results"]) == 6
     assert len(six) == len(one)
+
+
+def test_the_local_provider_is_refused_unless_the_platform_enables_it(
+    api: APIClient, settings: Any
+) -> None:
+    Provider.objects.create(name="local", kind="local")
+    settings.LOCAL_PROVIDER_ENABLED = False
+    response = api.post("/api/v1/model-codes/", {**VALID, "provider": "local"}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "provider_not_enabled"
+    model_id = api.post("/api/v1/model-codes/", VALID).json()["id"]
+    deploy = api.post(f"/api/v1/model-codes/{model_id}/deploy/", {"replicas": 1})
+    assert deploy.json()["error"]["code"] == "no_provider"
+
+
+def test_the_engine_of_a_deployed_model_code_cannot_change_under_its_replicas(
+    api: APIClient,
+) -> None:
+    Provider.objects.create(name="local", kind="local")
+    model_id = api.post("/api/v1/model-codes/", VALID).json()["id"]
+    api.post(f"/api/v1/model-codes/{model_id}/deploy/", {"replicas": 1})
+    refused = api.patch(
+        f"/api/v1/model-codes/{model_id}/", {"model_id": "org/other"}, format="json"
+    )
+    assert refused.status_code == 409
+    assert refused.json()["error"]["param"] == "model_id"
+    ok = api.patch(
+        f"/api/v1/model-codes/{model_id}/",
+        {"routing_policy": "prefix_aware", "model_id": "org/model"},
+        format="json",
+    )
+    assert ok.status_code == 200 and ok.json()["routing_policy"] == "prefix_aware"

@@ -13,7 +13,7 @@ from django.utils import timezone
 from apps.instances import orchestrator
 from apps.instances.choices import TRANSITIONS, can_transition
 from apps.instances.choices import InstanceStatus as S
-from apps.instances.models import Instance, InstanceEvent, Provider
+from apps.instances.models import Instance, InstanceEvent, OrchestratorLock, Provider
 from apps.instances.services import instance_transition
 from apps.models.models import LlmModel
 from apps.models.services import model_deploy
@@ -130,12 +130,43 @@ def test_an_instance_that_misses_heartbeats_becomes_unavailable_then_is_replaced
 
 
 @pytest.mark.django_db
-def test_a_mass_loss_of_heartbeats_terminates_nothing(mock_model: LlmModel, settings: Any) -> None:
+def test_a_mass_loss_of_heartbeats_is_held_for_a_while_then_handled(
+    mock_model: LlmModel, settings: Any
+) -> None:
+    # Given a fleet that goes silent all at once (our network, not theirs?)
     settings.HEARTBEAT_DEADLINE_S = 10
+    settings.MASS_HEARTBEAT_LOSS_HOLD_S = 60
     fleet = [_ready(mock_model, 120) for _ in range(4)]
+    # When the reconciler runs, then nothing is marked or terminated, and it says why
     summary = orchestrator.reconcile()
     assert summary["mass_heartbeat_loss"] == "4/4"
     assert {Instance.objects.get(id=i.id).status for i in fleet} == {S.READY}
+    # When the loss outlasts the hold, then it is handled as real
+    OrchestratorLock.objects.filter(name="mass-heartbeat-loss").update(
+        last_run_at=timezone.now() - timedelta(seconds=61)
+    )
+    summary = orchestrator.reconcile()
+    assert summary["marked_unavailable"] == 4
+    assert {Instance.objects.get(id=i.id).status for i in fleet} == {S.UNAVAILABLE}
+
+
+@pytest.mark.django_db
+def test_instances_already_unavailable_do_not_count_towards_a_mass_loss(
+    mock_model: LlmModel, settings: Any
+) -> None:
+    # Given two instances already unavailable and two healthy ones
+    settings.HEARTBEAT_DEADLINE_S = 10
+    settings.UNAVAILABLE_REPLACE_AFTER_S = 30
+    dead = [_ready(mock_model, 120) for _ in range(2)]
+    Instance.objects.filter(id__in=[i.id for i in dead]).update(
+        status=S.UNAVAILABLE, status_changed_at=timezone.now() - timedelta(seconds=31)
+    )
+    healthy = [_ready(mock_model, 1) for _ in range(2)]
+    # When the reconciler runs, then the dead ones are replaced (no freeze)
+    summary = orchestrator.reconcile()
+    assert "mass_heartbeat_loss" not in summary
+    assert summary["replaced_unavailable"] == 2
+    assert {Instance.objects.get(id=i.id).status for i in healthy} == {S.READY}
 
 
 @pytest.mark.django_db

@@ -8,6 +8,7 @@ import contextlib
 from typing import Any
 
 from django.conf import settings
+from django.utils import timezone
 
 from apps.instances.choices import HOLDS_MACHINE, InstanceStatus, ProviderKind
 from apps.instances.matching import Offer, offers_for_instance
@@ -77,6 +78,8 @@ def provision_instance(instance_id: str) -> str:
     if not instance.bootstrap_token_encrypted:
         # The agent already registered (the create response was slow or lost).
         return "skipped: agent already registered"
+    # The reconciler re-sends a command only once this is old: the command is being worked on.
+    Instance.objects.filter(id=instance.id).update(command_sent_at=timezone.now())
     offers = offers_for_instance(instance)
     failed_before = {
         (a.provider_id, a.instance_type_code, a.zone)
@@ -117,13 +120,20 @@ def provision_instance(instance_id: str) -> str:
         # Record the machine first, whatever the status became meanwhile (the agent may have
         # registered already): it must never be forgotten.
         Instance.objects.filter(id=instance.id).update(**fields)
-        instance_transition(
+        if instance_transition(
             instance=instance,
             to=S.BOOTING,
             expected=S.PROVISIONING,
             reason=f"machine {machine.provider_id} created ({offer.instance_type_code}"
             f"@{machine.zone or offer.zone})",
-        )
+        ):
+            return f"created {machine.provider_id}"
+        status = Instance.objects.values_list("status", flat=True).get(id=instance.id)
+        if status in (S.TERMINATING, S.TERMINATED):
+            # Terminated while the create call was in flight: the terminate step may not have
+            # seen this machine yet. Release it now rather than leave it billing.
+            adapter.terminate_machine(machine)
+            return f"created {machine.provider_id}, released at once: instance {status}"
         return f"created {machine.provider_id}"
     message = "; ".join(reasons) if reasons else "no compatible offer"
     instance_fail(

@@ -107,15 +107,40 @@ def _enforce_deadlines() -> dict[str, int]:
         status=S.DRAINING, status_changed_at__lt=drain_cutoff
     ):
         instance_request_termination(
-            instance=instance, reason=f"drain deadline ({settings.DRAIN_DEADLINE_S:.0f}s) passed"
+            instance=instance,
+            reason=f"drain deadline ({settings.DRAIN_DEADLINE_S:.0f}s) passed",
+            expected=S.DRAINING,
         )
     return {"deadline_failures": failed}
 
 
+MASS_LOSS_LOCK = "mass-heartbeat-loss"
+
+
+def _mass_loss_hold(silent: int, watched: int) -> str | None:
+    """Whether to hold heartbeat failures now. A mass loss (at least
+    ``MASS_HEARTBEAT_LOSS_RATIO`` of a fleet of 3+ serving instances silent at once) points at
+    the control plane's own network or database, not at the machines: failures are held, but
+    only for ``MASS_HEARTBEAT_LOSS_HOLD_S``; a loss that lasts longer is treated as real."""
+    if watched < 3 or silent < watched * settings.MASS_HEARTBEAT_LOSS_RATIO:
+        OrchestratorLock.objects.filter(name=MASS_LOSS_LOCK).delete()
+        return None
+    now = timezone.now()
+    lock, _ = OrchestratorLock.objects.get_or_create(
+        name=MASS_LOSS_LOCK, defaults={"last_run_at": now}
+    )
+    since = lock.last_run_at or now
+    held = (now - since).total_seconds()
+    if held > settings.MASS_HEARTBEAT_LOSS_HOLD_S:
+        logger.warning("heartbeat loss of %d/%d lasted %.0fs: handling it", silent, watched, held)
+        return None
+    logger.warning("mass heartbeat loss: %d of %d instances silent; holding", silent, watched)
+    return f"{silent}/{watched}"
+
+
 def _check_heartbeats() -> dict[str, Any]:
-    """ready/starting → unavailable after missed heartbeats; unavailable too long → replaced.
-    A mass loss (a large share of a fleet of 3+ at once) points at us, not at the machines:
-    then nothing is marked or terminated, and the summary says so."""
+    """ready/starting → unavailable after missed heartbeats; unavailable too long → replaced,
+    unless a mass loss is being held (see ``_mass_loss_hold``)."""
     now = timezone.now()
     cutoff = now - timedelta(seconds=settings.HEARTBEAT_DEADLINE_S)
     watched = Instance.objects.select_related("llm_model").filter(
@@ -123,9 +148,11 @@ def _check_heartbeats() -> dict[str, Any]:
     )
     fleet = list(watched)
     silent = [i for i in fleet if i.last_heartbeat_at is None or i.last_heartbeat_at < cutoff]
-    if len(fleet) >= 3 and len(silent) >= len(fleet) * settings.MASS_HEARTBEAT_LOSS_RATIO:
-        logger.warning("mass heartbeat loss: %d of %d instances silent", len(silent), len(fleet))
-        return {"mass_heartbeat_loss": f"{len(silent)}/{len(fleet)}"}
+    serving = [i for i in fleet if i.status != S.UNAVAILABLE]
+    newly_silent = [i for i in silent if i.status != S.UNAVAILABLE]
+    held = _mass_loss_hold(len(newly_silent), len(serving))
+    if held:
+        return {"mass_heartbeat_loss": held}
     marked = replaced = 0
     replace_cutoff = now - timedelta(seconds=settings.UNAVAILABLE_REPLACE_AFTER_S)
     for instance in silent:
@@ -144,6 +171,7 @@ def _check_heartbeats() -> dict[str, Any]:
             and instance_request_termination(
                 instance=instance,
                 reason=f"unavailable over {settings.UNAVAILABLE_REPLACE_AFTER_S:.0f}s: replaced",
+                expected=S.UNAVAILABLE,
             )
         ):
             replaced += 1
