@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from inventiv.events import STAFF_GROUP, org_group
+
+# Membership is re-checked at most this often while events flow, so that someone removed from
+# an organization stops receiving its events without having to reconnect.
+MEMBERSHIP_RECHECK_S = 30.0
 
 
 @database_sync_to_async
@@ -29,7 +34,9 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=4401)
             return
-        groups = [org_group(org_id) for org_id in await _organization_ids(user)]
+        self.org_ids = set(await _organization_ids(user))
+        self.checked_at = time.monotonic()
+        groups = [org_group(org_id) for org_id in sorted(self.org_ids)]
         if user.is_staff:
             groups.append(STAFF_GROUP)
         for group in groups:
@@ -42,5 +49,25 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         for group in self.groups_joined:
             await self.channel_layer.group_discard(group, self.channel_name)
 
+    async def _still_member(self, organization_id: int) -> bool:
+        if time.monotonic() - self.checked_at > MEMBERSHIP_RECHECK_S:
+            current = set(await _organization_ids(self.scope["user"]))
+            for lost in self.org_ids - current:
+                group = org_group(lost)
+                await self.channel_layer.group_discard(group, self.channel_name)
+                if group in self.groups_joined:
+                    self.groups_joined.remove(group)
+            self.org_ids &= current
+            self.checked_at = time.monotonic()
+        return organization_id in self.org_ids
+
     async def event_message(self, message: dict[str, Any]) -> None:
-        await self.send_json({"event": message["event"], "data": message["data"]})
+        data = message["data"]
+        organization_id = data.get("organization_id") if isinstance(data, dict) else None
+        if (
+            organization_id is not None
+            and not self.scope["user"].is_staff
+            and not await self._still_member(organization_id)
+        ):
+            return
+        await self.send_json({"event": message["event"], "data": data})
