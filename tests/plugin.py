@@ -11,7 +11,7 @@ import os
 import secrets
 import tempfile
 
-_run = f"{os.getpid()}{secrets.token_hex(2)}"
+_run = f"{os.getpid()}_{secrets.token_hex(2)}"
 os.environ.setdefault("INVENTIV_REDIS_PREFIX", f"test-{_run}:")
 os.environ.setdefault("INVENTIV_TEST_DB_NAME", f"test_inventiv_{_run}")
 os.environ.setdefault("INVENTIV_STATE_DIR", tempfile.mkdtemp(prefix=f"inventiv-test-{_run}-"))
@@ -21,3 +21,29 @@ os.environ.setdefault("INVENTIV_LOCAL_PROVIDER", "1")
 # Tests speak plain HTTP on loopback; production's HTTPS-only defaults stay on elsewhere.
 for _name in ("SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE"):
     os.environ.setdefault(_name, "0")
+
+
+def _drop_stale_test_databases() -> None:
+    """Drop test databases left by earlier runs that were killed (their process is gone)."""
+    url = os.environ.get("DATABASE_URL")
+    if not url:
+        return
+    import psycopg
+
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+            names = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'test_inventiv_%'"
+                )
+            ]
+            for name in names:
+                pid = name.removeprefix("test_inventiv_").split("_")[0]
+                if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except psycopg.Error:
+        pass  # best effort: pytest-django reports a real connection problem clearly
+
+
+_drop_stale_test_databases()

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.db import connections
 
 from apps.accounts.models import Membership, Organization
 from inventiv import consumers
@@ -42,3 +44,5 @@ async def test_someone_removed_from_an_organization_stops_receiving_its_events(
     # Then the next event does not reach him
     assert await communicator.receive_nothing(timeout=0.5)
     await communicator.disconnect()
+    # The consumer's database thread keeps a connection: close it so the test DB can be dropped
+    await database_sync_to_async(connections.close_all)()
