@@ -7,12 +7,9 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
 from inventiv.events import STAFF_GROUP, org_group
-
-# Membership is re-checked at most this often while events flow, so that someone removed from
-# an organization stops receiving its events without having to reconnect.
-MEMBERSHIP_RECHECK_S = 30.0
 
 
 @database_sync_to_async
@@ -50,7 +47,7 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_discard(group, self.channel_name)
 
     async def _still_member(self, organization_id: int) -> bool:
-        if time.monotonic() - self.checked_at > MEMBERSHIP_RECHECK_S:
+        if time.monotonic() - self.checked_at > settings.WS_MEMBERSHIP_RECHECK_S:
             current = set(await _organization_ids(self.scope["user"]))
             for lost in self.org_ids - current:
                 group = org_group(lost)

@@ -271,6 +271,9 @@ MASS_HEARTBEAT_LOSS_RATIO = env_float("INVENTIV_MASS_HEARTBEAT_LOSS_RATIO", 0.5,
 MASS_HEARTBEAT_LOSS_HOLD_S = env_float(
     "INVENTIV_MASS_HEARTBEAT_LOSS_HOLD_S", 3 * HEARTBEAT_DEADLINE_S, minimum=0
 )
+# WebSocket consumers re-check organization membership at most this often while events flow,
+# so that someone removed from an organization stops receiving its events without reconnecting.
+WS_MEMBERSHIP_RECHECK_S = env_float("INVENTIV_WS_MEMBERSHIP_RECHECK_S", 30.0, minimum=0)
 LOCAL_PROVIDER_ENABLED = env_bool("INVENTIV_LOCAL_PROVIDER", default=EMBEDDED or DEBUG)
 
 # --- Security (production) ------------------------------------------------------------------

@@ -114,3 +114,35 @@ def test_instance_events_reach_only_the_organizations_members(processes: Process
         assert event["data"]["instance_id"] == str(instance.id)
         with pytest.raises(TimeoutError):
             theirs.recv(timeout=1.5)
+
+
+def test_someone_removed_from_an_organization_stops_receiving_its_events(
+    processes: ProcessGroup,
+) -> None:
+    # Given Sam, a member of Olivia's organization, watching its events
+    from apps.accounts.models import Membership, Organization
+    from apps.instances.choices import InstanceStatus
+    from apps.instances.models import Provider
+    from apps.instances.services import instance_transition
+    from apps.models.services import model_create
+    from tests.instances.factories import make_instance
+
+    olivia = user_create(email="olivia@example.com", password="correct-horse-9")
+    sam = user_create(email="sam@example.com", password="correct-horse-9")
+    org = Organization.objects.get(memberships__user=olivia)
+    Membership.objects.create(user=sam, organization=org, role="member")
+    Provider.objects.create(name="local", kind="local")
+    model = model_create(organization=org, name="bot", engine="mock", model_id="m", gpu_count=0)
+    first, _ = make_instance(model, InstanceStatus.BOOTING)
+    second, _ = make_instance(model, InstanceStatus.BOOTING)
+    _, base_url = processes.web(INVENTIV_WS_MEMBERSHIP_RECHECK_S="0")
+    with websocket(base_url, login(base_url, "sam@example.com", "correct-horse-9")) as ws:
+        receive_until(ws, "EVENT:SUBSCRIBED")
+        instance_transition(instance=first, to=InstanceStatus.STARTING, reason="registered")
+        assert receive_until(ws, "EVENT:INSTANCE_STARTING")["data"]["instance_id"] == str(first.id)
+        # When Sam is removed from the organization
+        Membership.objects.filter(user=sam, organization=org).delete()
+        instance_transition(instance=second, to=InstanceStatus.STARTING, reason="registered")
+        # Then the next event does not reach him
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=1.5)
