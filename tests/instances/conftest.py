@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,7 +59,7 @@ class Platform:
         self.beat = group.start(
             "beat",
             [
-                group_python(),
+                sys.executable,
                 "-m",
                 "celery",
                 "-A",
@@ -73,12 +76,6 @@ class Platform:
         self.worker = self.group.worker(name=f"worker{len(self.group.procs)}")
 
 
-def group_python() -> str:
-    import sys
-
-    return sys.executable
-
-
 @pytest.fixture
 def platform(processes: ProcessGroup, settings: Any) -> Iterator[Platform]:
     # The test process itself sends commands (on commit): same timings as the platform.
@@ -88,9 +85,6 @@ def platform(processes: ProcessGroup, settings: Any) -> Iterator[Platform]:
     ids = {str(i) for i in Instance.objects.values_list("id", flat=True)}
     for instance_id, pids in leftover.items():
         if instance_id in ids:
-            import os
-            import signal
-
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
 
