@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class InstancesConfig(AppConfig):
     name = "apps.instances"
     label = "instances"
+
+    def ready(self) -> None:
+        from apps.instances import checks  # noqa: F401  (registers the deployment checks)

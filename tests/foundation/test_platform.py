@@ -106,8 +106,9 @@ def _production_env(**extra: str) -> dict[str, str]:
         SECRET_KEY="x" * 20 + "-production-only-" + "y" * 20,
         DJANGO_DEBUG="false",
         ALLOWED_HOSTS="inventiv.example.com",
-        **extra,
+        INVENTIV_PUBLIC_URL="https://inventiv.example.com",
     )
+    env.update(extra)
     env.pop("INVENTIV_TEST_DB_NAME", None)
     return env
 
@@ -121,6 +122,18 @@ def test_it_passes_the_deployment_checklist_in_production_settings() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_it_warns_when_agents_would_talk_to_the_control_plane_in_cleartext() -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=_production_env(INVENTIV_PUBLIC_URL="http://inventiv.example.com"),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "inventiv.W001" in result.stderr + result.stdout
 
 
 def test_it_refuses_to_start_in_production_without_a_secret_key() -> None:
