@@ -42,6 +42,7 @@ services:
 ## The whole suite, on real PostgreSQL and Redis.
 test: install-dev services
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy agent apps inventiv
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
