@@ -8,6 +8,7 @@ after commit. Losing the race is a normal ``False`` return, not an exception.
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,6 +18,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.instances.choices import (
+    HOLDS_MACHINE,
     InstanceStatus,
     ProviderKind,
     can_transition,
@@ -104,10 +106,29 @@ def instance_transition(
     return True
 
 
+# Engine ports of local instances: below Linux's ephemeral range (32768-60999), so that an
+# outgoing connection's source port can never take an engine's port before it binds.
+LOCAL_PORT_RANGE = (20000, 32000)
+
+
 def _free_local_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port no live local instance uses and that is free now."""
+    taken = set(
+        Instance.objects.filter(
+            provider__kind=ProviderKind.LOCAL, status__in=HOLDS_MACHINE
+        ).values_list("engine_port", flat=True)
+    )
+    for _ in range(200):
+        port = secrets.randbelow(LOCAL_PORT_RANGE[1] - LOCAL_PORT_RANGE[0]) + LOCAL_PORT_RANGE[0]
+        if port in taken:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise ApplicationError("No free local port for an engine.", code="no_local_port")
 
 
 def provider_check_usable(provider: Provider) -> None:

@@ -28,7 +28,7 @@ def make_instance(
         status=status,
         status_changed_at=changed,
         engine_host="127.0.0.1",
-        engine_port=9,
+        engine_port=fields.pop("engine_port", 9),
         engine_secret_encrypted=crypto.encrypt("s"),
         bootstrap_token_hash=crypto.token_hash(token),
         bootstrap_token_encrypted=crypto.encrypt(token),

@@ -240,3 +240,17 @@ def test_the_cluster_status_counts_instances(mock_model: LlmModel, staff: Any) -
     assert status["instances_by_provider"] == {"local": {"ready": 1, "booting": 1}}
     assert isinstance(status["queue_depth"], int)
     assert Provider.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_local_engine_ports_avoid_live_instances_and_the_ephemeral_range(
+    mock_model: LlmModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from apps.instances import services
+
+    make_instance(mock_model, S.READY, engine_port=25000)  # holds 25000
+    make_instance(mock_model, S.TERMINATED, engine_port=25001)  # released: may be reused
+    monkeypatch.setattr(services, "LOCAL_PORT_RANGE", (25000, 25002))
+    assert {services._free_local_port() for _ in range(20)} == {25001}
+    monkeypatch.setattr(services, "LOCAL_PORT_RANGE", (20000, 32000))
+    assert all(20000 <= services._free_local_port() < 32000 for _ in range(20))
