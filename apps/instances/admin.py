@@ -204,7 +204,7 @@ class InstanceAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     search_fields = ["id", "llm_model__name", "provider_resource_id", "organization__slug"]
     list_select_related = ["llm_model", "organization", "provider"]
     inlines = [ProvisionAttemptInline, InstanceEventInline]
-    actions = ["drain", "terminate"]
+    actions = ["drain", "terminate", "reboot_machine"]
     exclude = [
         "engine_secret_encrypted",
         "bootstrap_token_encrypted",
@@ -240,3 +240,20 @@ class InstanceAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             for i in queryset.select_related("llm_model")
         )
         messages.info(request, f"{done} instance(s) terminating.")
+
+    @admin.action(description="Reboot machine")
+    def reboot_machine(self, request: HttpRequest, queryset: QuerySet[Instance]) -> None:
+        from apps.instances.providers.base import PowerAction, ProviderError
+        from apps.instances.services import instance_power
+
+        sent = 0
+        for instance in queryset.select_related("provider"):
+            try:
+                instance_power(
+                    instance=instance, action=PowerAction.REBOOT, requested_by=str(request.user)
+                )
+            except ProviderError as exc:
+                messages.warning(request, f"{instance.id}: {exc}")
+            else:
+                sent += 1
+        messages.info(request, f"Reboot sent for {sent} instance(s); see the worker log.")

@@ -247,3 +247,36 @@ def instance_drain(*, instance: Instance, reason: str) -> bool:
     if status in (S.STARTING, S.UNAVAILABLE, S.PROVISIONING, S.BOOTING):
         return instance_request_termination(instance=instance, reason=reason, expected=status)
     raise Conflict(f"An instance in status {instance.status} cannot be drained.")
+
+
+def instance_power(*, instance: Instance, action: str, requested_by: str = "") -> None:
+    """Send a power action (``poweron``/``poweroff``/``reboot``) for ``instance``'s machine to
+    a worker (``instance_power_task``, after commit): provider calls never run in the web
+    process. Raises ProviderError at once when it cannot apply: no machine recorded, or the
+    provider kind has no power actions (local, on-premise). The status is not changed: a
+    rebooted agent heartbeats again and the reconciler does the rest."""
+    from apps.instances.providers import get_adapter
+    from apps.instances.providers.base import NotSupported, PowerAction, ProviderError
+    from apps.instances.tasks import instance_power_task
+
+    try:
+        power_action = PowerAction(action)
+    except ValueError:
+        raise ProviderError(f"unknown power action {action!r}") from None
+    if instance.status not in HOLDS_MACHINE or not instance.provider_resource_id:
+        raise ProviderError(f"instance {instance.id} has no machine to {power_action}")
+    if not get_adapter(instance.provider).supports_power:
+        raise NotSupported(
+            f"power action {power_action} is not supported by {instance.provider.kind}"
+        )
+    logger.info(
+        "instance %s: %s of machine %s requested by %s",
+        instance.id,
+        power_action,
+        instance.provider_resource_id,
+        requested_by or "?",
+    )
+    instance_id = str(instance.id)
+    transaction.on_commit(
+        lambda: instance_power_task.delay(instance_id=instance_id, action=str(power_action))
+    )

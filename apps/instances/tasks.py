@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -10,6 +11,8 @@ from celery import shared_task
 
 from apps.instances import orchestrator
 from inventiv.events import STAFF_GROUP, org_group, publish_now
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(acks_late=True, expires=60)
@@ -46,6 +49,45 @@ def terminate_instance_task(self: Any, *, instance_id: str) -> str:
         return orchestrator.terminate_instance(instance_id)
     except ProviderError as exc:
         raise self.retry(exc=exc, countdown=min(2**self.request.retries * 5, 300)) from exc
+
+
+@shared_task(acks_late=False, expires=300, soft_time_limit=240, time_limit=300)
+def instance_power_task(*, instance_id: str, action: str) -> str:
+    """A power action on the instance's machine (admin "Reboot machine"). Neither retried nor
+    acknowledged late: a reboot run twice is worse than one lost (the operator asks again).
+    A provider error is logged and returned, not raised."""
+    from apps.instances.choices import HOLDS_MACHINE
+    from apps.instances.models import Instance
+    from apps.instances.providers import get_adapter
+    from apps.instances.providers.base import PowerAction, ProviderError
+
+    instance = Instance.objects.select_related("provider").filter(id=instance_id).first()
+    if instance is None or instance.status not in HOLDS_MACHINE:
+        return "skipped: no live instance"
+    if not instance.provider_resource_id:
+        return "skipped: no machine recorded"
+    adapter = get_adapter(instance.provider)
+    try:
+        machine = adapter.get_machine(instance.provider_resource_id)
+        machine = adapter.power(machine, PowerAction(action))
+    except ProviderError as exc:
+        logger.warning(
+            "instance %s: %s of machine %s failed: %s: %s",
+            instance_id,
+            action,
+            instance.provider_resource_id,
+            exc.code,
+            exc,
+        )
+        return f"failed: {exc.code}: {exc}"
+    logger.info(
+        "instance %s: %s of machine %s done (%s)",
+        instance_id,
+        action,
+        machine.provider_id,
+        machine.state,
+    )
+    return f"{action}: {machine.state}"
 
 
 @shared_task(acks_late=True, soft_time_limit=120, time_limit=150)

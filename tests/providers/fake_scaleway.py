@@ -8,9 +8,10 @@ Scaleway's bodies: ``{"type", "message", ...}`` with ``quotas_exceeded``,
 ``out_of_stock``, ``denied_authentication``, ``not_found``, ``precondition_failed``.
 
 Semantics modelled on purpose, because they are where clouds leak: a server is created
-*stopped*; ``poweron`` checks stock; ``terminate`` deletes the server and its local volumes
-but only *detaches* block volumes and flexible IPs (they keep billing until deleted); a block
-volume still referenced by a server cannot be deleted.
+*stopped*; ``poweron`` checks stock; ``poweroff`` goes through *stopping* to *stopped* and
+``reboot`` through *starting* to *running* (``reboots`` counts them); ``terminate`` deletes
+the server and its local volumes but only *detaches* block volumes and flexible IPs (they keep
+billing until deleted); a block volume still referenced by a server cannot be deleted.
 
 Fault injection: ``quota[type]``, ``stock[(zone, type)]``, ``fail_next(...)`` (answer an error
 without applying the request) and ``drop_next(...)`` (apply the request, then close the
@@ -357,7 +358,10 @@ class FakeScaleway:
         elif server["state"] == "stopping":
             self._polls[server_id] = self._polls.get(server_id, 0) + 1
             if self._polls[server_id] >= self.stop_polls:
-                self._remove_server(server_id, terminate=True)
+                if server.pop("powering_off", False):
+                    server["state"] = "stopped"  # poweroff: the server stays, stopped
+                else:
+                    self._remove_server(server_id, terminate=True)
 
     def _remove_server(self, server_id: str, *, terminate: bool) -> None:
         server = self.servers.pop(server_id)
@@ -514,7 +518,17 @@ class FakeScaleway:
             server["state"] = "stopping"
             self._polls[server_id] = 0
         elif action == "poweroff":
-            server["state"] = "stopped"
+            if server["state"] not in ("running", "starting"):
+                return _error(400, "invalid_request_error", "server should be running")
+            server["state"] = "stopping"
+            server["powering_off"] = True
+            self._polls[server_id] = 0
+        elif action == "reboot":
+            if server["state"] != "running":
+                return _error(400, "invalid_request_error", "server should be running")
+            server["state"] = "starting"  # back to running after ``boot_polls`` GETs
+            server["reboots"] = server.get("reboots", 0) + 1
+            self._polls[server_id] = 0
         else:
             return _error(400, "invalid_arguments", f"unsupported action {action}")
         task = {

@@ -5,6 +5,7 @@ as soon as known, and adapters adopt a machine already carrying our tag."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from typing import Any
 
 from django.conf import settings
@@ -15,7 +16,14 @@ from apps.instances.matching import Offer, offers_for_instance
 from apps.instances.models import Instance, ProvisionAttempt
 from apps.instances.orchestrator.scaling import model_finish_decommission
 from apps.instances.providers import get_adapter
-from apps.instances.providers.base import MachineNotFound, MachineSpec, ProviderError
+from apps.instances.providers.base import (
+    Machine,
+    MachineNotFound,
+    MachineSpec,
+    NotSupported,
+    ProviderAdapter,
+    ProviderError,
+)
 from apps.instances.services import (
     instance_fail,
     instance_request_termination,
@@ -160,6 +168,8 @@ def terminate_instance(instance_id: str) -> str:
         return "skipped: not terminating"
     adapter = get_adapter(instance.provider)
     machine = adapter.find_machine(str(instance.id))
+    if machine is None and instance.provider_resource_id:
+        machine = _machine_by_provider_id(adapter, instance)
     if machine is not None:
         with contextlib.suppress(MachineNotFound):
             adapter.terminate_machine(machine)
@@ -171,6 +181,20 @@ def terminate_instance(instance_id: str) -> str:
     )
     _after_instance_terminated(instance)
     return "terminated"
+
+
+def _machine_by_provider_id(adapter: ProviderAdapter, instance: Instance) -> Machine | None:
+    """The recorded machine when our tag no longer finds it (tags lost or edited, a zone
+    dropped from the settings). None when it is gone, when the adapter cannot look machines up
+    by id, or when it carries another instance's tag (not ours to release)."""
+    try:
+        machine = adapter.get_machine(instance.provider_resource_id)
+    except (MachineNotFound, NotSupported):
+        return None
+    if machine.instance_id is None:
+        # Ours by the recorded id: let terminate also release what is still tagged for us.
+        return replace(machine, instance_id=str(instance.id))
+    return machine if machine.instance_id == str(instance.id) else None
 
 
 def _after_instance_terminated(instance: Instance) -> None:

@@ -42,6 +42,7 @@ from apps.instances.providers.base import (
     MachineNotFound,
     MachineSpec,
     OutOfCapacity,
+    PowerAction,
     ProviderAdapter,
     ProviderError,
     QuotaExceeded,
@@ -314,6 +315,53 @@ class AwsAdapter(ProviderAdapter):
                 ]
             )
         ]
+
+    def get_machine(self, provider_id: str) -> Machine:
+        """The EC2 instance with this id; MachineNotFound when unknown or terminated."""
+        response = self._call(self.ec2().describe_instances, InstanceIds=[provider_id])
+        items = [i for r in response.get("Reservations", []) for i in r.get("Instances", [])]
+        if not items or items[0].get("State", {}).get("Name") in ("terminated", "shutting-down"):
+            state = items[0]["State"]["Name"] if items else "unknown"
+            raise MachineNotFound(f"AWS instance {provider_id} is {state}")
+        return self._machine(items[0])
+
+    # --- power --------------------------------------------------------------------------------
+
+    def power(self, machine: Machine, action: PowerAction) -> Machine:
+        """``start_instances`` / ``stop_instances`` / ``reboot_instances``, then wait
+        (``PROVIDER_WAIT_RUNNING_S``) for ``running`` / ``stopped`` / ``running``. Spot instances
+        cannot be stopped: EC2's refusal is raised as a ProviderError."""
+        action = PowerAction(action)
+        ec2 = self.ec2()
+        ids = [machine.provider_id]
+        current = self.get_machine(machine.provider_id)
+        if action == PowerAction.POWERON:
+            target = "running"
+            if current.state not in ("running", "pending"):
+                self._call(ec2.start_instances, InstanceIds=ids)
+        elif action == PowerAction.POWEROFF:
+            target = "stopped"
+            if current.state not in ("stopped", "stopping"):
+                self._call(ec2.stop_instances, InstanceIds=ids)
+        else:
+            target = "running"
+            if current.state != "running":
+                raise ProviderError(
+                    f"AWS instance {machine.provider_id} is {current.state}: only a running "
+                    "instance can be rebooted (power it on instead)"
+                )
+            self._call(ec2.reboot_instances, InstanceIds=ids)
+        current, done = poll_until(
+            lambda: self.get_machine(machine.provider_id),
+            lambda m: m.state == target,
+            timeout=float(settings.PROVIDER_WAIT_RUNNING_S),
+        )
+        if not done:
+            raise TransientProviderError(
+                f"AWS instance {machine.provider_id} not {target} yet after {action} "
+                f"(state {current.state})"
+            )
+        return current
 
     # --- create -------------------------------------------------------------------------------
 

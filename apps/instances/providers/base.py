@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from enum import StrEnum
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -56,6 +57,18 @@ class AuthenticationFailed(ProviderError):
 
 class MachineNotFound(ProviderError):
     code = "not_found"
+
+
+class NotSupported(ProviderError):
+    """The adapter does not offer this operation (e.g. power actions on local processes)."""
+
+    code = "not_supported"
+
+
+class PowerAction(StrEnum):
+    POWERON = "poweron"
+    POWEROFF = "poweroff"
+    REBOOT = "reboot"
 
 
 @dataclass(frozen=True)
@@ -127,6 +140,24 @@ class ProviderAdapter(abc.ABC):
     @abc.abstractmethod
     def find_machine(self, instance_id: str) -> Machine | None:
         """The live machine tagged with our instance id, if any."""
+
+    def get_machine(self, provider_id: str) -> Machine:
+        """The machine with this provider id (``Machine.provider_id``), whatever its tags.
+        Raises MachineNotFound when it no longer exists (deleted, terminated). Default: not
+        supported (adapters opt in)."""
+        raise NotSupported(f"getting a machine by id is not supported by {self.kind}")
+
+    def power(self, machine: Machine, action: PowerAction) -> Machine:
+        """Power on, power off or reboot the machine and wait for the resulting state
+        (``running``, ``stopped``, ``running``). Returns the machine as it is then. Raises
+        MachineNotFound when it is gone, TransientProviderError when the state is not reached
+        in time. Default: not supported (adapters opt in)."""
+        raise NotSupported(f"power action {action} is not supported by {self.kind}")
+
+    @property
+    def supports_power(self) -> bool:
+        """Whether ``power`` is implemented (checked before sending a power task)."""
+        return type(self).power is not ProviderAdapter.power
 
     @abc.abstractmethod
     def list_machines(self) -> list[Machine]:

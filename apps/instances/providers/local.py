@@ -26,6 +26,7 @@ from apps.instances.providers.base import (
     INSTANCE_TAG,
     InstanceTypeInfo,
     Machine,
+    MachineNotFound,
     MachineSpec,
     ProviderAdapter,
     ProviderError,
@@ -141,6 +142,18 @@ class LocalAdapter(ProviderAdapter):
 
     def list_machines(self) -> list[Machine]:
         return [self._machine(iid, pids) for iid, pids in _tagged_pids().items()]
+
+    def get_machine(self, provider_id: str) -> Machine:
+        """The instance whose tagged processes include pid ``N`` of ``local-N`` (a pid reused
+        by an untagged process is not ours: MachineNotFound). No power actions: a "machine" is
+        a process tree, to terminate and provision again."""
+        pid = provider_id.removeprefix("local-")
+        if not pid.isdigit():
+            raise MachineNotFound(f"{provider_id!r} is not a local machine id")
+        for instance_id, pids in _tagged_pids().items():
+            if int(pid) in pids:
+                return self._machine(instance_id, pids)
+        raise MachineNotFound(f"no tagged process {pid} on this host")
 
     def terminate_machine(self, machine: Machine) -> None:
         """SIGTERM every process tagged with the instance (the agent stops its engine cleanly),

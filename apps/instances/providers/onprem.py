@@ -24,6 +24,7 @@ from apps.instances.models import Instance, OnPremAssignment, OnPremHost
 from apps.instances.providers.base import (
     InstanceTypeInfo,
     Machine,
+    MachineNotFound,
     MachineSpec,
     OutOfCapacity,
     ProviderAdapter,
@@ -135,6 +136,18 @@ class OnPremAdapter(ProviderAdapter):
 
     def list_machines(self) -> list[Machine]:
         return [self._machine(a) for a in self._assignments().exclude(state=A.State.STOPPED)]
+
+    def get_machine(self, provider_id: str) -> Machine:
+        """The assignment ``onprem-<id>`` of this provider, unless stopped. No power actions:
+        the host, not the control plane, owns the machine."""
+        assignment_id = provider_id.removeprefix("onprem-")
+        assignment = None
+        if assignment_id.isdigit():
+            live = self._assignments().exclude(state=A.State.STOPPED)
+            assignment = live.filter(id=int(assignment_id)).first()
+        if assignment is None:
+            raise MachineNotFound(f"no live on-premise assignment {provider_id}")
+        return self._machine(assignment)
 
     def terminate_machine(self, machine: Machine) -> None:
         """Mark the assignment to stop: the host stops the process and reports it stopped at

@@ -48,6 +48,7 @@ from apps.instances.providers.base import (
     MachineNotFound,
     MachineSpec,
     OutOfCapacity,
+    PowerAction,
     ProviderAdapter,
     ProviderError,
     QuotaExceeded,
@@ -66,6 +67,12 @@ GB = 1000**3
 PAGE_SIZE = 50
 # Server states in which the machine still exists and bills.
 _GONE = {"terminated"}
+# The state each power action ends in.
+_POWER_TARGET = {
+    PowerAction.POWERON: "running",
+    PowerAction.POWEROFF: "stopped",
+    PowerAction.REBOOT: "running",
+}
 
 _local = threading.local()
 
@@ -341,6 +348,62 @@ class ScalewayAdapter(ProviderAdapter):
                 if str(server.state) not in _GONE:
                     machines.append(self._machine(server))
         return machines
+
+    def _fetch(self, server_id: str, zone: str) -> Machine:
+        """The server as it is now; MachineNotFound when deleted (404) or terminated."""
+        server = self._call(self._instance().get_server, server_id=server_id, zone=zone).server
+        if str(server.state) in _GONE:
+            raise MachineNotFound(f"Scaleway server {server_id} is {server.state}")
+        return self._machine(server)
+
+    def get_machine(self, provider_id: str) -> Machine:
+        """The server with this id in any configured zone (server ids do not say their zone)."""
+        for zone in self.zones:
+            try:
+                return self._fetch(provider_id, zone)
+            except MachineNotFound:
+                continue
+        raise MachineNotFound(f"Scaleway server {provider_id} not found in {self.zones}")
+
+    # --- power --------------------------------------------------------------------------------
+
+    def power(self, machine: Machine, action: PowerAction) -> Machine:
+        """Run the server action and wait (``PROVIDER_WAIT_RUNNING_S``) for the state it ends
+        in. Asking for the state the server is already in (or heading to) sends nothing."""
+        action = PowerAction(action)
+        target = _POWER_TARGET[action]
+        zone = machine.zone or self.get_machine(machine.provider_id).zone or self.zones[0]
+        current = self._fetch(machine.provider_id, zone)
+        already = {
+            PowerAction.POWERON: ("running", "starting"),
+            PowerAction.POWEROFF: ("stopped", "stopping"),
+            PowerAction.REBOOT: (),
+        }[action]
+        if current.state not in already:
+            if action == PowerAction.REBOOT and current.state != "running":
+                raise ProviderError(
+                    f"Scaleway server {machine.provider_id} is {current.state}: only a running "
+                    "server can be rebooted (power it on instead)"
+                )
+            self._call(
+                self._instance().server_action,
+                server_id=machine.provider_id,
+                zone=zone,
+                action=str(action),
+            )
+        current, done = poll_until(
+            lambda: self._fetch(machine.provider_id, zone),
+            lambda m: m.state in (target, "locked"),
+            timeout=float(settings.PROVIDER_WAIT_RUNNING_S),
+        )
+        if current.state == "locked":
+            raise ProviderError(f"Scaleway server {machine.provider_id} is locked")
+        if not done:
+            raise TransientProviderError(
+                f"Scaleway server {machine.provider_id} not {target} yet after {action} "
+                f"(state {current.state})"
+            )
+        return current
 
     # --- create -------------------------------------------------------------------------------
 
