@@ -48,3 +48,23 @@ def token_hash(token: str) -> str:
 
 def token_matches(token: str, stored_hash: str) -> bool:
     return hmac.compare_digest(token_hash(token), stored_hash)
+
+
+LOOKUP_LEN = 16
+
+
+def new_lookup_key(prefix: str) -> tuple[str, str]:
+    """A credential with a public lookup id: ``<prefix><16 hex>_<43 url-safe>``.
+    Returns ``(lookup_id, plaintext)``; store only the lookup id and ``token_hash(plaintext)``."""
+    lookup_id = secrets.token_hex(LOOKUP_LEN // 2)
+    return lookup_id, f"{prefix}{lookup_id}_{secrets.token_urlsafe(32)}"
+
+
+def parse_lookup_id(prefix: str, key: str) -> str | None:
+    """The lookup id of a well-formed ``new_lookup_key(prefix)`` credential, else None (no
+    secret is inspected here)."""
+    if not key.startswith(prefix) or len(key) < len(prefix) + LOOKUP_LEN + 20:
+        return None
+    if key[len(prefix) + LOOKUP_LEN] != "_":
+        return None
+    return key[len(prefix) : len(prefix) + LOOKUP_LEN]

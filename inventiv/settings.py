@@ -185,6 +185,7 @@ REST_FRAMEWORK = {
     # Basic auth (handy with curl) only on a developer's machine: in production it would let
     # anyone guess passwords against every endpoint.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "apps.accounts.authentication.PersonalTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
         *(["rest_framework.authentication.BasicAuthentication"] if EMBEDDED or DEBUG else []),
     ],

@@ -1,7 +1,9 @@
+from typing import Any
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
-from apps.accounts.models import Membership, Organization, User
+from apps.accounts.models import Membership, Organization, PersonalAccessToken, User
 
 
 class MembershipInline(admin.TabularInline):
@@ -28,3 +30,24 @@ class OrganizationAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "personal", "created_at"]
     search_fields = ["slug", "name"]
     inlines = [MembershipInline]
+
+
+@admin.register(PersonalAccessToken)
+class PersonalAccessTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Tokens are created by their owners (shown once); operators can see and revoke them."""
+
+    list_display = ["user", "name", "lookup_id", "created_at", "last_used_at", "revoked_at"]
+    search_fields = ["user__email", "name", "lookup_id"]
+    readonly_fields = ["user", "name", "lookup_id", "created_at", "last_used_at", "expires_at"]
+    exclude = ["secret_hash"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: Any) -> bool:
+        return False
+
+    @admin.action(description="Revoke")
+    def revoke(self, request: Any, queryset: Any) -> None:
+        from apps.accounts.services import access_token_revoke
+
+        for token in queryset:
+            access_token_revoke(token=token)

@@ -83,3 +83,20 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.organization} ({self.role})"
+
+
+class PersonalAccessToken(models.Model):
+    """A user's token for the REST API (``Authorization: Bearer ivp_...``), for scripts and CI.
+    Acts as the user; stored as a keyed hash with a public lookup id; shown once."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="access_tokens")
+    name = models.CharField(max_length=100)
+    lookup_id = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.user} / {self.name}"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from django.utils.crypto import get_random_string
 from django.utils.text import slugify
 
 from apps.accounts.choices import Role
-from apps.accounts.models import Membership, Organization, User
-from inventiv.errors import Conflict
+from apps.accounts.models import Membership, Organization, PersonalAccessToken, User
+from inventiv.errors import ApplicationError, Conflict
 
 
 def _unique_slug(base: str) -> str:
@@ -60,3 +63,32 @@ def membership_set(*, organization: Organization, user: User, role: Role) -> Mem
         organization=organization, user=user, defaults={"role": role}
     )
     return membership
+
+
+def access_token_create(
+    *, user: User, name: str, expires_at: datetime | None = None
+) -> tuple[PersonalAccessToken, str]:
+    """A personal access token; returns it with its plaintext, never stored nor shown again."""
+    from apps.accounts.authentication import TOKEN_PREFIX
+    from inventiv import crypto
+
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ApplicationError("expires_at must be in the future.", param="expires_at")
+    lookup_id, plaintext = crypto.new_lookup_key(TOKEN_PREFIX)
+    token = PersonalAccessToken.objects.create(
+        user=user,
+        name=name,
+        lookup_id=lookup_id,
+        secret_hash=crypto.token_hash(plaintext),
+        expires_at=expires_at,
+    )
+    return token, plaintext
+
+
+def access_token_revoke(*, token: PersonalAccessToken) -> PersonalAccessToken:
+    """Revoke (idempotent). Takes effect on the next request: tokens are not cached."""
+    PersonalAccessToken.objects.filter(id=token.id, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+    token.refresh_from_db()
+    return token

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import secrets
+from inventiv import crypto
 
 PREFIX = "sk-inv_"
-LOOKUP_LEN = 16
+LOOKUP_LEN = crypto.LOOKUP_LEN
 
 
 def new_key() -> tuple[str, str]:
     """Return ``(lookup_id, plaintext key)``."""
-    lookup_id = secrets.token_hex(LOOKUP_LEN // 2)
-    return lookup_id, f"{PREFIX}{lookup_id}_{secrets.token_urlsafe(32)}"
+    return crypto.new_lookup_key(PREFIX)
 
 
 def parse_lookup_id(key: str) -> str | None:
     """The lookup id of a well-formed key, else None (no secret is inspected here)."""
-    if not key.startswith(PREFIX) or len(key) < len(PREFIX) + LOOKUP_LEN + 20:
-        return None
-    lookup_id = key[len(PREFIX) : len(PREFIX) + LOOKUP_LEN]
-    if key[len(PREFIX) + LOOKUP_LEN] != "_":
-        return None
-    return lookup_id
+    return crypto.parse_lookup_id(PREFIX, key)

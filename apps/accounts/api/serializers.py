@@ -1,3 +1,5 @@
+from typing import Any
+
 from rest_framework import serializers
 
 from apps.accounts.choices import Role
@@ -15,3 +17,25 @@ class MeOutSerializer(serializers.Serializer):
     name = serializers.CharField()
     is_staff = serializers.BooleanField()
     organizations = OrganizationOutSerializer(many=True)
+
+
+class AccessTokenInSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+
+
+class AccessTokenOutSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    prefix = serializers.SerializerMethodField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    created_at = serializers.DateTimeField()
+
+    def get_prefix(self, obj: Any) -> str:
+        return f"ivp_{obj.lookup_id}_..."
+
+
+class AccessTokenCreatedOutSerializer(AccessTokenOutSerializer):
+    token = serializers.CharField(help_text="Shown once: store it now.")

@@ -1,11 +1,23 @@
+from typing import Any
+
 from drf_spectacular.utils import extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.accounts.api.serializers import MeOutSerializer
+from apps.accounts.api.serializers import (
+    AccessTokenCreatedOutSerializer,
+    AccessTokenInSerializer,
+    AccessTokenOutSerializer,
+    MeOutSerializer,
+)
 from apps.accounts.auth import request_user
-from apps.accounts.models import Membership
+from apps.accounts.models import Membership, PersonalAccessToken
+from apps.accounts.services import access_token_create, access_token_revoke
+from inventiv.errors import NotFound
+from inventiv.pagination import default_paginator
 
 
 class MeView(APIView):
@@ -30,3 +42,43 @@ class MeView(APIView):
             ],
         }
         return Response(MeOutSerializer(data).data)
+
+
+class AccessTokenViewSet(viewsets.ViewSet):
+    """Your personal access tokens for the REST API (``Authorization: Bearer ivp_...``). A token
+    acts as you; it is shown once, at creation."""
+
+    queryset = PersonalAccessToken.objects.none()  # for the schema only
+
+    def _get(self, request: Request, pk: Any) -> PersonalAccessToken:
+        token = (
+            PersonalAccessToken.objects.filter(user=request_user(request), id=pk).first()
+            if str(pk).isdigit()
+            else None
+        )
+        if token is None:
+            raise NotFound("No such access token.")
+        return token
+
+    @extend_schema(responses=AccessTokenOutSerializer(many=True))
+    def list(self, request: Request) -> Response:
+        queryset = PersonalAccessToken.objects.filter(user=request_user(request)).order_by("-id")
+        paginator = default_paginator()
+        page = paginator.paginate_queryset(queryset, request, view=self)
+        return paginator.get_paginated_response(AccessTokenOutSerializer(page, many=True).data)
+
+    @extend_schema(
+        request=AccessTokenInSerializer, responses={201: AccessTokenCreatedOutSerializer}
+    )
+    def create(self, request: Request) -> Response:
+        data = AccessTokenInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        token, plaintext = access_token_create(user=request_user(request), **data.validated_data)
+        body = AccessTokenOutSerializer(token).data | {"token": plaintext}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=AccessTokenOutSerializer)
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, pk: Any = None) -> Response:
+        token = access_token_revoke(token=self._get(request, pk))
+        return Response(AccessTokenOutSerializer(token).data)
