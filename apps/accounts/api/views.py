@@ -17,7 +17,7 @@ from apps.accounts.auth import request_user
 from apps.accounts.models import Membership, PersonalAccessToken
 from apps.accounts.services import access_token_create, access_token_revoke
 from inventiv.errors import NotFound
-from inventiv.pagination import default_paginator
+from inventiv.pagination import paginated_response
 
 
 class MeView(APIView):
@@ -63,9 +63,7 @@ class AccessTokenViewSet(viewsets.ViewSet):
     @extend_schema(responses=AccessTokenOutSerializer(many=True))
     def list(self, request: Request) -> Response:
         queryset = PersonalAccessToken.objects.filter(user=request_user(request)).order_by("-id")
-        paginator = default_paginator()
-        page = paginator.paginate_queryset(queryset, request, view=self)
-        return paginator.get_paginated_response(AccessTokenOutSerializer(page, many=True).data)
+        return paginated_response(request, self, queryset, AccessTokenOutSerializer)
 
     @extend_schema(
         request=AccessTokenInSerializer, responses={201: AccessTokenCreatedOutSerializer}

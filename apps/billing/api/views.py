@@ -12,7 +12,7 @@ from apps.billing.api.serializers import (
     UsageSummaryOutSerializer,
 )
 from apps.billing.selectors import usage_list_for_user, usage_summary_for_user
-from inventiv.pagination import default_paginator
+from inventiv.pagination import paginated_response
 
 
 class UsageListView(APIView):
@@ -25,9 +25,7 @@ class UsageListView(APIView):
         filters = UsageFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         queryset = usage_list_for_user(user=request_user(request), filters=filters.validated_data)
-        paginator = default_paginator()
-        page = paginator.paginate_queryset(queryset, request, view=self)
-        return paginator.get_paginated_response(UsageRecordOutSerializer(page, many=True).data)
+        return paginated_response(request, self, queryset, UsageRecordOutSerializer)
 
 
 class UsageSummaryView(APIView):

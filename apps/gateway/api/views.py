@@ -20,7 +20,7 @@ from apps.gateway.models import ApiKey
 from apps.gateway.selectors import api_key_get_for_user, api_key_list_for_user
 from apps.models.models import LlmModel
 from inventiv.errors import ApplicationError
-from inventiv.pagination import default_paginator
+from inventiv.pagination import paginated_response
 
 
 class ApiKeyViewSet(viewsets.ViewSet):
@@ -41,9 +41,7 @@ class ApiKeyViewSet(viewsets.ViewSet):
         queryset = api_key_list_for_user(user=request_user(request))
         if org := request.query_params.get("organization"):
             queryset = queryset.filter(organization__slug=org)
-        paginator = default_paginator()
-        page = paginator.paginate_queryset(queryset, request, view=self)
-        return paginator.get_paginated_response(ApiKeyOutSerializer(page, many=True).data)
+        return paginated_response(request, self, queryset, ApiKeyOutSerializer)
 
     @extend_schema(request=ApiKeyInSerializer, responses={201: ApiKeyCreatedOutSerializer})
     def create(self, request: Request) -> Response:

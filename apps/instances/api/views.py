@@ -18,7 +18,7 @@ from apps.instances.orchestrator import cluster_status
 from apps.instances.selectors import instance_get_for_user, instance_list_for_user
 from apps.instances.services import instance_drain, instance_request_termination
 from inventiv.errors import Conflict
-from inventiv.pagination import default_paginator
+from inventiv.pagination import paginated_response
 
 
 class InstanceViewSet(viewsets.ViewSet):
@@ -45,9 +45,7 @@ class InstanceViewSet(viewsets.ViewSet):
             queryset = queryset.filter(status__in=wanted.split(","))
         if params.get("include_archived") not in ("1", "true"):
             queryset = queryset.filter(archived=False)
-        paginator = default_paginator()
-        page = paginator.paginate_queryset(queryset, request, view=self)
-        return paginator.get_paginated_response(InstanceOutSerializer(page, many=True).data)
+        return paginated_response(request, self, queryset, InstanceOutSerializer)
 
     @extend_schema(responses=InstanceDetailOutSerializer)
     def retrieve(self, request: Request, pk: Any = None) -> Response:

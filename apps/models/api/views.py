@@ -20,7 +20,7 @@ from apps.models.api.serializers import (
 )
 from apps.models.models import LlmModel
 from apps.models.selectors import model_get_for_user, model_list_for_user
-from inventiv.pagination import default_paginator
+from inventiv.pagination import paginated_response
 
 
 class ModelCodeViewSet(viewsets.ViewSet):
@@ -43,9 +43,7 @@ class ModelCodeViewSet(viewsets.ViewSet):
             queryset = queryset.filter(organization__slug=org)
         if name := request.query_params.get("name"):
             queryset = queryset.filter(name=name)
-        paginator = default_paginator()
-        page = paginator.paginate_queryset(queryset, request, view=self)
-        return paginator.get_paginated_response(ModelCodeOutSerializer(page, many=True).data)
+        return paginated_response(request, self, queryset, ModelCodeOutSerializer)
 
     @extend_schema(request=ModelCodeInSerializer, responses={201: ModelCodeOutSerializer})
     def create(self, request: Request) -> Response:
