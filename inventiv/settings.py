@@ -275,6 +275,8 @@ MASS_HEARTBEAT_LOSS_HOLD_S = env_float(
 # WebSocket consumers re-check organization membership at most this often while events flow,
 # so that someone removed from an organization stops receiving its events without reconnecting.
 WS_MEMBERSHIP_RECHECK_S = env_float("INVENTIV_WS_MEMBERSHIP_RECHECK_S", 30.0, minimum=0)
+# After an operator's power action (reboot...), missed heartbeats are expected this long.
+POWER_ACTION_GRACE_S = env_float("INVENTIV_POWER_ACTION_GRACE_S", 900.0, minimum=0)
 LOCAL_PROVIDER_ENABLED = env_bool("INVENTIV_LOCAL_PROVIDER", default=EMBEDDED or DEBUG)
 
 # --- Security (production) ------------------------------------------------------------------

@@ -98,6 +98,9 @@ class Instance(models.Model):
     engine_status = models.JSONField(default=dict, blank=True)
     engine_metrics = models.JSONField(default=dict, blank=True)
     ready_at = models.DateTimeField(null=True, blank=True)
+    # Until then, missed heartbeats are expected (an operator rebooted or powered the machine
+    # off) and do not make the instance unavailable or get it replaced.
+    maintenance_until = models.DateTimeField(null=True, blank=True)
     terminated_at = models.DateTimeField(null=True, blank=True)
     # How many times a provision command was sent; bounds re-sends by the reconciler.
     provision_attempts = models.PositiveSmallIntegerField(default=0)

@@ -253,8 +253,9 @@ def instance_power(*, instance: Instance, action: str, requested_by: str = "") -
     """Send a power action (``poweron``/``poweroff``/``reboot``) for ``instance``'s machine to
     a worker (``instance_power_task``, after commit): provider calls never run in the web
     process. Raises ProviderError at once when it cannot apply: no machine recorded, or the
-    provider kind has no power actions (local, on-premise). The status is not changed: a
-    rebooted agent heartbeats again and the reconciler does the rest."""
+    provider kind has no power actions (local, on-premise). The status is not changed: missed
+    heartbeats are expected for ``POWER_ACTION_GRACE_S`` (no replacement meanwhile), and a
+    rebooted agent heartbeats again."""
     from apps.instances.providers import get_adapter
     from apps.instances.providers.base import NotSupported, PowerAction, ProviderError
     from apps.instances.tasks import instance_power_task
@@ -276,6 +277,9 @@ def instance_power(*, instance: Instance, action: str, requested_by: str = "") -
         instance.provider_resource_id,
         requested_by or "?",
     )
+    until = timezone.now() + timedelta(seconds=settings.POWER_ACTION_GRACE_S)
+    Instance.objects.filter(id=instance.id).update(maintenance_until=until)
+    instance.maintenance_until = until
     instance_id = str(instance.id)
     transaction.on_commit(
         lambda: instance_power_task.delay(instance_id=instance_id, action=str(power_action))

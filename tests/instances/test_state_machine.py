@@ -254,3 +254,26 @@ def test_local_engine_ports_avoid_live_instances_and_the_ephemeral_range(
     assert {services._free_local_port() for _ in range(20)} == {25001}
     monkeypatch.setattr(services, "LOCAL_PORT_RANGE", (20000, 32000))
     assert all(20000 <= services._free_local_port() < 32000 for _ in range(20))
+
+
+@pytest.mark.django_db
+def test_missed_heartbeats_during_an_operators_power_action_are_expected(
+    mock_model: LlmModel, settings: Any
+) -> None:
+    # Given a machine an operator is rebooting (silent, within the grace period)
+    settings.HEARTBEAT_DEADLINE_S = 10
+    rebooting = _ready(mock_model, 120)
+    Instance.objects.filter(id=rebooting.id).update(
+        maintenance_until=timezone.now() + timedelta(seconds=60)
+    )
+    healthy = [_ready(mock_model, 1) for _ in range(2)]
+    # When the reconciler runs, then it stays ready
+    orchestrator.reconcile()
+    assert Instance.objects.get(id=rebooting.id).status == S.READY
+    # When the grace period is over and it is still silent, then it is unavailable
+    Instance.objects.filter(id=rebooting.id).update(
+        maintenance_until=timezone.now() - timedelta(seconds=1)
+    )
+    orchestrator.reconcile()
+    assert Instance.objects.get(id=rebooting.id).status == S.UNAVAILABLE
+    assert {Instance.objects.get(id=i.id).status for i in healthy} == {S.READY}

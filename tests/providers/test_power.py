@@ -286,6 +286,7 @@ def test_instance_power_sends_the_task_after_commit_and_the_task_reboots_the_mac
     assert instance_power_task(**sent[0]).startswith("failed: provider_error:")
     instance.refresh_from_db()
     assert instance.status == "booting"  # power actions never change the status
+    assert instance.maintenance_until is not None  # missed heartbeats are expected meanwhile
     terminate(instance)
     assert fake_scw.leaks() == NOTHING
 

@@ -147,7 +147,12 @@ def _check_heartbeats() -> dict[str, Any]:
         status__in=[S.STARTING, S.READY, S.UNAVAILABLE]
     )
     fleet = list(watched)
-    silent = [i for i in fleet if i.last_heartbeat_at is None or i.last_heartbeat_at < cutoff]
+    silent = [
+        i
+        for i in fleet
+        if (i.last_heartbeat_at is None or i.last_heartbeat_at < cutoff)
+        and not (i.maintenance_until and i.maintenance_until > now)
+    ]
     serving = [i for i in fleet if i.status != S.UNAVAILABLE]
     newly_silent = [i for i in silent if i.status != S.UNAVAILABLE]
     held = _mass_loss_hold(len(newly_silent), len(serving))
