@@ -48,6 +48,16 @@ def organization_get_for_user(
     return membership.organization
 
 
+def organization_check_manager(*, user: User, organization_id: int) -> None:
+    """403 unless ``user`` is an owner or admin of the organization (the caller already knows
+    the user may see it)."""
+    allowed = Membership.objects.filter(
+        user=user, organization_id=organization_id, role__in=MANAGER_ROLES
+    ).exists()
+    if not allowed:
+        raise Forbidden("Only an owner or admin of this organization may do this.")
+
+
 def user_is_member(*, user_id: int, organization_id: int) -> bool:
     return Membership.objects.filter(user_id=user_id, organization_id=organization_id).exists()
 

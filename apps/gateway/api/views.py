@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.accounts.auth import request_user
-from apps.accounts.selectors import organization_get_for_user
+from apps.accounts.selectors import organization_check_manager, organization_get_for_user
 from apps.gateway import services
 from apps.gateway.api.serializers import (
     ApiKeyCreatedOutSerializer,
@@ -33,7 +33,7 @@ class ApiKeyViewSet(viewsets.ViewSet):
         user = request_user(request)
         key = api_key_get_for_user(user=user, key_id=int(pk) if str(pk).isdigit() else 0)
         if manage:
-            organization_get_for_user(user=user, slug=key.organization.slug, manage=True)
+            organization_check_manager(user=user, organization_id=key.organization_id)
         return key
 
     @extend_schema(responses=ApiKeyOutSerializer(many=True))

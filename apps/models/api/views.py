@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.accounts.auth import request_user
-from apps.accounts.selectors import organization_get_for_user
+from apps.accounts.selectors import organization_check_manager, organization_get_for_user
 from apps.models import services
 from apps.models.api.serializers import (
     DeployInSerializer,
@@ -33,7 +33,7 @@ class ModelCodeViewSet(viewsets.ViewSet):
         user = request_user(request)
         model = model_get_for_user(user=user, model_id=int(pk) if str(pk).isdigit() else 0)
         if manage:
-            organization_get_for_user(user=user, slug=model.organization.slug, manage=True)
+            organization_check_manager(user=user, organization_id=model.organization_id)
         return model
 
     @extend_schema(responses=ModelCodeOutSerializer(many=True))
