@@ -311,13 +311,13 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     },
     # Refreshes every provider's catalog (types, prices, per-zone availability).
     "catalog-sync": {
-        "task": "apps.instances.provider_tasks.catalog_sync_all_task",
+        "task": "apps.instances.providers.tasks.catalog_sync_all_task",
         "schedule": env_float("INVENTIV_CATALOG_SYNC_INTERVAL_S", 3600.0, minimum=10),
         "options": {"expires": 600},
     },
     # Removes tagged cloud resources that no live instance owns (after a grace period).
     "sweep": {
-        "task": "apps.instances.provider_tasks.sweep_all_task",
+        "task": "apps.instances.providers.tasks.sweep_all_task",
         "schedule": env_float("INVENTIV_SWEEP_INTERVAL_S", 300.0, minimum=5),
         "options": {"expires": 240},
     },
@@ -353,7 +353,7 @@ ONPREM_POLL_INTERVAL_S = env_float("INVENTIV_ONPREM_POLL_INTERVAL_S", 5.0, minim
 # A host not heard from for this long gets no new placements.
 ONPREM_HOST_OFFLINE_AFTER_S = env_float("INVENTIV_ONPREM_HOST_OFFLINE_AFTER_S", 60.0, minimum=1)
 # The provider catalog/sweep tasks live in their own module (tasks.py is the orchestrator's).
-CELERY_IMPORTS = ["apps.instances.provider_tasks"]
+CELERY_IMPORTS = ["apps.instances.providers.tasks"]
 # Cloud SDKs log request bodies (user data carries a bootstrap token) at DEBUG: never log them.
 for _sdk_logger in ("scaleway", "botocore", "boto3", "urllib3"):
     LOGGING["loggers"][_sdk_logger] = {"level": "WARNING"}  # type: ignore[index]

@@ -21,5 +21,5 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
-    path("internal/agent/v1/", include("apps.instances.agent_api.urls")),
+    path("internal/agent/v1/", include("apps.instances.agents.api.urls")),
 ]

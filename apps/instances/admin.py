@@ -10,6 +10,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from apps.instances.agents.hosts import onprem_host_issue_join
 from apps.instances.models import (
     Instance,
     InstanceEvent,
@@ -20,7 +21,6 @@ from apps.instances.models import (
     ProvisionAttempt,
     SweepRecord,
 )
-from apps.instances.onprem_services import onprem_host_issue_join
 from apps.instances.providers.credentials import credentials_for, provider_set_credentials
 
 
@@ -58,7 +58,7 @@ class ProviderAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.action(description="Sync the catalog now")
     def sync_catalog(self, request: HttpRequest, queryset: QuerySet[Provider]) -> None:
-        from apps.instances.provider_tasks import catalog_sync_task
+        from apps.instances.providers.tasks import catalog_sync_task
 
         for provider in queryset:
             catalog_sync_task.delay(provider_id=provider.id)
@@ -66,7 +66,7 @@ class ProviderAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.action(description="Sweep orphaned resources now")
     def sweep_now(self, request: HttpRequest, queryset: QuerySet[Provider]) -> None:
-        from apps.instances.provider_tasks import sweep_provider_task
+        from apps.instances.providers.tasks import sweep_provider_task
 
         for provider in queryset:
             sweep_provider_task.delay(provider_id=provider.id)

@@ -6,4 +6,4 @@ class InstancesConfig(AppConfig):
     label = "instances"
 
     def ready(self) -> None:
-        from apps.instances import checks  # noqa: F401  (registers the deployment checks)
+        from apps.instances.agents import checks  # noqa: F401  (registers the deployment checks)

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from apps.instances.agent_package import wheel_name
-from apps.instances.bootstrap import agent_pip_spec
+from apps.instances.agents.bootstrap import agent_pip_spec
+from apps.instances.agents.package import wheel_name
 from tests.processes import ProcessGroup
 
 pytestmark = pytest.mark.slow

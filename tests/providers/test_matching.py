@@ -9,11 +9,11 @@ from typing import Any
 from rest_framework.test import APIClient
 
 from apps.accounts.models import Organization
-from apps.instances.bootstrap import render_cloud_init, render_join_command
-from apps.instances.catalog import catalog_sync
-from apps.instances.matching import offers_for_model
+from apps.instances.agents.bootstrap import render_cloud_init, render_join_command
 from apps.instances.models import InstanceType, Provider
-from apps.instances.sizing import estimate_vram_gb
+from apps.instances.providers.catalog import catalog_sync
+from apps.instances.providers.matching import offers_for_model
+from apps.instances.providers.sizing import estimate_vram_gb
 from apps.models.models import LlmModel
 from tests.providers.fake_scaleway import FakeScaleway
 

@@ -14,9 +14,9 @@ from django.db import transaction
 
 from apps.accounts.models import Organization
 from apps.instances import orchestrator
-from apps.instances.matching import offers_for_model
+from apps.instances.agents.hosts import onprem_host_issue_join
 from apps.instances.models import Instance, OnPremAssignment, OnPremHost, Provider
-from apps.instances.onprem_services import onprem_host_issue_join
+from apps.instances.providers.matching import offers_for_model
 from apps.instances.services import instance_create, instance_request_termination
 from apps.models.models import LlmModel
 from tests.processes import PYTHON, ProcessGroup, wait_for

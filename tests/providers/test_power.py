@@ -17,7 +17,6 @@ from django.utils import timezone
 
 from apps.accounts.models import Organization
 from apps.instances import orchestrator
-from apps.instances.catalog import catalog_sync
 from apps.instances.models import Instance, Provider
 from apps.instances.providers import get_adapter
 from apps.instances.providers.base import (
@@ -27,6 +26,7 @@ from apps.instances.providers.base import (
     PowerAction,
     ProviderError,
 )
+from apps.instances.providers.catalog import catalog_sync
 from apps.instances.providers.local import TAG_ENV, LocalAdapter
 from apps.instances.providers.onprem import OnPremAdapter
 from apps.instances.services import instance_power

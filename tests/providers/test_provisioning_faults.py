@@ -12,12 +12,12 @@ from django.db import transaction
 
 from apps.accounts.models import Organization
 from apps.instances import orchestrator
-from apps.instances.catalog import catalog_sync
 from apps.instances.models import Instance, Provider, ProvisionAttempt, SweepRecord
 from apps.instances.providers import get_adapter
 from apps.instances.providers.base import MachineSpec
+from apps.instances.providers.catalog import catalog_sync
+from apps.instances.providers.sweeper import sweep_provider
 from apps.instances.services import instance_create, instance_request_termination
-from apps.instances.sweeper import sweep_provider
 from apps.models.models import LlmModel
 from tests.providers.fake_scaleway import FakeScaleway
 

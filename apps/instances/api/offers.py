@@ -9,9 +9,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.instances.matching import offers_for_model
 from apps.instances.models import InstanceType, Provider
-from apps.instances.sizing import needs_for_model
+from apps.instances.providers.matching import offers_for_model
+from apps.instances.providers.sizing import needs_for_model
 from apps.models.selectors import model_get_for_user
 from inventiv.errors import NotFound
 

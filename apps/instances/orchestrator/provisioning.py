@@ -12,7 +12,6 @@ from django.conf import settings
 from django.utils import timezone
 
 from apps.instances.choices import HOLDS_MACHINE, InstanceStatus, ProviderKind
-from apps.instances.matching import Offer, offers_for_instance
 from apps.instances.models import Instance, ProvisionAttempt
 from apps.instances.orchestrator.scaling import model_finish_decommission
 from apps.instances.providers import get_adapter
@@ -24,6 +23,7 @@ from apps.instances.providers.base import (
     ProviderAdapter,
     ProviderError,
 )
+from apps.instances.providers.matching import Offer, offers_for_instance
 from apps.instances.services import (
     instance_fail,
     instance_request_termination,
@@ -50,7 +50,7 @@ def _record_attempt(instance: Instance, offer: Offer, *, error: ProviderError | 
 
 def _spec(instance: Instance, offer: Offer) -> MachineSpec:
     token = crypto.decrypt(instance.bootstrap_token_encrypted)
-    from apps.instances import bootstrap
+    from apps.instances.agents import bootstrap
 
     user_data = (
         bootstrap.render_user_data(instance=instance, bootstrap_token=token)

@@ -1,6 +1,6 @@
 from django.urls import URLPattern, path
 
-from apps.instances.agent_api import hosts, views
+from apps.instances.agents.api import hosts, views
 
 urlpatterns: list[URLPattern] = [
     path("register", views.register, name="agent-register"),

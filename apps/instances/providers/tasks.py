@@ -1,5 +1,6 @@
 """Celery tasks for providers: catalog sync and the sweeper. Thin wrappers over
-``apps.instances.catalog`` and ``apps.instances.sweeper``; each is safe to run twice."""
+``apps.instances.providers.catalog`` and ``apps.instances.providers.sweeper``; each is safe to
+run twice."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from celery import shared_task
 @shared_task(acks_late=True, soft_time_limit=240, time_limit=300)
 def catalog_sync_task(*, provider_id: int) -> dict[str, Any]:
     """Refresh one provider's catalog (types, prices, availability)."""
-    from apps.instances.catalog import catalog_sync
+    from apps.instances.providers.catalog import catalog_sync
 
     return catalog_sync(provider_id=provider_id).as_dict()
 
@@ -20,7 +21,7 @@ def catalog_sync_task(*, provider_id: int) -> dict[str, Any]:
 def catalog_sync_all_task() -> int:
     """Periodic: one catalog sync task per enabled cloud provider (so one slow cloud never
     delays another)."""
-    from apps.instances.catalog import syncable_provider_ids
+    from apps.instances.providers.catalog import syncable_provider_ids
 
     ids = syncable_provider_ids()
     for provider_id in ids:
@@ -31,7 +32,7 @@ def catalog_sync_all_task() -> int:
 @shared_task(acks_late=True, soft_time_limit=240, time_limit=300)
 def sweep_provider_task(*, provider_id: int) -> dict[str, Any]:
     """Remove one provider's orphaned tagged resources (after the grace period)."""
-    from apps.instances.sweeper import sweep_provider
+    from apps.instances.providers.sweeper import sweep_provider
 
     return sweep_provider(provider_id=provider_id).as_dict()
 
@@ -39,7 +40,7 @@ def sweep_provider_task(*, provider_id: int) -> dict[str, Any]:
 @shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
 def sweep_all_task() -> int:
     """Periodic: one sweep task per enabled provider."""
-    from apps.instances.sweeper import sweepable_provider_ids
+    from apps.instances.providers.sweeper import sweepable_provider_ids
 
     ids = sweepable_provider_ids()
     for provider_id in ids:

@@ -1,10 +1,10 @@
 """Matching a model code's needs to provider offers (provider, zone, instance type), cheapest
 first, with live availability.
 
-Needs come from ``apps.instances.sizing``: explicit GPU count × VRAM per GPU, or the estimate
-from parameter count, dtype and context. Offers come from the synced catalog (cloud providers:
-``InstanceType`` rows, one offer per zone) and from registered hosts (on-premise: one offer
-per host with enough free GPUs). Order: available, then scarce, then shortage (still tried
+Needs come from ``apps.instances.providers.sizing``: explicit GPU count × VRAM per GPU, or the
+estimate from parameter count, dtype and context. Offers come from the synced catalog (cloud
+providers: ``InstanceType`` rows, one offer per zone) and from registered hosts (on-premise:
+one offer per host with enough free GPUs). Order: available, then scarce, then shortage (still tried
 last: the catalog may be stale); within each, by hourly price, then fewer GPUs.
 """
 
@@ -19,7 +19,7 @@ from django.db.models import QuerySet
 
 from apps.instances.choices import ProviderKind
 from apps.instances.models import Instance, InstanceType, Provider
-from apps.instances.sizing import TENSOR_PARALLEL_SIZES, GpuNeeds, needs_for_model
+from apps.instances.providers.sizing import TENSOR_PARALLEL_SIZES, GpuNeeds, needs_for_model
 
 if TYPE_CHECKING:
     from apps.models.models import LlmModel

@@ -25,7 +25,7 @@ from agent.host_protocol import (
     HostPollResponse,
     ProcessState,
 )
-from apps.instances.bootstrap import render_join_command
+from apps.instances.agents.bootstrap import render_join_command
 from apps.instances.choices import ProviderKind
 from apps.instances.models import OnPremAssignment, OnPremHost, Provider
 from inventiv import crypto

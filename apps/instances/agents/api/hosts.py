@@ -8,13 +8,13 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from agent.host_protocol import HOST_PROTOCOL_VERSION, HostJoinRequest, HostPoll
-from apps.instances.agent_api.wire import (
+from apps.instances.agents.api.wire import (
     bearer_token,
     error_response,
     json_response,
     parse_message,
 )
-from apps.instances.onprem_services import (
+from apps.instances.agents.hosts import (
     HostAuthError,
     onprem_host_authenticate,
     onprem_host_join,

@@ -8,14 +8,14 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from agent.protocol import PROTOCOL_VERSION, Heartbeat, RegisterRequest
-from apps.instances import agent_package
-from apps.instances.agent_api.wire import (
+from apps.instances.agents import package as agent_package
+from apps.instances.agents.api.wire import (
     bearer_token,
     error_response,
     json_response,
     parse_message,
 )
-from apps.instances.agent_services import (
+from apps.instances.agents.services import (
     AgentAuthError,
     agent_authenticate,
     agent_heartbeat,
