@@ -1,10 +1,12 @@
+from typing import Any
+
 from rest_framework import serializers
 
 from apps.accounts.models import Organization
 from apps.gateway.models import ApiKey
 
 
-class ApiKeyInSerializer(serializers.Serializer):
+class ApiKeyInSerializer(serializers.Serializer[Any]):
     organization = serializers.SlugField(required=False, help_text="Default: your personal one.")
     name = serializers.CharField(max_length=100)
     model_codes = serializers.ListField(
@@ -19,7 +21,7 @@ class ApiKeyInSerializer(serializers.Serializer):
     concurrency_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True)
 
 
-class ApiKeyOutSerializer(serializers.ModelSerializer):
+class ApiKeyOutSerializer(serializers.ModelSerializer[ApiKey]):
     organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
         slug_field="slug", read_only=True
     )
