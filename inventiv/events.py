@@ -6,7 +6,8 @@ Groups:
 * ``instances``: every gateway process (routing tables), and staff dashboards;
 * ``keys``: every gateway process (API key revocation).
 
-Every message is ``{"type": "event.message", "event": "EVENT:...", "data": {...}}``.
+Every message is ``{"type": "event.message", "event": "EVENT:...", "data": {...}}``; each
+``data`` has one type below, shared by the publisher and every listener (gateway, browsers).
 Publishing never raises: a lost event delays a refresh but the periodic refreshes converge.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypedDict
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -27,15 +28,67 @@ KEYS_GROUP = "keys"
 STAFF_GROUP = "staff"
 
 
+class InstanceStatusEvent(TypedDict):
+    """``EVENT:INSTANCE_<STATUS>``: an instance changed status (``from_status`` is empty for
+    the first one, ``provisioning``)."""
+
+    instance_id: str
+    organization_id: int
+    model_code_id: int
+    model_code: str
+    status: str
+    from_status: str
+    reason: str
+    at: str  # ISO 8601, UTC
+
+
+class ModelStatusEvent(TypedDict):
+    """``EVENT:MODEL_<STATUS>``: a model code changed status."""
+
+    model_code_id: int
+    organization_id: int
+    model_code: str
+    status: str
+    from_status: str
+    reason: str
+    by: str  # who: a user's e-mail, or "orchestrator"
+    at: str
+
+
+class KeyRevokedEvent(TypedDict):
+    """``EVENT:KEY_REVOKED``: every gateway drops the key from its cache."""
+
+    key_id: int
+    lookup_id: str
+    organization_id: int
+    at: str
+
+
+class PongEvent(TypedDict):
+    """``EVENT:PONG``: the answer of the end-to-end self check (web → worker → WebSocket)."""
+
+    ping_id: str
+    sent_at: float
+    worker_at: float
+
+
+EventData = InstanceStatusEvent | ModelStatusEvent | KeyRevokedEvent | PongEvent
+
+INSTANCE_EVENT_PREFIX = "EVENT:INSTANCE_"
+MODEL_EVENT_PREFIX = "EVENT:MODEL_"
+KEY_REVOKED = "EVENT:KEY_REVOKED"
+PONG = "EVENT:PONG"
+
+
 def org_group(organization_id: int) -> str:
     return f"org.{organization_id}"
 
 
-def publish_now(groups: Iterable[str], event: str, data: dict[str, Any]) -> None:
+def publish_now(groups: Iterable[str], event: str, data: EventData) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    message = {"type": "event.message", "event": event, "data": data}
+    message: dict[str, Any] = {"type": "event.message", "event": event, "data": data}
     for group in groups:
         try:
             async_to_sync(layer.group_send)(group, message)
@@ -43,7 +96,7 @@ def publish_now(groups: Iterable[str], event: str, data: dict[str, Any]) -> None
             logger.exception("could not publish %s to %s", event, group)
 
 
-def publish_on_commit(groups: Iterable[str], event: str, data: dict[str, Any]) -> None:
+def publish_on_commit(groups: Iterable[str], event: str, data: EventData) -> None:
     """Publish once the current transaction commits (at once when there is none)."""
     group_list = list(groups)
     transaction.on_commit(lambda: publish_now(group_list, event, data))

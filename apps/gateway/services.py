@@ -16,9 +16,7 @@ from apps.models.choices import ModelStatus
 from apps.models.models import LlmModel
 from inventiv.crypto import token_hash
 from inventiv.errors import ApplicationError
-from inventiv.events import KEYS_GROUP, publish_on_commit
-
-KEY_REVOKED = "EVENT:KEY_REVOKED"
+from inventiv.events import KEY_REVOKED, KEYS_GROUP, KeyRevokedEvent, publish_on_commit
 
 
 def _check_model_codes(organization: Organization, model_codes: Sequence[LlmModel]) -> None:
@@ -76,12 +74,12 @@ def api_key_revoke(*, key: ApiKey) -> ApiKey:
         publish_on_commit(
             [KEYS_GROUP],
             KEY_REVOKED,
-            {
-                "key_id": key.pk,
-                "lookup_id": key.lookup_id,
-                "organization_id": key.organization_id,
-                "at": now.isoformat(),
-            },
+            KeyRevokedEvent(
+                key_id=key.pk,
+                lookup_id=key.lookup_id,
+                organization_id=key.organization_id,
+                at=now.isoformat(),
+            ),
         )
     return key
 

@@ -28,7 +28,13 @@ from apps.models.choices import ModelStatus
 from apps.models.models import LlmModel
 from inventiv import crypto
 from inventiv.errors import ApplicationError, Conflict
-from inventiv.events import INSTANCE_GROUP, STAFF_GROUP, org_group, publish_on_commit
+from inventiv.events import (
+    INSTANCE_GROUP,
+    STAFF_GROUP,
+    InstanceStatusEvent,
+    org_group,
+    publish_on_commit,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +43,17 @@ S = InstanceStatus
 
 def _event_payload(
     instance: Instance, *, from_status: str, to: str, reason: str, at: datetime
-) -> dict[str, Any]:
-    return {
-        "instance_id": str(instance.id),
-        "organization_id": instance.organization_id,
-        "model_code_id": instance.llm_model_id,
-        "model_code": instance.llm_model.name,
-        "status": to,
-        "from_status": from_status,
-        "reason": reason,
-        "at": at.isoformat(),
-    }
+) -> InstanceStatusEvent:
+    return InstanceStatusEvent(
+        instance_id=str(instance.id),
+        organization_id=instance.organization_id,
+        model_code_id=instance.llm_model_id,
+        model_code=instance.llm_model.name,
+        status=to,
+        from_status=from_status,
+        reason=reason,
+        at=at.isoformat(),
+    )
 
 
 def instance_transition(

@@ -10,7 +10,7 @@ from typing import Any
 from celery import shared_task
 
 from apps.instances import orchestrator
-from inventiv.events import STAFF_GROUP, org_group, publish_now
+from inventiv.events import PONG, STAFF_GROUP, PongEvent, org_group, publish_now
 
 logger = logging.getLogger(__name__)
 
@@ -20,8 +20,8 @@ def ping_task(*, ping_id: str, organization_id: int, sent_at: float) -> None:
     """End-to-end self check: web → broker → worker → channel layer → WebSocket."""
     publish_now(
         [org_group(organization_id), STAFF_GROUP],
-        "EVENT:PONG",
-        {"ping_id": ping_id, "sent_at": sent_at, "worker_at": time.time()},
+        PONG,
+        PongEvent(ping_id=ping_id, sent_at=sent_at, worker_at=time.time()),
     )
 
 
