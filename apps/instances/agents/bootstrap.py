@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
+from apps.instances.agents.package import wheel_name
 from apps.instances.providers.sizing import BYTES_PER_PARAM
 
 if TYPE_CHECKING:
@@ -44,8 +45,6 @@ def agent_pip_spec() -> str:
     wheel this control plane serves (built from its own ``agent/``)."""
     if settings.INVENTIV_AGENT_PIP_SPEC:
         return str(settings.INVENTIV_AGENT_PIP_SPEC)
-    from apps.instances.agents.package import wheel_name
-
     return f"{settings.AGENT_API_URL}/internal/agent/v1/dist/{wheel_name()}"
 
 

@@ -1,69 +1,90 @@
 """The agent as a wheel, built from this codebase and served by the control plane, so that a
 machine installs exactly the agent that speaks this control plane's protocol — no package
-index to publish to. ``pip install <AGENT_API_URL>/internal/agent/v1/dist/<wheel>``."""
+index to publish to. ``pip install <AGENT_API_URL>/internal/agent/v1/dist/<wheel>``.
+
+The wheel is built by the PEP 517 backend that ``pyproject.toml`` declares (``[build-system]``),
+from ``pyproject.toml`` alone for its metadata: name, version (``agent.__version__``),
+Requires-Python, Requires-Dist (``requirements/agent.in``) and console scripts. The build runs
+without isolation (the backend is installed with the control plane: nothing is downloaded),
+in a subprocess (the hooks run in the source tree's directory and setuptools keeps global
+state: neither belongs in a server process), on a copy of the sources in a temporary directory
+(the checkout may be read-only and stays clean). Once per process, then cached.
+"""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
-import zipfile
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import agent
 
-AGENT_DIR = Path(agent.__file__).resolve().parent
-ROOT = AGENT_DIR.parent
-DIST = "inventiv_agent"
+ROOT = Path(agent.__file__).resolve().parent.parent
+# What the build reads: the metadata, the package, and the requirements the metadata points to.
+SOURCES = ("pyproject.toml", "agent", "requirements/agent.in")
+BUILD_TIMEOUT_S = 120
+# Zip timestamps (1980-01-01, the zip epoch): the same sources give the same bytes.
+SOURCE_DATE_EPOCH = "315532800"
+# Calls the backend's PEP 517 ``build_wheel`` hook in the current directory.
+_HOOK = "import importlib, sys; importlib.import_module(sys.argv[1]).build_wheel(sys.argv[2])"
 
 
-def wheel_name() -> str:
-    return f"{DIST}-{agent.__version__}-py3-none-any.whl"
+@dataclass(frozen=True)
+class Wheel:
+    filename: str
+    content: bytes
 
 
-def _requirements() -> list[str]:
-    lines = (ROOT / "requirements" / "agent.in").read_text().splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+class AgentWheelBuildError(RuntimeError):
+    """The build backend failed (a broken checkout or a missing backend: not transient)."""
 
 
-def _record_hash(data: bytes) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-    return f"sha256={digest}"
+def _copy_sources(target: Path) -> None:
+    for relative in SOURCES:
+        source, destination = ROOT / relative, target / relative
+        if source.is_dir():
+            shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination)
 
 
 @lru_cache(maxsize=1)
+def built_wheel() -> Wheel:
+    """The agent wheel, built once per process. Raises ``AgentWheelBuildError``."""
+    backend = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["build-backend"]
+    with tempfile.TemporaryDirectory(prefix="inventiv-agent-wheel-") as tmp:
+        source, dist = Path(tmp) / "source", Path(tmp) / "dist"
+        _copy_sources(source)
+        result = subprocess.run(
+            [sys.executable, "-c", _HOOK, backend, str(dist)],
+            cwd=source,
+            env={**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH},
+            capture_output=True,
+            text=True,
+            timeout=BUILD_TIMEOUT_S,
+            check=False,
+        )
+        wheels = sorted(dist.glob("*.whl"))
+        if result.returncode != 0 or len(wheels) != 1:
+            raise AgentWheelBuildError(
+                f"building the agent wheel with {backend} failed "
+                f"(exit {result.returncode}):\n{result.stderr[-4000:]}"
+            )
+        return Wheel(filename=wheels[0].name, content=wheels[0].read_bytes())
+
+
+def wheel_name() -> str:
+    """The wheel's file name, as the build backend named it."""
+    return built_wheel().filename
+
+
 def build_wheel() -> bytes:
-    """A pure-Python wheel of ``agent/`` (sources only) with its pinned requirements and the
-    ``inventiv-agent`` console script. Deterministic for a given checkout."""
-    files: dict[str, bytes] = {}
-    for path in sorted(AGENT_DIR.rglob("*.py")):
-        files[path.relative_to(ROOT).as_posix()] = path.read_bytes()
-    files["agent/README.md"] = (AGENT_DIR / "README.md").read_bytes()
-    info = f"{DIST}-{agent.__version__}.dist-info"
-    metadata = [
-        "Metadata-Version: 2.1",
-        "Name: inventiv-agent",
-        f"Version: {agent.__version__}",
-        "Summary: Inventiv Agents machine agent: supervises an inference engine.",
-        "Requires-Python: >=3.10",
-        *[f"Requires-Dist: {req}" for req in _requirements()],
-    ]
-    files[f"{info}/METADATA"] = ("\n".join(metadata) + "\n").encode()
-    files[f"{info}/WHEEL"] = (
-        b"Wheel-Version: 1.0\nGenerator: inventiv\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    )
-    files[f"{info}/entry_points.txt"] = (
-        b"[console_scripts]\ninventiv-agent = agent.__main__:main\n"
-        b"inventiv-host-agent = agent.host:main\n"
-    )
-    record = [f"{name},{_record_hash(data)},{len(data)}" for name, data in files.items()]
-    record.append(f"{info}/RECORD,,")
-    files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as wheel:
-        for name, data in files.items():
-            entry = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))
-            entry.external_attr = 0o644 << 16
-            wheel.writestr(entry, data, zipfile.ZIP_DEFLATED)
-    return buffer.getvalue()
+    """The wheel's bytes (built once per process)."""
+    return built_wheel().content
