@@ -84,7 +84,7 @@ def instance_power_task(*, instance_id: str, action: str) -> str:
         "instance %s: %s of machine %s done (%s)",
         instance_id,
         action,
-        machine.provider_id,
+        machine.resource_id,
         machine.state,
     )
     return f"{action}: {machine.state}"

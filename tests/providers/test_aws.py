@@ -96,7 +96,7 @@ def test_it_launches_with_tags_imdsv2_an_idempotency_token_and_volumes_deleted_o
     assert tags["inventiv-instance"] == the_spec.instance_id
     assert tags["inventiv-managed"] == "inventiv-test"
     user_data = boto3.client("ec2", region_name="eu-west-3").describe_instance_attribute(
-        InstanceId=machine.provider_id, Attribute="userData"
+        InstanceId=machine.resource_id, Attribute="userData"
     )["UserData"]["Value"]
     assert base64.b64decode(user_data).decode() == the_spec.user_data
 
@@ -117,7 +117,7 @@ def test_it_adopts_the_instance_when_the_launch_response_was_lost(aws_provider: 
     # when the task retries (a new adapter, as in a new task run)
     machine = get_adapter(aws_provider).create_machine(the_spec)
     # then it is the same instance: no duplicate
-    assert [i["InstanceId"] for i in live_instances()] == [machine.provider_id]
+    assert [i["InstanceId"] for i in live_instances()] == [machine.resource_id]
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,7 @@ def test_it_falls_back_to_on_demand_when_spot_has_no_capacity(aws_provider: Prov
     # then
     assert [p.get("InstanceMarketOptions", {}).get("MarketType") for p in sent] == ["spot", None]
     assert sent[0]["ClientToken"] != sent[1]["ClientToken"]
-    assert [i["InstanceId"] for i in live_instances()] == [machine.provider_id]
+    assert [i["InstanceId"] for i in live_instances()] == [machine.resource_id]
 
 
 def test_it_terminates_and_leaves_no_volume_behind(aws_provider: Provider) -> None:

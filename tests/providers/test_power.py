@@ -61,9 +61,9 @@ def test_scaleway_gets_a_machine_by_id_in_any_zone_and_not_found_once_deleted(
     adapter = get_adapter(scw_provider)
     created = adapter.create_machine(scw_spec(zone="nl-ams-1"))
     # when / then it is found by its id alone
-    machine = adapter.get_machine(created.provider_id)
-    assert (machine.provider_id, machine.zone, machine.state) == (
-        created.provider_id,
+    machine = adapter.get_machine(created.resource_id)
+    assert (machine.resource_id, machine.zone, machine.state) == (
+        created.resource_id,
         "nl-ams-1",
         "running",
     )
@@ -71,7 +71,7 @@ def test_scaleway_gets_a_machine_by_id_in_any_zone_and_not_found_once_deleted(
     # and once terminated it is not found, nor is an id that never existed
     adapter.terminate_machine(created)
     with pytest.raises(MachineNotFound):
-        adapter.get_machine(created.provider_id)
+        adapter.get_machine(created.resource_id)
     with pytest.raises(MachineNotFound):
         adapter.get_machine(str(uuid.uuid4()))
 
@@ -85,14 +85,14 @@ def test_scaleway_powers_off_on_and_reboots_waiting_for_each_state(
     fake_scw.boot_polls = fake_scw.stop_polls = 3
     # when / then each action returns once the server is in its resulting state
     off = adapter.power(machine, PowerAction.POWEROFF)
-    assert off.state == "stopped" and fake_scw.servers[machine.provider_id]["state"] == "stopped"
+    assert off.state == "stopped" and fake_scw.servers[machine.resource_id]["state"] == "stopped"
     assert adapter.power(off, PowerAction.POWEROFF).state == "stopped"  # already: nothing sent
     assert fake_scw.count("POST", "/action$") == 2  # poweron at create, one poweroff
     on = adapter.power(off, PowerAction.POWERON)
     assert on.state == "running" and on.public_ip == machine.public_ip
     rebooted = adapter.power(on, PowerAction.REBOOT)
     assert rebooted.state == "running"
-    assert fake_scw.servers[machine.provider_id]["reboots"] == 1
+    assert fake_scw.servers[machine.resource_id]["reboots"] == 1
     # and the machine and everything it holds still terminate cleanly
     adapter.terminate_machine(rebooted)
     assert fake_scw.leaks() == NOTHING
@@ -168,14 +168,14 @@ def test_aws_gets_a_machine_by_id_and_not_found_when_unknown_or_terminated(
     adapter = get_adapter(aws_provider)
     created = adapter.create_machine(aws_spec())
     # when / then
-    machine = adapter.get_machine(created.provider_id)
-    assert (machine.provider_id, machine.state) == (created.provider_id, "running")
+    machine = adapter.get_machine(created.resource_id)
+    assert (machine.resource_id, machine.state) == (created.resource_id, "running")
     assert machine.instance_id == created.instance_id and machine.zone == "eu-west-3a"
     with pytest.raises(MachineNotFound):
         adapter.get_machine("i-0123456789abcdef0")
     adapter.terminate_machine(created)
     with pytest.raises(MachineNotFound):
-        adapter.get_machine(created.provider_id)  # still described by EC2, but terminated
+        adapter.get_machine(created.resource_id)  # still described by EC2, but terminated
 
 
 def test_aws_stops_starts_and_reboots_waiting_for_each_state(aws_provider: Provider) -> None:
@@ -192,7 +192,7 @@ def test_aws_stops_starts_and_reboots_waiting_for_each_state(aws_provider: Provi
         adapter.power(machine, PowerAction.REBOOT)
     assert adapter.power(machine, PowerAction.POWERON).state == "running"
     assert adapter.power(machine, PowerAction.REBOOT).state == "running"
-    ids = [{"InstanceIds": [machine.provider_id]}]
+    ids = [{"InstanceIds": [machine.resource_id]}]
     assert (stopped, started, rebooted) == (ids, ids, ids)
     adapter.terminate_machine(machine)
     with pytest.raises(MachineNotFound):
@@ -223,7 +223,7 @@ def test_local_and_onprem_refuse_power_actions_clearly(db: Any) -> None:
     # given
     local = LocalAdapter(Provider(name="local", kind="local"))
     onprem = OnPremAdapter(Provider.objects.create(name="lab", kind="onprem"))
-    machine = Machine(provider_id="local-1", instance_id=None, state="running")
+    machine = Machine(resource_id="local-1", instance_id=None, state="running")
     for adapter in (local, onprem):
         # when / then
         assert not adapter.supports_power

@@ -107,10 +107,10 @@ def test_it_adopts_a_machine_whose_worker_died_before_recording_it(
     swept = sweep_provider(provider_id=scw_catalog.id)
     assert (swept.kept, swept.adoptable, swept.removed) == (1, 1, 0)
     # and when the provision command is re-sent, the machine is adopted, not duplicated
-    assert orchestrator.provision_instance(str(instance.id)) == f"created {orphan.provider_id}"
+    assert orchestrator.provision_instance(str(instance.id)) == f"created {orphan.resource_id}"
     instance.refresh_from_db()
-    assert instance.provider_resource_id == orphan.provider_id
-    assert list(fake_scw.servers) == [orphan.provider_id]
+    assert instance.provider_resource_id == orphan.resource_id
+    assert list(fake_scw.servers) == [orphan.resource_id]
     terminate(instance)
     assert fake_scw.leaks() == NOTHING
 

@@ -73,7 +73,7 @@ def test_it_creates_a_tagged_server_with_a_sized_boot_volume_cloud_init_and_an_i
     # then one running server carries our tags, a 150 GB block boot volume and a public IP
     assert machine.state == "running" and machine.public_ip
     assert machine.instance_id == the_spec.instance_id
-    server = fake_scw.servers[machine.provider_id]
+    server = fake_scw.servers[machine.resource_id]
     assert f"inventiv-instance={the_spec.instance_id}" in server["tags"]
     assert "inventiv-managed=inventiv-test" in server["tags"]
     ((kind, volume_id),) = server["volume_refs"]
@@ -85,7 +85,7 @@ def test_it_creates_a_tagged_server_with_a_sized_boot_volume_cloud_init_and_an_i
         f"inventiv-instance={the_spec.instance_id}" in ip["tags"] for ip in fake_scw.ips.values()
     )
     # and the machine boots with our cloud-init and nothing else
-    assert fake_scw.user_data[(machine.provider_id, "cloud-init")] == the_spec.user_data.encode()
+    assert fake_scw.user_data[(machine.resource_id, "cloud-init")] == the_spec.user_data.encode()
 
 
 def test_it_sends_no_provider_credential_to_the_machine(
@@ -94,7 +94,7 @@ def test_it_sends_no_provider_credential_to_the_machine(
     # given / when
     machine = get_adapter(scw_provider).create_machine(spec())
     # then
-    sent = fake_scw.user_data[(machine.provider_id, "cloud-init")].decode()
+    sent = fake_scw.user_data[(machine.resource_id, "cloud-init")].decode()
     assert fake_scw_secret() not in sent
     assert "SCW" not in sent
 
@@ -119,9 +119,9 @@ def test_it_adopts_the_server_when_the_create_response_was_lost(
     machine = get_adapter(scw_provider).create_machine(the_spec)
     # then the same server is adopted and completed (user data, powered on): no duplicate
     assert len(fake_scw.servers) == 1 and len(fake_scw.ips) == 1
-    assert machine.provider_id in fake_scw.servers
+    assert machine.resource_id in fake_scw.servers
     assert machine.state == "running"
-    assert (machine.provider_id, "cloud-init") in fake_scw.user_data
+    assert (machine.resource_id, "cloud-init") in fake_scw.user_data
     assert fake_scw.count("POST", r"/servers$") == 1
 
 
@@ -136,7 +136,7 @@ def test_it_adopts_the_server_when_the_power_on_response_was_lost(
     # when
     machine = get_adapter(scw_provider).create_machine(the_spec)
     # then
-    assert list(fake_scw.servers) == [machine.provider_id]
+    assert list(fake_scw.servers) == [machine.resource_id]
     assert machine.state == "running"
     assert fake_scw.count("POST", r"/action$") == 1
 
@@ -250,7 +250,7 @@ def test_it_treats_terminating_a_machine_already_gone_as_success(
     # given a terminate that deleted the server but died before the volume and IP
     adapter = get_adapter(scw_provider)
     machine = adapter.create_machine(spec())
-    server_id = machine.provider_id
+    server_id = machine.resource_id
     with fake_scw.lock:
         fake_scw.servers[server_id]["state"] = "stopped"
         fake_scw._remove_server(server_id, terminate=False)
@@ -274,4 +274,4 @@ def test_it_lists_only_this_deployments_machines(
     # when
     listed = get_adapter(scw_provider).list_machines()
     # then
-    assert [m.provider_id for m in listed] == [ours.provider_id]
+    assert [m.resource_id for m in listed] == [ours.resource_id]

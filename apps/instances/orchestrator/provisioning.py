@@ -116,7 +116,7 @@ def provision_instance(instance_id: str) -> str:
         _record_attempt(instance, offer, error=None)
         fields: dict[str, Any] = {
             "provider_id": offer.provider_id,
-            "provider_resource_id": machine.provider_id,
+            "provider_resource_id": machine.resource_id,
             "zone": machine.zone or offer.zone,
             "instance_type_id": offer.instance_type_id,
             "hourly_price": offer.hourly_price,
@@ -132,17 +132,17 @@ def provision_instance(instance_id: str) -> str:
             instance=instance,
             to=S.BOOTING,
             expected=S.PROVISIONING,
-            reason=f"machine {machine.provider_id} created ({offer.instance_type_code}"
+            reason=f"machine {machine.resource_id} created ({offer.instance_type_code}"
             f"@{machine.zone or offer.zone})",
         ):
-            return f"created {machine.provider_id}"
+            return f"created {machine.resource_id}"
         status = Instance.objects.values_list("status", flat=True).get(id=instance.id)
         if status in (S.TERMINATING, S.TERMINATED):
             # Terminated while the create call was in flight: the terminate step may not have
             # seen this machine yet. Release it now rather than leave it billing.
             adapter.terminate_machine(machine)
-            return f"created {machine.provider_id}, released at once: instance {status}"
-        return f"created {machine.provider_id}"
+            return f"created {machine.resource_id}, released at once: instance {status}"
+        return f"created {machine.resource_id}"
     message = "; ".join(reasons) if reasons else "no compatible offer"
     instance_fail(
         instance=instance,
@@ -169,7 +169,7 @@ def terminate_instance(instance_id: str) -> str:
     adapter = get_adapter(instance.provider)
     machine = adapter.find_machine(str(instance.id))
     if machine is None and instance.provider_resource_id:
-        machine = _machine_by_provider_id(adapter, instance)
+        machine = _machine_by_resource_id(adapter, instance)
     if machine is not None:
         with contextlib.suppress(MachineNotFound):
             adapter.terminate_machine(machine)
@@ -183,7 +183,7 @@ def terminate_instance(instance_id: str) -> str:
     return "terminated"
 
 
-def _machine_by_provider_id(adapter: ProviderAdapter, instance: Instance) -> Machine | None:
+def _machine_by_resource_id(adapter: ProviderAdapter, instance: Instance) -> Machine | None:
     """The recorded machine when our tag no longer finds it (tags lost or edited, a zone
     dropped from the settings). None when it is gone, when the adapter cannot look machines up
     by id, or when it carries another instance's tag (not ours to release)."""

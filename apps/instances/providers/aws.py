@@ -276,7 +276,7 @@ class AwsAdapter(ProviderAdapter):
             m["Ebs"]["VolumeId"] for m in item.get("BlockDeviceMappings", []) if m.get("Ebs")
         ]
         return Machine(
-            provider_id=item["InstanceId"],
+            resource_id=item["InstanceId"],
             instance_id=tags.get(INSTANCE_TAG),
             state=str(item.get("State", {}).get("Name", "")),
             zone=str(item.get("Placement", {}).get("AvailabilityZone", "")),
@@ -316,13 +316,13 @@ class AwsAdapter(ProviderAdapter):
             )
         ]
 
-    def get_machine(self, provider_id: str) -> Machine:
+    def get_machine(self, resource_id: str) -> Machine:
         """The EC2 instance with this id; MachineNotFound when unknown or terminated."""
-        response = self._call(self.ec2().describe_instances, InstanceIds=[provider_id])
+        response = self._call(self.ec2().describe_instances, InstanceIds=[resource_id])
         items = [i for r in response.get("Reservations", []) for i in r.get("Instances", [])]
         if not items or items[0].get("State", {}).get("Name") in ("terminated", "shutting-down"):
             state = items[0]["State"]["Name"] if items else "unknown"
-            raise MachineNotFound(f"AWS instance {provider_id} is {state}")
+            raise MachineNotFound(f"AWS instance {resource_id} is {state}")
         return self._machine(items[0])
 
     # --- power --------------------------------------------------------------------------------
@@ -333,8 +333,8 @@ class AwsAdapter(ProviderAdapter):
         cannot be stopped: EC2's refusal is raised as a ProviderError."""
         action = PowerAction(action)
         ec2 = self.ec2()
-        ids = [machine.provider_id]
-        current = self.get_machine(machine.provider_id)
+        ids = [machine.resource_id]
+        current = self.get_machine(machine.resource_id)
         if action == PowerAction.POWERON:
             target = "running"
             if current.state not in ("running", "pending"):
@@ -347,18 +347,18 @@ class AwsAdapter(ProviderAdapter):
             target = "running"
             if current.state != "running":
                 raise ProviderError(
-                    f"AWS instance {machine.provider_id} is {current.state}: only a running "
+                    f"AWS instance {machine.resource_id} is {current.state}: only a running "
                     "instance can be rebooted (power it on instead)"
                 )
             self._call(ec2.reboot_instances, InstanceIds=ids)
         current, done = poll_until(
-            lambda: self.get_machine(machine.provider_id),
+            lambda: self.get_machine(machine.resource_id),
             lambda m: m.state == target,
             timeout=float(settings.PROVIDER_WAIT_RUNNING_S),
         )
         if not done:
             raise TransientProviderError(
-                f"AWS instance {machine.provider_id} not {target} yet after {action} "
+                f"AWS instance {machine.resource_id} not {target} yet after {action} "
                 f"(state {current.state})"
             )
         return current
@@ -380,10 +380,10 @@ class AwsAdapter(ProviderAdapter):
     def create_machine(self, spec: MachineSpec) -> Machine:
         existing = self.find_machine(spec.instance_id)
         if existing is not None:
-            logger.info("aws: adopting %s for %s", existing.provider_id, spec.instance_id)
+            logger.info("aws: adopting %s for %s", existing.resource_id, spec.instance_id)
             if existing.state == "stopped":
-                self._call(self.ec2().start_instances, InstanceIds=[existing.provider_id])
-            return self._wait_running(existing.provider_id)
+                self._call(self.ec2().start_instances, InstanceIds=[existing.resource_id])
+            return self._wait_running(existing.resource_id)
         zone = spec.zone or (self.zones[0] if self.zones else "")
         markets = {
             "spot": ["spot"],
@@ -484,13 +484,13 @@ class AwsAdapter(ProviderAdapter):
         delete any of our volumes left for this instance. Idempotent."""
         ec2 = self.ec2()
         try:
-            self._call(ec2.terminate_instances, InstanceIds=[machine.provider_id])
+            self._call(ec2.terminate_instances, InstanceIds=[machine.resource_id])
         except MachineNotFound:
             pass
         else:
 
             def state() -> str:
-                items = self._describe([{"Name": "instance-id", "Values": [machine.provider_id]}])
+                items = self._describe([{"Name": "instance-id", "Values": [machine.resource_id]}])
                 return str(items[0]["State"]["Name"]) if items else "terminated"
 
             _, done = poll_until(
@@ -498,7 +498,7 @@ class AwsAdapter(ProviderAdapter):
             )
             if not done:
                 raise TransientProviderError(
-                    f"AWS instance {machine.provider_id} not terminated yet"
+                    f"AWS instance {machine.resource_id} not terminated yet"
                 )
         if machine.instance_id:
             for volume in self._volumes(

@@ -107,7 +107,7 @@ class MachineSpec:
 class Machine:
     """A machine as the provider sees it."""
 
-    provider_id: str
+    resource_id: str  # the cloud's own id of the machine (Instance.provider_resource_id)
     instance_id: str | None  # from our tag; None when untagged
     state: str  # "pending" | "running" | "stopped" | "terminated" | provider-specific
     zone: str = ""
@@ -141,8 +141,8 @@ class ProviderAdapter(abc.ABC):
     def find_machine(self, instance_id: str) -> Machine | None:
         """The live machine tagged with our instance id, if any."""
 
-    def get_machine(self, provider_id: str) -> Machine:
-        """The machine with this provider id (``Machine.provider_id``), whatever its tags.
+    def get_machine(self, resource_id: str) -> Machine:
+        """The machine with this cloud id (``Machine.resource_id``), whatever its tags.
         Raises MachineNotFound when it no longer exists (deleted, terminated). Default: not
         supported (adapters opt in)."""
         raise NotSupported(f"getting a machine by id is not supported by {self.kind}")

@@ -79,14 +79,14 @@ class LocalAdapter(ProviderAdapter):
     def _machine(self, instance_id: str, pids: list[int]) -> Machine:
         record_path = _records_dir() / f"{instance_id}.json"
         created_at = None
-        provider_id = f"local-{min(pids)}"
+        resource_id = f"local-{min(pids)}"
         if record_path.exists():
             with contextlib.suppress(ValueError, OSError):
                 record = json.loads(record_path.read_text())
-                provider_id = f"local-{record['pid']}"
+                resource_id = f"local-{record['pid']}"
                 created_at = datetime.fromisoformat(record["started_at"])
         return Machine(
-            provider_id=provider_id,
+            resource_id=resource_id,
             instance_id=instance_id,
             state="running",
             zone="local",
@@ -128,7 +128,7 @@ class LocalAdapter(ProviderAdapter):
         tmp.write_text(json.dumps(record))
         tmp.replace(_records_dir() / f"{spec.instance_id}.json")
         return Machine(
-            provider_id=f"local-{proc.pid}",
+            resource_id=f"local-{proc.pid}",
             instance_id=spec.instance_id,
             state="running",
             zone="local",
@@ -143,13 +143,13 @@ class LocalAdapter(ProviderAdapter):
     def list_machines(self) -> list[Machine]:
         return [self._machine(iid, pids) for iid, pids in _tagged_pids().items()]
 
-    def get_machine(self, provider_id: str) -> Machine:
+    def get_machine(self, resource_id: str) -> Machine:
         """The instance whose tagged processes include pid ``N`` of ``local-N`` (a pid reused
         by an untagged process is not ours: MachineNotFound). No power actions: a "machine" is
         a process tree, to terminate and provision again."""
-        pid = provider_id.removeprefix("local-")
+        pid = resource_id.removeprefix("local-")
         if not pid.isdigit():
-            raise MachineNotFound(f"{provider_id!r} is not a local machine id")
+            raise MachineNotFound(f"{resource_id!r} is not a local machine id")
         for instance_id, pids in _tagged_pids().items():
             if int(pid) in pids:
                 return self._machine(instance_id, pids)

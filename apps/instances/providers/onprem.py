@@ -70,7 +70,7 @@ class OnPremAdapter(ProviderAdapter):
         if assignment.desired == A.Desired.STOP and assignment.state != A.State.STOPPED:
             state = "stopping"
         return Machine(
-            provider_id=f"onprem-{assignment.id}",
+            resource_id=f"onprem-{assignment.id}",
             instance_id=str(assignment.instance_id),
             state=state,
             zone=host.name,
@@ -137,22 +137,22 @@ class OnPremAdapter(ProviderAdapter):
     def list_machines(self) -> list[Machine]:
         return [self._machine(a) for a in self._assignments().exclude(state=A.State.STOPPED)]
 
-    def get_machine(self, provider_id: str) -> Machine:
+    def get_machine(self, resource_id: str) -> Machine:
         """The assignment ``onprem-<id>`` of this provider, unless stopped. No power actions:
         the host, not the control plane, owns the machine."""
-        assignment_id = provider_id.removeprefix("onprem-")
+        assignment_id = resource_id.removeprefix("onprem-")
         assignment = None
         if assignment_id.isdigit():
             live = self._assignments().exclude(state=A.State.STOPPED)
             assignment = live.filter(id=int(assignment_id)).first()
         if assignment is None:
-            raise MachineNotFound(f"no live on-premise assignment {provider_id}")
+            raise MachineNotFound(f"no live on-premise assignment {resource_id}")
         return self._machine(assignment)
 
     def terminate_machine(self, machine: Machine) -> None:
         """Mark the assignment to stop: the host stops the process and reports it stopped at
         its next poll (one it never started is marked stopped then). Idempotent."""
-        assignment_id = int(machine.provider_id.removeprefix("onprem-"))
+        assignment_id = int(machine.resource_id.removeprefix("onprem-"))
         A.objects.filter(id=assignment_id).exclude(state=A.State.STOPPED).update(
             desired=A.Desired.STOP, bootstrap_token_encrypted=""
         )

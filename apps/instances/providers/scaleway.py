@@ -314,7 +314,7 @@ class ScalewayAdapter(ProviderAdapter):
         if public_ip is None and server.public_ip is not None:
             public_ip = server.public_ip.address
         return Machine(
-            provider_id=server.id,
+            resource_id=server.id,
             instance_id=tags.get(INSTANCE_TAG),
             state=str(server.state),
             zone=str(server.zone or ""),
@@ -356,14 +356,14 @@ class ScalewayAdapter(ProviderAdapter):
             raise MachineNotFound(f"Scaleway server {server_id} is {server.state}")
         return self._machine(server)
 
-    def get_machine(self, provider_id: str) -> Machine:
+    def get_machine(self, resource_id: str) -> Machine:
         """The server with this id in any configured zone (server ids do not say their zone)."""
         for zone in self.zones:
             try:
-                return self._fetch(provider_id, zone)
+                return self._fetch(resource_id, zone)
             except MachineNotFound:
                 continue
-        raise MachineNotFound(f"Scaleway server {provider_id} not found in {self.zones}")
+        raise MachineNotFound(f"Scaleway server {resource_id} not found in {self.zones}")
 
     # --- power --------------------------------------------------------------------------------
 
@@ -372,8 +372,8 @@ class ScalewayAdapter(ProviderAdapter):
         in. Asking for the state the server is already in (or heading to) sends nothing."""
         action = PowerAction(action)
         target = _POWER_TARGET[action]
-        zone = machine.zone or self.get_machine(machine.provider_id).zone or self.zones[0]
-        current = self._fetch(machine.provider_id, zone)
+        zone = machine.zone or self.get_machine(machine.resource_id).zone or self.zones[0]
+        current = self._fetch(machine.resource_id, zone)
         already = {
             PowerAction.POWERON: ("running", "starting"),
             PowerAction.POWEROFF: ("stopped", "stopping"),
@@ -382,25 +382,25 @@ class ScalewayAdapter(ProviderAdapter):
         if current.state not in already:
             if action == PowerAction.REBOOT and current.state != "running":
                 raise ProviderError(
-                    f"Scaleway server {machine.provider_id} is {current.state}: only a running "
+                    f"Scaleway server {machine.resource_id} is {current.state}: only a running "
                     "server can be rebooted (power it on instead)"
                 )
             self._call(
                 self._instance().server_action,
-                server_id=machine.provider_id,
+                server_id=machine.resource_id,
                 zone=zone,
                 action=str(action),
             )
         current, done = poll_until(
-            lambda: self._fetch(machine.provider_id, zone),
+            lambda: self._fetch(machine.resource_id, zone),
             lambda m: m.state in (target, "locked"),
             timeout=float(settings.PROVIDER_WAIT_RUNNING_S),
         )
         if current.state == "locked":
-            raise ProviderError(f"Scaleway server {machine.provider_id} is locked")
+            raise ProviderError(f"Scaleway server {machine.resource_id} is locked")
         if not done:
             raise TransientProviderError(
-                f"Scaleway server {machine.provider_id} not {target} yet after {action} "
+                f"Scaleway server {machine.resource_id} not {target} yet after {action} "
                 f"(state {current.state})"
             )
         return current
@@ -449,7 +449,7 @@ class ScalewayAdapter(ProviderAdapter):
         existing = self.find_machine(spec.instance_id)
         if existing is not None:
             logger.info(
-                "scaleway: adopting server %s for %s", existing.provider_id, spec.instance_id
+                "scaleway: adopting server %s for %s", existing.resource_id, spec.instance_id
             )
             return self._converge(existing, spec)
         image = self._resolve_image(zone, spec.instance_type)
@@ -512,12 +512,12 @@ class ScalewayAdapter(ProviderAdapter):
         zone = machine.zone or spec.zone or self.zones[0]
         if spec.user_data:
             keys = self._call(
-                api.list_server_user_data, server_id=machine.provider_id, zone=zone
+                api.list_server_user_data, server_id=machine.resource_id, zone=zone
             ).user_data
             if USER_DATA_KEY not in (keys or []):
                 self._call(
                     api.set_server_user_data,
-                    server_id=machine.provider_id,
+                    server_id=machine.resource_id,
                     zone=zone,
                     key=USER_DATA_KEY,
                     content=spec.user_data.encode(),
@@ -525,12 +525,12 @@ class ScalewayAdapter(ProviderAdapter):
         if machine.state == "stopped":
             try:
                 self._call(
-                    api.server_action, server_id=machine.provider_id, zone=zone, action="poweron"
+                    api.server_action, server_id=machine.resource_id, zone=zone, action="poweron"
                 )
             except (QuotaExceeded, OutOfCapacity) as exc:
                 logger.info(
                     "scaleway: power-on of %s failed (%s); cleaning up",
-                    machine.provider_id,
+                    machine.resource_id,
                     exc.code,
                 )
                 self.terminate_machine(machine)
@@ -543,7 +543,7 @@ class ScalewayAdapter(ProviderAdapter):
         def fetch() -> Machine:
             return self._machine(
                 self._call(
-                    self._instance().get_server, server_id=machine.provider_id, zone=zone
+                    self._instance().get_server, server_id=machine.resource_id, zone=zone
                 ).server
             )
 
@@ -564,7 +564,7 @@ class ScalewayAdapter(ProviderAdapter):
         zone = machine.zone or self.zones[0]
         attached = {k: list(v) for k, v in machine.attached.items()}
         try:
-            server = self._call(api.get_server, server_id=machine.provider_id, zone=zone).server
+            server = self._call(api.get_server, server_id=machine.resource_id, zone=zone).server
         except MachineNotFound:
             server = None
         if server is not None:

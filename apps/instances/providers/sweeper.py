@@ -86,7 +86,7 @@ def _record(
     instance_id: str = "",
 ) -> None:
     if isinstance(machine_or_id, Machine):
-        resource_id, instance_id = machine_or_id.provider_id, machine_or_id.instance_id or ""
+        resource_id, instance_id = machine_or_id.resource_id, machine_or_id.instance_id or ""
     else:
         resource_id = machine_or_id
     SweepRecord.objects.create(
@@ -124,11 +124,11 @@ def sweep_provider(*, provider_id: int) -> SweepResult:
     for machine in machines:
         result.seen += 1
         instance = instances.get(str(_uuid(machine.instance_id)))
-        born = machine.created_at or _first_seen(provider, machine.provider_id, now)
+        born = machine.created_at or _first_seen(provider, machine.resource_id, now)
         old_enough = now - born >= grace
         if instance is not None and instance.status != InstanceStatus.TERMINATED:
             recorded = instance.provider_resource_id
-            if recorded and recorded != machine.provider_id and old_enough:
+            if recorded and recorded != machine.resource_id and old_enough:
                 reason = f"duplicate of {recorded} for live instance {instance.id}"
             else:
                 result.kept += 1
@@ -158,7 +158,7 @@ def sweep_provider(*, provider_id: int) -> SweepResult:
             _record(provider, machine, R.FAILED, f"{reason}; {exc.code}: {exc}")
             continue
         result.removed += 1
-        logger.warning("sweep of %s: removed %s (%s)", provider.name, machine.provider_id, reason)
+        logger.warning("sweep of %s: removed %s (%s)", provider.name, machine.resource_id, reason)
         _record(provider, machine, R.REMOVED, reason)
 
     def owner_is_gone(instance_id: str) -> bool:
