@@ -1,7 +1,8 @@
-"""One error hierarchy and one JSON envelope for the REST API and the gateway alike.
+"""One error hierarchy, and the REST API's mapping of it (and of DRF's and Django's own
+refusals) to OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}``.
 
-The envelope is OpenAI's: ``{"error": {"message": str, "type": str, "param": str|None,
-"code": str|None}}``. Codes are stable strings clients can switch on.
+Codes, their status and type live in :mod:`inventiv.error_codes`; the envelope is rendered by
+``inventiv.error_codes.envelope`` here, in the agent API and in the gateway alike.
 """
 
 from __future__ import annotations
@@ -10,17 +11,25 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
-from rest_framework import exceptions, status
+from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from inventiv.error_codes import CODES, ErrorCode, envelope
+
 
 class ApplicationError(Exception):
-    """A failure the client can act on. Services raise it; views map it to the envelope."""
+    """A failure the client can act on. Services raise it; views map it to the envelope.
 
-    status_code = 400
-    type = "invalid_request_error"
-    code = "invalid_request"
+    ``code`` (the class default, or the argument) must be registered in
+    :data:`inventiv.error_codes.CODES`; it fixes ``status_code`` and ``type``. An unregistered
+    code raises ``KeyError`` at construction (or at class definition for a subclass)."""
+
+    code = "invalid_value"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        CODES[cls.code]
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -28,28 +37,45 @@ class ApplicationError(Exception):
         self.param = param
         if code is not None:
             self.code = code
+        self.spec: ErrorCode = CODES[self.code]
+
+    @property
+    def status_code(self) -> int:
+        return self.spec.status
+
+    @property
+    def type(self) -> str:
+        return self.spec.type
+
+    def body(self) -> dict[str, Any]:
+        return envelope(self.message, self.code, self.param)
 
 
 class NotFound(ApplicationError):
-    status_code = 404
     code = "not_found"
 
 
 class Conflict(ApplicationError):
-    status_code = 409
     code = "conflict"
 
 
 class Forbidden(ApplicationError):
-    status_code = 403
-    type = "permission_error"
-    code = "forbidden"
+    code = "permission_denied"
 
 
-def error_body(
-    message: str, *, type: str, code: str | None = None, param: str | None = None
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+# DRF's own exceptions, by their ``default_code``, to ours (same status, see the tests).
+DRF_CODES = {
+    "invalid": "invalid_value",
+    "parse_error": "invalid_json",
+    "authentication_failed": "not_authenticated",
+    "not_authenticated": "not_authenticated",
+    "permission_denied": "permission_denied",
+    "not_found": "not_found",
+    "method_not_allowed": "method_not_allowed",
+    "not_acceptable": "not_acceptable",
+    "unsupported_media_type": "unsupported_media_type",
+    "throttled": "rate_limit_exceeded",
+}
 
 
 def _first_validation_error(detail: Any, prefix: str = "") -> tuple[str | None, str]:
@@ -66,10 +92,7 @@ def _first_validation_error(detail: Any, prefix: str = "") -> tuple[str | None, 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ApplicationError):
-        return Response(
-            error_body(exc.message, type=exc.type, code=exc.code, param=exc.param),
-            status=exc.status_code,
-        )
+        return Response(exc.body(), status=exc.status_code)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
@@ -80,19 +103,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, exceptions.ValidationError):
         param, message = _first_validation_error(exc.detail)
         text = f"{param}: {message}" if param else message
-        response.data = error_body(text, type="invalid_request_error", code="invalid", param=param)
+        response.data = envelope(text, "invalid_value", param)
         return response
-    kinds = {
-        status.HTTP_401_UNAUTHORIZED: "authentication_error",
-        status.HTTP_403_FORBIDDEN: "permission_error",
-        status.HTTP_404_NOT_FOUND: "not_found_error",
-        status.HTTP_429_TOO_MANY_REQUESTS: "rate_limit_error",
-    }
-    detail = getattr(exc, "detail", str(exc))
-    code = getattr(detail, "code", None)
-    response.data = error_body(
-        str(detail),
-        type=kinds.get(response.status_code, "invalid_request_error"),
-        code=str(code) if code else None,
-    )
+    default = "server_error" if response.status_code >= 500 else "invalid_request"
+    code = DRF_CODES.get(str(getattr(exc, "default_code", "")), default)
+    response.data = envelope(str(getattr(exc, "detail", exc)), code)
     return response

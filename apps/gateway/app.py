@@ -190,20 +190,18 @@ class Gateway:
         try:
             if req.endpoint:
                 if scope["method"] != "POST":
-                    raise GatewayError(405, "Method not allowed.", "method_not_allowed")
+                    raise GatewayError("method_not_allowed", "Method not allowed.")
                 await self._infer(scope, receive, send, req)
             elif path == "/v1/models" or path.startswith("/v1/models/"):
                 if scope["method"] != "GET":
-                    raise GatewayError(405, "Method not allowed.", "method_not_allowed")
+                    raise GatewayError("method_not_allowed", "Method not allowed.")
                 await self._models(scope, send, req, path[len("/v1/models/") :])
             elif path == "/healthz":
                 await respond(send, req, 200, b'{"status":"ok"}')
             elif path == "/metrics":
                 await self._metrics(scope, send, req)
             else:
-                raise GatewayError(
-                    404, f"Unknown path {path}.", "not_found", type="not_found_error"
-                )
+                raise GatewayError("not_found", f"Unknown path {path}.")
         except GatewayError as exc:
             req.status, req.error_code = exc.status, exc.code
             await respond(send, req, exc.status, exc.body(), exc.headers)
@@ -214,7 +212,7 @@ class Gateway:
     async def _metrics(self, scope: Scope, send: Send, req: Request) -> None:
         token = self.metrics_token
         if not token:
-            raise GatewayError(404, "Unknown path /metrics.", "not_found", type="not_found_error")
+            raise GatewayError("not_found", "Unknown path /metrics.")
         import hmac
 
         given = dict(scope["headers"]).get(b"authorization", b"")
@@ -255,7 +253,7 @@ class Gateway:
             found = [m for m in data if m["id"] == name]
             if not found:
                 raise GatewayError(
-                    404, f"The model `{name}` does not exist.", "model_not_found", param="model"
+                    "model_not_found", f"The model `{name}` does not exist.", param="model"
                 )
             await respond(send, req, 200, orjson.dumps(found[0]))
             return
@@ -271,18 +269,13 @@ class Gateway:
         route = await self.directory.lookup(key.organization_id, data["model"])
         if route is None:
             raise GatewayError(
-                404,
-                f"The model `{data['model']}` does not exist.",
-                "model_not_found",
-                param="model",
+                "model_not_found", f"The model `{data['model']}` does not exist.", param="model"
             )
         req.route = route
         if key.allowed_model_ids is not None and route.snapshot.id not in key.allowed_model_ids:
             raise GatewayError(
-                403,
-                f"This API key may not use the model `{data['model']}`.",
                 "model_not_allowed",
-                type="permission_error",
+                f"This API key may not use the model `{data['model']}`.",
                 param="model",
             )
         limits = Limits(key.id, key.rpm, key.tpm, key.concurrency)
@@ -290,11 +283,9 @@ class Gateway:
             decision = await self.limiter.acquire(limits, req.request_id)
             if not decision.allowed:
                 raise GatewayError(
-                    429,
+                    "rate_limit_exceeded",
                     f"Rate limit reached for this API key ({decision.limit}). "
                     f"Retry in {decision.retry_after_s:.1f}s.",
-                    "rate_limit_exceeded",
-                    type="rate_limit_error",
                     headers=retry_after(decision.retry_after_s),
                 )
             req.limited = True

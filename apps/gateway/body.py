@@ -19,11 +19,7 @@ from apps.gateway.request import Receive
 
 
 def too_large(limit: int) -> GatewayError:
-    return GatewayError(
-        413,
-        f"Request body too large (limit {limit} bytes).",
-        "request_too_large",
-    )
+    return GatewayError("request_too_large", f"Request body too large (limit {limit} bytes).")
 
 
 async def read_body(receive: Receive, content_length: bytes | None, limit: int) -> bytes:
@@ -31,7 +27,7 @@ async def read_body(receive: Receive, content_length: bytes | None, limit: int) 
         try:
             declared = int(content_length)
         except ValueError:
-            raise GatewayError(400, "Invalid Content-Length.", "invalid_request") from None
+            raise GatewayError("invalid_request", "Invalid Content-Length.") from None
         if declared > limit:
             raise too_large(limit)
     message = await receive()
@@ -45,7 +41,7 @@ async def read_body(receive: Receive, content_length: bytes | None, limit: int) 
     while message.get("more_body", False):
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise GatewayError(400, "Client disconnected.", "client_disconnected")
+            raise GatewayError("client_disconnected", "Client disconnected.")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -58,31 +54,31 @@ def parse_body(body: bytes, endpoint: str) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise GatewayError(400, "The body is not valid JSON.", "invalid_json") from None
+        raise GatewayError("invalid_json", "The body is not valid JSON.") from None
     if not isinstance(data, dict):
-        raise GatewayError(400, "The body must be a JSON object.", "invalid_json")
+        raise GatewayError("invalid_json", "The body must be a JSON object.")
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise GatewayError(
-            400, "`model` is required (a model code name).", "invalid_value", param="model"
+            "invalid_value", "`model` is required (a model code name).", param="model"
         )
     stream = data.get("stream", False)
     if stream is not None and not isinstance(stream, bool):
-        raise GatewayError(400, "`stream` must be a boolean.", "invalid_value", param="stream")
+        raise GatewayError("invalid_value", "`stream` must be a boolean.", param="stream")
     if endpoint == "chat":
         messages = data.get("messages")
         if not isinstance(messages, list) or not messages:
             raise GatewayError(
-                400, "`messages` must be a non-empty list.", "invalid_value", param="messages"
+                "invalid_value", "`messages` must be a non-empty list.", param="messages"
             )
     elif endpoint == "completions" and "prompt" not in data:
-        raise GatewayError(400, "`prompt` is required.", "invalid_value", param="prompt")
+        raise GatewayError("invalid_value", "`prompt` is required.", param="prompt")
     elif endpoint == "embeddings" and "input" not in data:
-        raise GatewayError(400, "`input` is required.", "invalid_value", param="input")
+        raise GatewayError("invalid_value", "`input` is required.", param="input")
     options = data.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise GatewayError(
-            400, "`stream_options` must be an object.", "invalid_value", param="stream_options"
+            "invalid_value", "`stream_options` must be an object.", param="stream_options"
         )
     return data
 

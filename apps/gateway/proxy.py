@@ -110,17 +110,15 @@ class Proxy:
             state = self.table.choose(route, exclude=tried, session=session, prefix=prefix)
             if state is None:
                 if last is not None:
-                    raise GatewayError(last.status, last.message, last.code, type="server_error")
+                    raise GatewayError(last.code, last.message)
                 raise GatewayError(
-                    503,
-                    f"The model `{route.snapshot.name}` has no ready instance right now.",
                     "model_unavailable",
-                    type="server_error",
+                    f"The model `{route.snapshot.name}` has no ready instance right now.",
                     headers=retry_after(self.retry_after_s),
                 )
             if req.attempts and not self.budget.withdraw():
                 assert last is not None
-                raise GatewayError(last.status, last.message, last.code, type="server_error")
+                raise GatewayError(last.code, last.message)
             tried.add(state.id)
             req.attempts += 1
             req.instance = state
@@ -132,9 +130,7 @@ class Proxy:
                 metrics.UPSTREAM_ERRORS.labels(route.label, exc.kind).inc()
                 last = exc
                 if exc.status == 504 or req.attempts >= self.max_attempts:
-                    raise GatewayError(
-                        exc.status, exc.message, exc.code, type="server_error"
-                    ) from None
+                    raise GatewayError(exc.code, exc.message) from None
             finally:
                 state.outstanding -= 1
 

@@ -25,7 +25,6 @@ def _check_model_codes(organization: Organization, model_codes: Sequence[LlmMode
             raise ApplicationError(
                 f"No model code {model.pk} in this organization.",
                 param="model_codes",
-                code="invalid_model_code",
             )
 
 

@@ -104,9 +104,7 @@ async def relay_stream(
         if req.route is not None:
             metrics.UPSTREAM_ERRORS.labels(req.route.label, "stream").inc()
         if not disconnected.is_set():
-            error = GatewayError(
-                req.status, "The engine stream failed.", req.error_code, type="server_error"
-            )
+            error = GatewayError(req.error_code, "The engine stream failed.")
             with contextlib.suppress(Exception):
                 await send(
                     {

@@ -58,7 +58,6 @@ class ApiKeyViewSet(viewsets.ViewSet):
             raise ApplicationError(
                 "Unknown model code in this organization.",
                 param="model_codes",
-                code="invalid_model_code",
             )
         key, plaintext = services.api_key_create(
             organization=org, created_by=user, model_codes=models, **values

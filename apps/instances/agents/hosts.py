@@ -36,9 +36,7 @@ A = OnPremAssignment
 
 
 class HostAuthError(ApplicationError):
-    status_code = 401
-    type = "authentication_error"
-    code = "invalid_host_credential"
+    code = "invalid_agent_credentials"
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,6 @@ class AgentAuthError(ApplicationError):
     """Bad, expired or used bootstrap token; unknown or revoked credential. One message for
     all, so that a caller learns nothing about which."""
 
-    status_code = 401
-    type = "authentication_error"
     code = "invalid_agent_credentials"
 
 

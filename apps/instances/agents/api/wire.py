@@ -8,26 +8,27 @@ from typing import Any, TypeVar
 from django.http import HttpRequest, JsonResponse
 from pydantic import BaseModel, ValidationError
 
-from inventiv.errors import ApplicationError, error_body
+from inventiv.errors import ApplicationError
 
 M = TypeVar("M", bound=BaseModel)
 
 
 def error_response(exc: ApplicationError) -> JsonResponse:
-    return JsonResponse(
-        error_body(exc.message, type=exc.type, code=exc.code, param=exc.param),
-        status=exc.status_code,
-    )
+    return JsonResponse(exc.body(), status=exc.status_code)
 
 
 def parse_message(request: HttpRequest, model: type[M], *, version: int) -> M:
-    """The request body as ``model``; 400 naming the first bad field, or an unsupported
-    ``protocol_version``."""
+    """The request body as ``model``; 400 ``invalid_json`` for a body that is not a JSON
+    object, ``invalid_value`` naming the first bad field, or ``unsupported_protocol``."""
     try:
         message = model.model_validate_json(request.body)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
+        if param is None:
+            raise ApplicationError(
+                f"The body is not a JSON object: {first['msg']}", code="invalid_json"
+            ) from None
         raise ApplicationError(f"{param}: {first['msg']}", param=param) from None
     got = getattr(message, "protocol_version", version)
     if got != version:
