@@ -15,24 +15,16 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import path  # noqa: E402
 
+from apps.gateway.asgi import application as gateway_app  # noqa: E402
 from inventiv.consumers import EventsConsumer  # noqa: E402
 from inventiv.pathrouter import PathPrefixRouter  # noqa: E402
 
 websocket_urlpatterns = [path("ws/events/", EventsConsumer.as_asgi())]
 
 
-def _gateway_app():  # type: ignore[no-untyped-def]
-    """The gateway ASGI app, if the gateway is installed (it is imported lazily)."""
-    try:
-        from apps.gateway.asgi import application
-    except ImportError:
-        return None
-    return application
-
-
 application = ProtocolTypeRouter(
     {
-        "http": PathPrefixRouter(gateway=_gateway_app(), default=django_asgi_app),
+        "http": PathPrefixRouter(gateway=gateway_app, default=django_asgi_app),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

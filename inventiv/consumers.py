@@ -9,13 +9,12 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from apps.accounts.selectors import organization_ids_for_user
 from inventiv.events import STAFF_GROUP, org_group
 
 
 @database_sync_to_async
 def _organization_ids(user: Any) -> list[int]:
-    from apps.accounts.selectors import organization_ids_for_user
-
     return organization_ids_for_user(user=user)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import redis
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
@@ -21,8 +22,6 @@ def _check_database() -> None:
 
 
 def _check_redis() -> None:
-    import redis
-
     url = settings.REDIS_URL
     assert url, "readyz checks Redis only when REDIS_URL is set"
     client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)

@@ -9,14 +9,13 @@ from rest_framework.pagination import BasePagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import Serializer
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 
 def default_paginator() -> BasePagination:
     """A new instance of ``REST_FRAMEWORK["DEFAULT_PAGINATION_CLASS"]``. DRF's settings object
     imports that dotted path into the class; the stubs type the attribute as the raw string."""
-    from rest_framework.settings import api_settings
-
     pagination_class = cast("type[BasePagination]", api_settings.DEFAULT_PAGINATION_CLASS)
     return pagination_class()
 

@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
 from apps.accounts.models import Membership, Organization, PersonalAccessToken, User
+from apps.accounts.services import access_token_revoke
 
 
 class MembershipInline(admin.TabularInline):
@@ -47,7 +48,5 @@ class PersonalAccessTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.action(description="Revoke")
     def revoke(self, request: Any, queryset: Any) -> None:
-        from apps.accounts.services import access_token_revoke
-
         for token in queryset:
             access_token_revoke(token=token)

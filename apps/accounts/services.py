@@ -9,8 +9,10 @@ from django.utils import timezone
 from django.utils.crypto import get_random_string
 from django.utils.text import slugify
 
+from apps.accounts.authentication import TOKEN_PREFIX
 from apps.accounts.choices import Role
 from apps.accounts.models import Membership, Organization, PersonalAccessToken, User
+from inventiv import crypto
 from inventiv.errors import ApplicationError, Conflict
 
 
@@ -69,9 +71,6 @@ def access_token_create(
     *, user: User, name: str, expires_at: datetime | None = None
 ) -> tuple[PersonalAccessToken, str]:
     """A personal access token; returns it with its plaintext, never stored nor shown again."""
-    from apps.accounts.authentication import TOKEN_PREFIX
-    from inventiv import crypto
-
     if expires_at is not None and expires_at <= timezone.now():
         raise ApplicationError("expires_at must be in the future.", param="expires_at")
     lookup_id, plaintext = crypto.new_lookup_key(TOKEN_PREFIX)

@@ -21,7 +21,11 @@ from apps.instances.models import (
     ProvisionAttempt,
     SweepRecord,
 )
+from apps.instances.providers.base import PowerAction, ProviderError
 from apps.instances.providers.credentials import credentials_for, provider_set_credentials
+from apps.instances.providers.tasks import catalog_sync_task, sweep_provider_task
+from apps.instances.services import instance_drain, instance_power, instance_request_termination
+from inventiv.errors import ApplicationError
 
 
 class ProviderForm(forms.ModelForm):  # type: ignore[type-arg]
@@ -58,16 +62,12 @@ class ProviderAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.action(description="Sync the catalog now")
     def sync_catalog(self, request: HttpRequest, queryset: QuerySet[Provider]) -> None:
-        from apps.instances.providers.tasks import catalog_sync_task
-
         for provider in queryset:
             catalog_sync_task.delay(provider_id=provider.id)
         messages.info(request, f"Catalog sync sent for {queryset.count()} provider(s).")
 
     @admin.action(description="Sweep orphaned resources now")
     def sweep_now(self, request: HttpRequest, queryset: QuerySet[Provider]) -> None:
-        from apps.instances.providers.tasks import sweep_provider_task
-
         for provider in queryset:
             sweep_provider_task.delay(provider_id=provider.id)
         messages.info(request, f"Sweep sent for {queryset.count()} provider(s).")
@@ -220,9 +220,6 @@ class InstanceAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.action(description="Drain (then terminate)")
     def drain(self, request: HttpRequest, queryset: QuerySet[Instance]) -> None:
-        from apps.instances.services import instance_drain
-        from inventiv.errors import ApplicationError
-
         done = 0
         for instance in queryset.select_related("llm_model"):
             try:
@@ -233,8 +230,6 @@ class InstanceAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.action(description="Terminate now")
     def terminate(self, request: HttpRequest, queryset: QuerySet[Instance]) -> None:
-        from apps.instances.services import instance_request_termination
-
         done = sum(
             instance_request_termination(instance=i, reason=f"terminated by {request.user}")
             for i in queryset.select_related("llm_model")
@@ -243,9 +238,6 @@ class InstanceAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.action(description="Reboot machine")
     def reboot_machine(self, request: HttpRequest, queryset: QuerySet[Instance]) -> None:
-        from apps.instances.providers.base import PowerAction, ProviderError
-        from apps.instances.services import instance_power
-
         sent = 0
         for instance in queryset.select_related("provider"):
             try:

@@ -1,9 +1,8 @@
 from django.apps import AppConfig
 
+from apps.instances.agents import checks  # noqa: F401  (importing it registers the deploy checks)
+
 
 class InstancesConfig(AppConfig):
     name = "apps.instances"
     label = "instances"
-
-    def ready(self) -> None:
-        from apps.instances.agents import checks  # noqa: F401  (registers the deployment checks)

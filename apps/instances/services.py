@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from apps.instances import commands
 from apps.instances.choices import (
     HOLDS_MACHINE,
     InstanceStatus,
@@ -24,8 +25,11 @@ from apps.instances.choices import (
     can_transition,
 )
 from apps.instances.models import Instance, InstanceEvent, Provider
+from apps.instances.providers import get_adapter
+from apps.instances.providers.base import NotSupported, PowerAction, ProviderError
 from apps.models.choices import ModelStatus
 from apps.models.models import LlmModel
+from apps.models.services import model_transition
 from inventiv import crypto
 from inventiv.errors import ApplicationError, Conflict
 from inventiv.events import (
@@ -99,8 +103,11 @@ def instance_transition(
         for key, value in values.items():
             setattr(instance, key, value)
         if to == S.READY:  # the model code's first ready replica makes it active
-            LlmModel.objects.filter(id=instance.llm_model_id, status=ModelStatus.DEPLOYING).update(
-                status=ModelStatus.ACTIVE, status_changed_at=now
+            model_transition(
+                model=instance.llm_model,
+                to=ModelStatus.ACTIVE,
+                reason=f"instance {instance.id} ready",
+                expected=ModelStatus.DEPLOYING,
             )
         payload = _event_payload(instance, from_status=current, to=to, reason=reason, at=now)
         publish_on_commit(
@@ -137,43 +144,11 @@ def _free_local_port() -> int:
     raise ApplicationError("No free local port for an engine.", code="no_local_port")
 
 
-def provider_check_usable(provider: Provider) -> None:
-    """Refuse a disabled provider, and the local one unless this deployment enables it (it
-    runs tenants' engines on the control plane's own machine)."""
-    if not provider.enabled:
-        raise ApplicationError(f"Provider {provider.name} is disabled.", param="provider")
-    if provider.kind == ProviderKind.LOCAL and not settings.LOCAL_PROVIDER_ENABLED:
-        raise ApplicationError(
-            f"Provider {provider.name} (local) is not enabled on this platform.",
-            param="provider",
-            code="provider_not_enabled",
-        )
-
-
-def provider_for_model(llm_model: LlmModel) -> Provider:
-    """The provider new instances of ``llm_model`` go to: its explicit one, else the first
-    enabled provider (the local one when enabled, for development)."""
-    if llm_model.provider_id is not None:
-        provider = llm_model.provider
-        assert provider is not None
-        provider_check_usable(provider)
-        return provider
-    providers = Provider.objects.filter(enabled=True).order_by("id")
-    if not settings.LOCAL_PROVIDER_ENABLED:
-        providers = providers.exclude(kind=ProviderKind.LOCAL)
-    provider = providers.first()
-    if provider is None:
-        raise ApplicationError("No enabled provider can host this model code.", code="no_provider")
-    return provider
-
-
 def instance_create(
     *, llm_model: LlmModel, provider: Provider, replaces: Instance | None = None
 ) -> Instance:
     """Record the intent to run one more instance of ``llm_model`` (status ``provisioning``)
     and send ``CMD:PROVISION_INSTANCE`` after commit. Call inside the caller's transaction."""
-    from apps.instances.tasks import provision_instance_task
-
     now = timezone.now()
     bootstrap_token = crypto.new_token("ivb_")
     local = provider.kind == ProviderKind.LOCAL
@@ -209,8 +184,7 @@ def instance_create(
             instance, from_status="", to=S.PROVISIONING, reason="replica wanted", at=now
         ),
     )
-    instance_id = str(instance.id)
-    transaction.on_commit(lambda: provision_instance_task.delay(instance_id=instance_id))
+    commands.provision_instance(instance_id=str(instance.id))
     return instance
 
 
@@ -221,8 +195,6 @@ def instance_request_termination(
     after commit. ``expected`` pins the status the decision was based on (a reconciler's
     snapshot), so that an instance that changed meanwhile is left alone. False if it is
     already terminating/terminated or lost the race."""
-    from apps.instances.tasks import terminate_instance_task
-
     if not instance_transition(
         instance=instance,
         to=S.TERMINATING,
@@ -231,8 +203,7 @@ def instance_request_termination(
         fields={"command_sent_at": timezone.now()},
     ):
         return False
-    instance_id = str(instance.id)
-    transaction.on_commit(lambda: terminate_instance_task.delay(instance_id=instance_id))
+    commands.terminate_instance(instance_id=str(instance.id))
     return True
 
 
@@ -262,10 +233,6 @@ def instance_power(*, instance: Instance, action: str, requested_by: str = "") -
     provider kind has no power actions (local, on-premise). The status is not changed: missed
     heartbeats are expected for ``POWER_ACTION_GRACE_S`` (no replacement meanwhile), and a
     rebooted agent heartbeats again."""
-    from apps.instances.providers import get_adapter
-    from apps.instances.providers.base import NotSupported, PowerAction, ProviderError
-    from apps.instances.tasks import instance_power_task
-
     try:
         power_action = PowerAction(action)
     except ValueError:
@@ -286,7 +253,4 @@ def instance_power(*, instance: Instance, action: str, requested_by: str = "") -
     until = timezone.now() + timedelta(seconds=settings.POWER_ACTION_GRACE_S)
     Instance.objects.filter(id=instance.id).update(maintenance_until=until)
     instance.maintenance_until = until
-    instance_id = str(instance.id)
-    transaction.on_commit(
-        lambda: instance_power_task.delay(instance_id=instance_id, action=str(power_action))
-    )
+    commands.power_instance(instance_id=str(instance.id), action=str(power_action))

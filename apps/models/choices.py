@@ -17,6 +17,20 @@ class ModelStatus(models.TextChoices):
 # Model codes whose replicas the orchestrator keeps at ``desired_replicas``.
 DEPLOYED_STATUSES = frozenset({ModelStatus.DEPLOYING, ModelStatus.ACTIVE})
 
+_M = ModelStatus
+# The allowed transitions; ``apps.models.services.model_transition`` is the only writer.
+MODEL_TRANSITIONS: dict[ModelStatus, frozenset[ModelStatus]] = {
+    _M.DRAFT: frozenset({_M.DEPLOYING, _M.DECOMMISSIONING}),
+    _M.DEPLOYING: frozenset({_M.ACTIVE, _M.DECOMMISSIONING}),
+    _M.ACTIVE: frozenset({_M.DECOMMISSIONING}),
+    _M.DECOMMISSIONING: frozenset({_M.DECOMMISSIONED}),
+    _M.DECOMMISSIONED: frozenset(),
+}
+
+
+def model_can_transition(current: str, to: str) -> bool:
+    return ModelStatus(to) in MODEL_TRANSITIONS[ModelStatus(current)]
+
 
 class RoutingPolicy(models.TextChoices):
     LEAST_OUTSTANDING = "least_outstanding", "Least outstanding requests"

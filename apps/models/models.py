@@ -62,3 +62,24 @@ class LlmModel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.organization.slug}/{self.name}"
+
+
+class ModelCodeEvent(models.Model):
+    """Append-only history of a model code's status: who, from, to, why."""
+
+    model_code = models.ForeignKey(LlmModel, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=20, blank=True)
+    to_status = models.CharField(max_length=20)
+    reason = models.CharField(max_length=500)
+    # Who: a user's e-mail, or "orchestrator" for the platform's own decisions.
+    actor = models.CharField(max_length=254)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(fields=["model_code", "created_at"], name="modelcodeevent_model_idx")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_code_id}: {self.from_status or '-'} -> {self.to_status}"

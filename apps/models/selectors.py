@@ -18,9 +18,9 @@ def model_list_for_user(*, user: User) -> QuerySet[LlmModel]:
     )
 
 
-def model_get_for_user(*, user: User, model_id: int) -> LlmModel:
+def model_get_for_user(*, user: User, model_code_id: int) -> LlmModel:
     """The model code, if the user belongs to its organization; the same 404 otherwise."""
-    model = model_list_for_user(user=user).filter(id=model_id).first()
+    model = model_list_for_user(user=user).filter(id=model_code_id).first()
     if model is None:
         raise NotFound("No such model code.")
     return model

@@ -1,5 +1,10 @@
 """Writes for model codes. Each command records intent, then wakes the orchestrator after
-commit (``reconcile_model_task``); the periodic reconcile converges anyway if that is lost."""
+commit (through ``apps.instances.hosting``, the only part of the instances app this app uses);
+the periodic reconcile converges anyway if that is lost.
+
+Every status change is one compare-and-set in ``model_transition`` that appends a
+``ModelCodeEvent`` (who, from, to, why) and publishes ``EVENT:MODEL_<STATUS>`` after commit.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,20 @@ from django.utils import timezone
 
 from agent.engine_args import validate_engine_args
 from apps.accounts.models import Organization
-from apps.models.choices import DEPLOYED_STATUSES, Engine, ModelStatus
-from apps.models.models import LlmModel
+from apps.instances import hosting
+from apps.models.choices import DEPLOYED_STATUSES, Engine, ModelStatus, model_can_transition
+from apps.models.models import LlmModel, ModelCodeEvent
 from inventiv.errors import ApplicationError, Conflict
+from inventiv.events import (
+    INSTANCE_GROUP,
+    MODEL_EVENT_PREFIX,
+    STAFF_GROUP,
+    ModelStatusEvent,
+    org_group,
+    publish_on_commit,
+)
+
+ORCHESTRATOR = "orchestrator"
 
 MAX_REPLICAS = 64
 EDITABLE = (
@@ -32,10 +48,59 @@ EDITABLE = (
 )
 
 
-def _wake(model_id: int) -> None:
-    from apps.instances.tasks import reconcile_model_task
+def model_transition(
+    *,
+    model: LlmModel,
+    to: ModelStatus,
+    reason: str,
+    by: str = ORCHESTRATOR,
+    expected: ModelStatus | None = None,
+    fields: dict[str, Any] | None = None,
+) -> bool:
+    """Move ``model`` to ``to`` if the transition table allows it from its current status.
 
-    transaction.on_commit(lambda: reconcile_model_task.delay(model_id=model_id))
+    ``expected`` pins the status the caller decided on (default: the status read now);
+    ``fields`` are written in the same UPDATE. Returns False when the transition is not allowed
+    or another writer changed the status first. On success ``model`` is updated in memory.
+    """
+    current = expected or ModelStatus(
+        LlmModel.objects.values_list("status", flat=True).get(id=model.id)
+    )
+    if not model_can_transition(current, to):
+        return False
+    now = timezone.now()
+    values: dict[str, Any] = {"status": to, "status_changed_at": now, **(fields or {})}
+    with transaction.atomic():
+        if not LlmModel.objects.filter(id=model.id, status=current).update(**values):
+            return False
+        ModelCodeEvent.objects.create(
+            model_code_id=model.id,
+            from_status=current,
+            to_status=to,
+            reason=reason[:500],
+            actor=by[:254],
+        )
+        for name, value in values.items():
+            setattr(model, name, value)
+        publish_on_commit(
+            [org_group(model.organization_id), INSTANCE_GROUP, STAFF_GROUP],
+            f"{MODEL_EVENT_PREFIX}{to.upper()}",
+            ModelStatusEvent(
+                model_code_id=model.id,
+                organization_id=model.organization_id,
+                model_code=model.name,
+                status=to,
+                from_status=current,
+                reason=reason,
+                by=by,
+                at=now.isoformat(),
+            ),
+        )
+    return True
+
+
+def _wake(model_id: int) -> None:
+    hosting.model_code_converge_soon(model_code_id=model_id)
 
 
 def _validate(values: dict[str, Any]) -> dict[str, Any]:
@@ -64,9 +129,7 @@ def _validate(values: dict[str, Any]) -> dict[str, Any]:
     instance_type = values.get("instance_type")
     provider = values.get("provider")
     if provider is not None:
-        from apps.instances.services import provider_check_usable
-
-        provider_check_usable(provider)
+        hosting.provider_check_usable(provider)
     if (
         instance_type is not None
         and provider is not None
@@ -136,27 +199,28 @@ def _locked(model: LlmModel, allowed: frozenset[ModelStatus] | set[ModelStatus])
     return locked
 
 
-def _set_status(model: LlmModel, status: ModelStatus, **fields: Any) -> None:
-    LlmModel.objects.filter(id=model.id).update(
-        status=status, status_changed_at=timezone.now(), **fields
-    )
-    model.refresh_from_db()
-
-
-def model_deploy(*, model: LlmModel, replicas: int | None = None) -> LlmModel:
-    """draft/active → deploying with ``replicas`` wanted (default: the current desired count,
-    at least 1). Idempotent for a model code already deployed."""
+def model_deploy(*, model: LlmModel, replicas: int | None = None, by: str = "") -> LlmModel:
+    """draft → deploying with ``replicas`` wanted (default: the current desired count, at
+    least 1). Idempotent for a model code already deployed (only the replica count changes)."""
     if model.status in (ModelStatus.DECOMMISSIONING, ModelStatus.DECOMMISSIONED):
         raise Conflict(f"A {model.status} model code cannot be deployed.")
     wanted = replicas if replicas is not None else max(model.desired_replicas, 1)
     _check_replicas(wanted)
-    from apps.instances.services import provider_for_model
-
-    provider_for_model(model)  # fail now, with a clear error, if nothing can host it
+    hosting.provider_for_model(model)  # fail now, with a clear error, if nothing can host it
     with transaction.atomic():
         locked = _locked(model, {ModelStatus.DRAFT, *DEPLOYED_STATUSES})
-        status = locked.status if locked.status in DEPLOYED_STATUSES else ModelStatus.DEPLOYING
-        _set_status(model, ModelStatus(status), desired_replicas=wanted)
+        if locked.status in DEPLOYED_STATUSES:
+            LlmModel.objects.filter(id=model.id).update(desired_replicas=wanted)
+        else:
+            model_transition(
+                model=locked,
+                to=ModelStatus.DEPLOYING,
+                reason=f"deployed with {wanted} replica(s)",
+                by=by or ORCHESTRATOR,
+                expected=ModelStatus(locked.status),
+                fields={"desired_replicas": wanted},
+            )
+        model.refresh_from_db()
         _wake(model.id)
     return model
 
@@ -178,15 +242,21 @@ def model_set_replicas(*, model: LlmModel, replicas: int) -> LlmModel:
     return model
 
 
-def model_decommission(*, model: LlmModel) -> LlmModel:
+def model_decommission(*, model: LlmModel, by: str = "") -> LlmModel:
     """Terminate every instance of the model code and archive its history. Idempotent."""
     if model.status == ModelStatus.DECOMMISSIONED:
         return model
     with transaction.atomic():
         locked = _locked(model, set(ModelStatus))
-        if locked.status in (ModelStatus.DECOMMISSIONING, ModelStatus.DECOMMISSIONED):
-            model.refresh_from_db()
-            return model
-        _set_status(model, ModelStatus.DECOMMISSIONING, desired_replicas=0)
-        _wake(model.id)
+        if locked.status not in (ModelStatus.DECOMMISSIONING, ModelStatus.DECOMMISSIONED):
+            model_transition(
+                model=locked,
+                to=ModelStatus.DECOMMISSIONING,
+                reason="decommission requested",
+                by=by or ORCHESTRATOR,
+                expected=ModelStatus(locked.status),
+                fields={"desired_replicas": 0},
+            )
+            _wake(model.id)
+        model.refresh_from_db()
     return model

@@ -49,11 +49,11 @@ def test_a_command_delivered_twice_starts_one_machine(
     # Given a deployed model whose provision command is then run again by hand
     platform.worker.stop()  # nobody else consumes: we deliver the command ourselves, twice
     model_deploy(model=mock_model, replicas=1)
-    orchestrator.converge_model(mock_model.id)
+    orchestrator.model_code_converge(model_code_id=mock_model.id)
     instance = _only_instance(mock_model)
-    first = orchestrator.provision_instance(str(instance.id))
+    first = orchestrator.instance_provision(instance_id=str(instance.id))
     Instance.objects.filter(id=instance.id).update(status=S.PROVISIONING)  # as if not recorded
-    second = orchestrator.provision_instance(str(instance.id))
+    second = orchestrator.instance_provision(instance_id=str(instance.id))
     # Then both calls name the same machine: one agent process
     assert first.startswith("created") and first == second
     wait_for(lambda: len(agent_pids(str(instance.id))) >= 1, message="agent process")
@@ -148,7 +148,7 @@ def test_a_machine_created_while_its_instance_was_terminated_is_released_at_once
 
     platform.worker.stop()  # we run the command ourselves, with the race in the middle
     model_deploy(model=mock_model, replicas=1)
-    orchestrator.converge_model(mock_model.id)
+    orchestrator.model_code_converge(model_code_id=mock_model.id)
     instance = _only_instance(mock_model)
     create = LocalAdapter.create_machine
 
@@ -156,12 +156,12 @@ def test_a_machine_created_while_its_instance_was_terminated_is_released_at_once
         machine = create(self, spec)  # type: ignore[arg-type]
         racing = Instance.objects.get(id=instance.id)
         instance_request_termination(instance=racing, reason="user terminated it meanwhile")
-        orchestrator.terminate_instance(str(instance.id))
+        orchestrator.instance_terminate(instance_id=str(instance.id))
         return machine
 
     monkeypatch.setattr(LocalAdapter, "create_machine", create_then_terminated)
     # When the create returns
-    outcome = orchestrator.provision_instance(str(instance.id))
+    outcome = orchestrator.instance_provision(instance_id=str(instance.id))
     # Then the machine is released at once: no agent left
     assert outcome.endswith("released at once: instance terminated")
     assert Instance.objects.get(id=instance.id).status == S.TERMINATED

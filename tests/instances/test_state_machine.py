@@ -79,7 +79,7 @@ def test_two_concurrent_reconcilers_never_create_a_duplicate_instance(
 
     def converge() -> None:
         barrier.wait()
-        orchestrator.converge_model(mock_model.id)
+        orchestrator.model_code_converge(model_code_id=mock_model.id)
         connection.close()
 
     threads = [threading.Thread(target=converge) for _ in range(4)]
@@ -88,7 +88,7 @@ def test_two_concurrent_reconcilers_never_create_a_duplicate_instance(
     for t in threads:
         t.join()
     assert mock_model.instances.count() == 3
-    orchestrator.converge_model(mock_model.id)
+    orchestrator.model_code_converge(model_code_id=mock_model.id)
     assert mock_model.instances.count() == 3
 
 
@@ -202,10 +202,10 @@ def test_replacements_back_off_after_consecutive_failures(
     settings.REPLACEMENT_BACKOFF_S = 30
     model_deploy(model=mock_model, replicas=1)
     make_instance(mock_model, S.TERMINATED, failure_reason="boom")
-    result = orchestrator.converge_model(mock_model.id)
+    result = orchestrator.model_code_converge(model_code_id=mock_model.id)
     assert result.waiting_backoff and result.created == 0
     Instance.objects.update(status_changed_at=timezone.now() - timedelta(seconds=31))
-    assert orchestrator.converge_model(mock_model.id).created == 1
+    assert orchestrator.model_code_converge(model_code_id=mock_model.id).created == 1
 
 
 @pytest.mark.django_db

@@ -9,11 +9,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.auth import request_user
 from apps.instances.models import InstanceType, Provider
 from apps.instances.providers.matching import offers_for_model
 from apps.instances.providers.sizing import needs_for_model
 from apps.models.selectors import model_get_for_user
-from inventiv.errors import NotFound
+from inventiv.errors import ApplicationError, NotFound
 
 
 class OfferSerializer(serializers.Serializer):  # type: ignore[type-arg]
@@ -47,8 +48,8 @@ class ModelOffersView(APIView):
         ],
         responses=OffersOutSerializer,
     )
-    def get(self, request: Request, model_id: int) -> Response:
-        model = model_get_for_user(user=request.user, model_id=model_id)  # type: ignore[arg-type]
+    def get(self, request: Request, model_code_id: int) -> Response:
+        model = model_get_for_user(user=request_user(request), model_code_id=model_code_id)
         params = request.query_params
         provider = None
         instance_type = None
@@ -73,8 +74,6 @@ class ModelOffersView(APIView):
 
 
 def _int(raw: str, param: str) -> int:
-    from inventiv.errors import ApplicationError
-
     try:
         return int(raw)
     except ValueError:

@@ -11,6 +11,6 @@ router.register("instances", InstanceViewSet, basename="instance")
 urlpatterns = [
     path("ops/ping/", PingView.as_view(), name="ops-ping"),
     path("admin/status/", ClusterStatusView.as_view(), name="cluster-status"),
-    path("models/<int:model_id>/offers/", ModelOffersView.as_view(), name="model-offers"),
+    path("models/<int:model_code_id>/offers/", ModelOffersView.as_view(), name="model-offers"),
     *router.urls,
 ]

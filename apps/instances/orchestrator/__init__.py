@@ -1,5 +1,6 @@
-"""The orchestrator: provisioning and termination steps (run by per-instance tasks) and the
-reconciler that converges desired state (the database) with reality (providers, heartbeats).
+"""The orchestrator: provisioning and termination steps (run by per-instance tasks), power
+actions, and the reconciler that converges desired state (the database) with reality
+(providers, heartbeats). Called by ``apps.instances.tasks``; calls the services.
 
 Guarantees:
 * Every step is safe to run twice: it checks the state first, records external ids as soon as
@@ -9,11 +10,12 @@ Guarantees:
 * The reconciler takes a non-blocking lease; a second one skips instead of waiting.
 """
 
+from apps.instances.orchestrator.power import instance_power_apply
 from apps.instances.orchestrator.provisioning import (
     TransientProvisioningError,
+    instance_provision,
+    instance_terminate,
     local_fleet_shutdown,
-    provision_instance,
-    terminate_instance,
 )
 from apps.instances.orchestrator.reconcile import (
     MAX_PROVISION_COMMANDS,
@@ -26,8 +28,8 @@ from apps.instances.orchestrator.reconcile import (
 )
 from apps.instances.orchestrator.scaling import (
     ConvergeResult,
-    converge_model,
-    model_finish_decommission,
+    model_code_converge,
+    model_code_finish_decommission,
 )
 
 __all__ = [
@@ -39,10 +41,11 @@ __all__ = [
     "_resend_lost_commands",
     "_take_lease",
     "cluster_status",
-    "converge_model",
+    "instance_power_apply",
+    "instance_provision",
+    "instance_terminate",
     "local_fleet_shutdown",
-    "model_finish_decommission",
-    "provision_instance",
+    "model_code_converge",
+    "model_code_finish_decommission",
     "reconcile",
-    "terminate_instance",
 ]

@@ -11,9 +11,10 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from apps.instances.agents import bootstrap
 from apps.instances.choices import HOLDS_MACHINE, InstanceStatus, ProviderKind
-from apps.instances.models import Instance, ProvisionAttempt
-from apps.instances.orchestrator.scaling import model_finish_decommission
+from apps.instances.models import Instance, Provider, ProvisionAttempt
+from apps.instances.orchestrator.scaling import model_code_finish_decommission
 from apps.instances.providers import get_adapter
 from apps.instances.providers.base import (
     Machine,
@@ -50,8 +51,6 @@ def _record_attempt(instance: Instance, offer: Offer, *, error: ProviderError | 
 
 def _spec(instance: Instance, offer: Offer) -> MachineSpec:
     token = crypto.decrypt(instance.bootstrap_token_encrypted)
-    from apps.instances.agents import bootstrap
-
     user_data = (
         bootstrap.render_user_data(instance=instance, bootstrap_token=token)
         if (offer.provider_kind not in (ProviderKind.LOCAL, ProviderKind.ONPREM))
@@ -74,7 +73,7 @@ class TransientProvisioningError(Exception):
     """Raised to the task so that Celery retries it later."""
 
 
-def provision_instance(instance_id: str) -> str:
+def instance_provision(*, instance_id: str) -> str:
     """``CMD:PROVISION_INSTANCE``. Tries each offer in order until one gives a machine;
     records every attempt with why it failed; fails the instance with the reasons when none
     does. Returns what it did (for logs and tests)."""
@@ -152,13 +151,11 @@ def provision_instance(instance_id: str) -> str:
     return "failed: " + message
 
 
-def _provider(provider_id: int) -> Any:
-    from apps.instances.models import Provider
-
+def _provider(provider_id: int) -> Provider:
     return Provider.objects.get(id=provider_id)
 
 
-def terminate_instance(instance_id: str) -> str:
+def instance_terminate(*, instance_id: str) -> str:
     """``CMD:TERMINATE_INSTANCE``. Releases the machine and everything attached, then marks
     the instance terminated. Idempotent: a machine already gone is success."""
     instance = (
@@ -200,10 +197,10 @@ def _machine_by_resource_id(adapter: ProviderAdapter, instance: Instance) -> Mac
 def _after_instance_terminated(instance: Instance) -> None:
     model = instance.llm_model
     if model.status == ModelStatus.DECOMMISSIONING:
-        model_finish_decommission(model.id)
+        model_code_finish_decommission(model_code_id=model.id)
 
 
-def local_fleet_shutdown(reason: str) -> int:
+def local_fleet_shutdown(*, reason: str) -> int:
     """Terminate, synchronously, every instance on a local provider (the embedded platform is
     stopping and its agents are its own child processes). Deployed model codes stay deployed:
     the next start provisions fresh instances at once. Returns how many were terminated."""
@@ -213,6 +210,6 @@ def local_fleet_shutdown(reason: str) -> int:
     ):
         if instance.status != S.TERMINATING:
             instance_request_termination(instance=instance, reason=reason)
-        if terminate_instance(str(instance.id)) == "terminated":
+        if instance_terminate(instance_id=str(instance.id)) == "terminated":
             count += 1
     return count

@@ -3,21 +3,24 @@ under a non-blocking lease; and the cluster status."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
 from datetime import timedelta
 from typing import Any
 
+import redis
 from django.conf import settings
-from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from apps.instances import commands
 from apps.instances.choices import FAILED, HOLDS_MACHINE, InstanceStatus
 from apps.instances.models import Instance, OrchestratorLock
-from apps.instances.orchestrator.scaling import converge_model, model_finish_decommission
+from apps.instances.orchestrator.scaling import (
+    model_code_converge,
+    model_code_finish_decommission,
+)
 from apps.instances.services import (
     instance_fail,
     instance_request_termination,
@@ -61,17 +64,17 @@ def reconcile() -> dict[str, Any]:
         summary.update(_check_heartbeats())
         summary.update(_resend_lost_commands())
         created = drained = 0
-        for model_id in LlmModel.objects.filter(
+        for model_code_id in LlmModel.objects.filter(
             status__in=[*DEPLOYED_STATUSES, ModelStatus.DECOMMISSIONING]
         ).values_list("id", flat=True):
             try:
-                result = converge_model(model_id)
+                result = model_code_converge(model_code_id=model_code_id)
             except Exception:  # one broken model code must not stop the others
-                logger.exception("converging model code %s failed", model_id)
+                logger.exception("converging model code %s failed", model_code_id)
                 continue
             created += result.created
             drained += result.drained
-            model_finish_decommission(model_id)
+            model_code_finish_decommission(model_code_id=model_code_id)
         summary.update(created=created, drained=drained)
     finally:
         _release_lease(RECONCILE_LOCK, holder, summary)
@@ -186,8 +189,6 @@ def _check_heartbeats() -> dict[str, Any]:
 def _resend_lost_commands() -> dict[str, int]:
     """Re-send provision/terminate commands whose after-commit enqueue (or whose worker) was
     lost. Bounded: an instance whose provisioning was re-sent too often fails."""
-    from apps.instances.tasks import provision_instance_task, terminate_instance_task
-
     now = timezone.now()
     cutoff = now - timedelta(seconds=settings.COMMAND_RESEND_AFTER_S)
     resent = 0
@@ -218,13 +219,12 @@ def _resend_lost_commands() -> dict[str, int]:
         )
         if not updated:
             continue
-        task = (
-            provision_instance_task
+        send = (
+            commands.provision_instance
             if instance.status == S.PROVISIONING
-            else terminate_instance_task
+            else commands.terminate_instance
         )
-        instance_id = str(instance.id)
-        transaction.on_commit(functools.partial(task.delay, instance_id=instance_id))
+        send(instance_id=str(instance.id))
         resent += 1
     return {"commands_resent": resent}
 
@@ -265,8 +265,6 @@ def cluster_status() -> dict[str, Any]:
 def _queue_depth() -> int | None:
     if not settings.REDIS_URL:
         return None
-    import redis
-
     client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
     try:
         return int(client.llen(settings.REDIS_PREFIX + "celery:celery"))

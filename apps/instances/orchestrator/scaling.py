@@ -13,13 +13,11 @@ from django.utils import timezone
 
 from apps.instances.choices import HOLDS_MACHINE, LIVE, InstanceStatus
 from apps.instances.models import Instance
-from apps.instances.services import (
-    instance_create,
-    instance_request_termination,
-    provider_for_model,
-)
+from apps.instances.providers.placement import provider_for_model
+from apps.instances.services import instance_create, instance_drain, instance_request_termination
 from apps.models.choices import DEPLOYED_STATUSES, ModelStatus
 from apps.models.models import LlmModel
+from apps.models.services import model_transition
 
 S = InstanceStatus
 
@@ -49,13 +47,13 @@ class ConvergeResult:
     notes: list[str] = field(default_factory=list)
 
 
-def converge_model(model_id: int) -> ConvergeResult:
+def model_code_converge(*, model_code_id: int) -> ConvergeResult:
     """Bring one model code's live instances to ``desired_replicas`` (create or drain), under a
     row lock on the model code so that concurrent callers never create duplicates."""
     result = ConvergeResult()
     now = timezone.now()
     with transaction.atomic():
-        model = LlmModel.objects.select_for_update().filter(id=model_id).first()
+        model = LlmModel.objects.select_for_update().filter(id=model_code_id).first()
         if model is None:
             return result
         if model.status == ModelStatus.DECOMMISSIONING:
@@ -87,36 +85,36 @@ def converge_model(model_id: int) -> ConvergeResult:
             order = {S.UNAVAILABLE: 0, S.PROVISIONING: 1, S.BOOTING: 2, S.STARTING: 3, S.READY: 4}
             surplus = sorted(live, key=lambda i: (order[S(i.status)], -i.created_at.timestamp()))
             for instance in surplus[:-missing]:
-                from apps.instances.services import instance_drain
-
                 instance_drain(instance=instance, reason=f"scaled to {model.desired_replicas}")
                 result.drained += 1
-    _update_model_status(model_id)
+    _model_code_settle(model_code_id=model_code_id)
     return result
 
 
-def _update_model_status(model_id: int) -> None:
-    model = LlmModel.objects.filter(id=model_id).first()
-    if model is None:
+def _model_code_settle(*, model_code_id: int) -> None:
+    """deploying → active once a replica is ready (or none is wanted)."""
+    model = LlmModel.objects.filter(id=model_code_id).first()
+    if model is None or model.status != ModelStatus.DEPLOYING:
         return
-    if model.status == ModelStatus.DEPLOYING:
-        ready = model.instances.filter(status=S.READY).exists()
-        if ready or model.desired_replicas == 0:
-            LlmModel.objects.filter(id=model_id, status=ModelStatus.DEPLOYING).update(
-                status=ModelStatus.ACTIVE, status_changed_at=timezone.now()
-            )
+    if model.desired_replicas == 0 or model.instances.filter(status=S.READY).exists():
+        reason = "scaled to zero" if model.desired_replicas == 0 else "a replica is ready"
+        model_transition(
+            model=model, to=ModelStatus.ACTIVE, reason=reason, expected=ModelStatus.DEPLOYING
+        )
 
 
-def model_finish_decommission(model_id: int) -> bool:
+def model_code_finish_decommission(*, model_code_id: int) -> bool:
     """decommissioning → decommissioned once no instance holds a machine; archives history."""
     with transaction.atomic():
-        model = LlmModel.objects.select_for_update().filter(id=model_id).first()
+        model = LlmModel.objects.select_for_update().filter(id=model_code_id).first()
         if model is None or model.status != ModelStatus.DECOMMISSIONING:
             return False
         if model.instances.filter(status__in=HOLDS_MACHINE).exists():
             return False
         model.instances.update(archived=True)
-        LlmModel.objects.filter(id=model_id).update(
-            status=ModelStatus.DECOMMISSIONED, status_changed_at=timezone.now()
+        return model_transition(
+            model=model,
+            to=ModelStatus.DECOMMISSIONED,
+            reason="every instance terminated",
+            expected=ModelStatus.DECOMMISSIONING,
         )
-    return True

@@ -19,6 +19,7 @@ from django.db.models import QuerySet
 
 from apps.instances.choices import ProviderKind
 from apps.instances.models import Instance, InstanceType, Provider
+from apps.instances.providers.onprem import free_gpu_indices, placeable_hosts
 from apps.instances.providers.sizing import TENSOR_PARALLEL_SIZES, GpuNeeds, needs_for_model
 
 if TYPE_CHECKING:
@@ -121,8 +122,6 @@ def gpus_to_allocate(needs: GpuNeeds, *, vram_per_gpu_gb: int, free: int) -> int
 
 
 def _onprem_offers(providers: list[Provider], needs: GpuNeeds, zone: str) -> list[Offer]:
-    from apps.instances.providers.onprem import free_gpu_indices, placeable_hosts
-
     offers: list[Offer] = []
     for provider in providers:
         if provider.kind != ProviderKind.ONPREM:

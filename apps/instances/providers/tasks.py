@@ -8,12 +8,13 @@ from typing import Any
 
 from celery import shared_task
 
+from apps.instances.providers.catalog import catalog_sync, syncable_provider_ids
+from apps.instances.providers.sweeper import sweep_provider, sweepable_provider_ids
+
 
 @shared_task(acks_late=True, soft_time_limit=240, time_limit=300)
 def catalog_sync_task(*, provider_id: int) -> dict[str, Any]:
     """Refresh one provider's catalog (types, prices, availability)."""
-    from apps.instances.providers.catalog import catalog_sync
-
     return catalog_sync(provider_id=provider_id).as_dict()
 
 
@@ -21,8 +22,6 @@ def catalog_sync_task(*, provider_id: int) -> dict[str, Any]:
 def catalog_sync_all_task() -> int:
     """Periodic: one catalog sync task per enabled cloud provider (so one slow cloud never
     delays another)."""
-    from apps.instances.providers.catalog import syncable_provider_ids
-
     ids = syncable_provider_ids()
     for provider_id in ids:
         catalog_sync_task.delay(provider_id=provider_id)
@@ -32,16 +31,12 @@ def catalog_sync_all_task() -> int:
 @shared_task(acks_late=True, soft_time_limit=240, time_limit=300)
 def sweep_provider_task(*, provider_id: int) -> dict[str, Any]:
     """Remove one provider's orphaned tagged resources (after the grace period)."""
-    from apps.instances.providers.sweeper import sweep_provider
-
     return sweep_provider(provider_id=provider_id).as_dict()
 
 
 @shared_task(acks_late=True, soft_time_limit=60, time_limit=90)
 def sweep_all_task() -> int:
     """Periodic: one sweep task per enabled provider."""
-    from apps.instances.providers.sweeper import sweepable_provider_ids
-
     ids = sweepable_provider_ids()
     for provider_id in ids:
         sweep_provider_task.delay(provider_id=provider_id)

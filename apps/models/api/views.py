@@ -31,7 +31,7 @@ class ModelCodeViewSet(viewsets.ViewSet):
 
     def _get(self, request: Request, pk: Any, *, manage: bool = False) -> LlmModel:
         user = request_user(request)
-        model = model_get_for_user(user=user, model_id=int(pk) if str(pk).isdigit() else 0)
+        model = model_get_for_user(user=user, model_code_id=int(pk) if str(pk).isdigit() else 0)
         if manage:
             organization_check_manager(user=user, organization_id=model.organization_id)
         return model
@@ -79,7 +79,11 @@ class ModelCodeViewSet(viewsets.ViewSet):
         model = self._get(request, pk, manage=True)
         data = DeployInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        model = services.model_deploy(model=model, replicas=data.validated_data.get("replicas"))
+        model = services.model_deploy(
+            model=model,
+            replicas=data.validated_data.get("replicas"),
+            by=request_user(request).email,
+        )
         return Response(ModelCodeOutSerializer(model).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=ReplicasInSerializer, responses={202: ModelCodeOutSerializer})
@@ -94,5 +98,7 @@ class ModelCodeViewSet(viewsets.ViewSet):
     @extend_schema(request=None, responses={202: ModelCodeOutSerializer})
     @action(detail=True, methods=["post"])
     def decommission(self, request: Request, pk: Any = None) -> Response:
-        model = services.model_decommission(model=self._get(request, pk, manage=True))
+        model = services.model_decommission(
+            model=self._get(request, pk, manage=True), by=request_user(request).email
+        )
         return Response(ModelCodeOutSerializer(model).data, status=status.HTTP_202_ACCEPTED)

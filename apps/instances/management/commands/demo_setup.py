@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand
 
 from apps.accounts.models import Organization, User
 from apps.accounts.services import organization_ensure_personal, user_create
+from apps.gateway.services import api_key_ensure_demo
 from apps.instances.choices import ProviderKind
 from apps.instances.models import Provider
 from apps.models.choices import Engine, ModelStatus
@@ -67,11 +68,7 @@ class Command(BaseCommand):
         _state().chmod(0o600)
         self._print(options["base_url"], state["password"], api_key)
 
-    def _api_key(self, org: Organization, state: dict[str, str]) -> str | None:
-        try:
-            from apps.gateway.services import api_key_ensure_demo
-        except ImportError:
-            return None
+    def _api_key(self, org: Organization, state: dict[str, str]) -> str:
         key = api_key_ensure_demo(organization=org, existing=state.get("api_key"))
         state["api_key"] = key
         return key

@@ -79,5 +79,5 @@ class Command(BaseCommand):
                 beat.stop()
             worker.stop(in_sighandler=False)
             if not options["keep_agents"]:
-                stopped = local_fleet_shutdown("the embedded platform stopped")
+                stopped = local_fleet_shutdown(reason="the embedded platform stopped")
                 self.stdout.write(f"Stopped {stopped} local instance(s).")
