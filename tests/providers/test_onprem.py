@@ -56,7 +56,7 @@ def test_it_refuses_a_join_token_used_twice_or_unknown(
     # then only the first succeeds, and errors use the OpenAI envelope
     assert first.status_code == 200 and first.json()["credential"].startswith("ivh_")
     assert second.status_code == 401 and unknown.status_code == 401
-    assert second.json()["error"]["code"] == "invalid_host_credential"
+    assert second.json()["error"]["code"] == "invalid_agent_credentials"
     assert "ivj_" not in join.command.split("INVENTIV_JOIN_TOKEN=")[0]
 
 
