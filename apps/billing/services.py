@@ -4,35 +4,42 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any
 
-import orjson
 from django.conf import settings
 
 from apps.billing.models import UsageRecord
-from apps.gateway.backends import UsageBuffer, usage_buffer
+from apps.gateway.usage_buffer import UsageBuffer, usage_buffer
+from apps.gateway.usage_record import UsageRecordData
 
 logger = logging.getLogger(__name__)
-_FIELDS = (
-    "request_id", "organization_id", "api_key_id", "model_code_id", "model_code", "instance_id",
-    "endpoint", "stream", "prompt_tokens", "completion_tokens", "status_code", "error_code",
-    "attempts", "latency_ms", "ttft_ms",
-)  # fmt: skip
 
 
 def _record(raw: bytes) -> UsageRecord | None:
     try:
-        data: dict[str, Any] = orjson.loads(raw)
-        values: dict[str, Any] = {name: data.get(name) for name in _FIELDS}
-        values["error_code"] = values["error_code"] or ""
-        values["prompt_tokens"] = int(values["prompt_tokens"] or 0)
-        values["completion_tokens"] = int(values["completion_tokens"] or 0)
-        values["total_tokens"] = values["prompt_tokens"] + values["completion_tokens"]
-        values["started_at"] = datetime.fromtimestamp(float(data["started_at"]), tz=UTC)
-        return UsageRecord(**values)
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        data = UsageRecordData.from_json(raw)
+        started_at = datetime.fromtimestamp(data.started_at, tz=UTC)
+    except (KeyError, TypeError, ValueError):  # orjson.JSONDecodeError is a ValueError
         logger.error("dropping a malformed usage record: %r", raw[:200])
         return None
+    return UsageRecord(
+        request_id=data.request_id,
+        organization_id=data.organization_id,
+        api_key_id=data.api_key_id,
+        model_code_id=data.model_code_id,
+        model_code=data.model_code,
+        instance_id=data.instance_id,
+        endpoint=data.endpoint,
+        stream=data.stream,
+        prompt_tokens=data.prompt_tokens,
+        completion_tokens=data.completion_tokens,
+        total_tokens=data.prompt_tokens + data.completion_tokens,
+        status_code=data.status_code,
+        error_code=data.error_code,
+        attempts=data.attempts,
+        latency_ms=data.latency_ms,
+        ttft_ms=data.ttft_ms,
+        started_at=started_at,
+    )
 
 
 def usage_flush(

@@ -7,11 +7,13 @@ script call, only for keys that have limits); pick an instance by the model code
 the engine through the process's one pooled client; pass the answer through (SSE chunk by
 chunk); hand the usage record to a batched buffer. No Django request machinery, no ORM.
 
-This module is the application and its dispatcher (lifecycle, event listener, paths,
-authentication, model lookup, rate limits, accounting). The parts it calls live beside it:
-``request`` (the per-request record, plain responses), ``errors`` (the error envelope),
-``body`` (body cap and checks), ``proxy`` (engine calls, retries, failover) and ``stream``
-(SSE relay and usage chunks).
+This module is the application and its dispatcher (lifecycle, paths, authentication, model
+lookup, rate limits, accounting). The parts it calls live beside it: ``request`` (the
+per-request record, plain responses), ``errors`` (the error envelope), ``body`` (body cap and
+checks), ``key_cache`` (API keys), ``directory`` (keeps the ``routing`` table fresh),
+``ratelimit`` (per-key limits), ``proxy`` (engine calls, retries, failover), ``stream`` (SSE
+relay and usage chunks), ``usage_record`` and ``usage_buffer`` (accounting) and ``listener``
+(events from the channel layer).
 
 Background tasks per process: the event listener (groups ``instances`` and ``keys``), the
 periodic refreshes, and the usage batcher. They start on the first request (or at lifespan
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import time
@@ -30,20 +33,21 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from redis.exceptions import TimeoutError as RedisTimeout
 
 from apps.gateway import metrics
-from apps.gateway.auth import KeyCache
-from apps.gateway.backends import Limits, rate_limiter
 from apps.gateway.body import parse_body, prompt_prefix, read_body
+from apps.gateway.directory import Directory
 from apps.gateway.errors import GatewayError, retry_after, unauthorized
+from apps.gateway.key_cache import KeyCache
+from apps.gateway.listener import EventListener
 from apps.gateway.proxy import Proxy
+from apps.gateway.ratelimit import Limits, rate_limiter
 from apps.gateway.request import Receive, Request, Scope, Send, respond
 from apps.gateway.routing import PREFIX_AWARE, SESSION_AFFINITY, RetryBudget, RoutingTable
-from apps.gateway.state import Directory
 from apps.gateway.stream import INJECT_USAGE
 from apps.gateway.types import KeySnapshot
-from apps.gateway.usage import UsageRecorder
+from apps.gateway.usage_buffer import UsageRecorder
+from apps.gateway.usage_record import UsageRecordData
 
 __all__ = ["ENDPOINTS", "Gateway", "GatewayError", "Request"]
 
@@ -75,6 +79,7 @@ class Gateway:
         self.keys = KeyCache(self._executor)
         self.directory = Directory(self.table, self._executor)
         self.usage = UsageRecorder()
+        self.listener = EventListener(self.directory, self.keys)
         self.limiter: Any = None
         self._started = False
         self._start_lock: asyncio.Lock | None = None
@@ -98,7 +103,7 @@ class Gateway:
                 asyncio.ensure_future(self.directory.run()),
                 asyncio.ensure_future(self.keys.run()),
                 asyncio.ensure_future(self.usage.run()),
-                asyncio.ensure_future(self._listen()),
+                asyncio.ensure_future(self.listener.run()),
             ]
             self._started = True
 
@@ -111,47 +116,6 @@ class Gateway:
         await self.usage.flush()
         await self.proxy.close()
         self._started = False
-
-    async def _listen(self) -> None:
-        """Apply events from the channel layer: instance changes reload the routing table; key
-        revocations drop the cached key. Reconnects forever; refreshes cover lost events."""
-        from channels.layers import get_channel_layer
-
-        from inventiv.events import INSTANCE_GROUP, KEYS_GROUP
-
-        while True:
-            layer = get_channel_layer()
-            if layer is None:
-                return
-            try:
-                channel = await layer.new_channel("gateway.")
-                for group in (INSTANCE_GROUP, KEYS_GROUP):
-                    await layer.group_add(group, channel)
-                joined = time.monotonic()
-                while True:
-                    try:
-                        message = await layer.receive(channel)
-                    except RedisTimeout:
-                        # channels-redis blocks 5 s in BZPOPMIN, as long as redis-py's read
-                        # timeout: an idle wait may time out. Nothing is lost; wait again.
-                        continue
-                    event = str(message.get("event", ""))
-                    data = message.get("data") or {}
-                    if event.startswith("EVENT:KEY_"):
-                        self.keys.invalidate(str(data.get("lookup_id", "")))
-                    elif event.startswith("EVENT:INSTANCE_") or event.startswith("EVENT:MODEL_"):
-                        self.directory.schedule_reload()
-                    if time.monotonic() - joined > 3600:  # renew group membership
-                        for group in (INSTANCE_GROUP, KEYS_GROUP):
-                            await layer.group_add(group, channel)
-                        joined = time.monotonic()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("gateway event listener failed; reconnecting")
-                self.directory.schedule_reload()
-                self.keys.invalidate_all()
-                await asyncio.sleep(1)
 
     # --- ASGI ------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -213,8 +177,6 @@ class Gateway:
         token = self.metrics_token
         if not token:
             raise GatewayError("not_found", "Unknown path /metrics.")
-        import hmac
-
         given = dict(scope["headers"]).get(b"authorization", b"")
         if not hmac.compare_digest(given, b"Bearer " + token.encode()):
             raise unauthorized()
@@ -236,7 +198,7 @@ class Gateway:
         routes = [
             r
             for r in self.table.by_org.get(key.organization_id, [])
-            if key.allowed_model_ids is None or r.snapshot.id in key.allowed_model_ids
+            if key.allowed_model_code_ids is None or r.snapshot.id in key.allowed_model_code_ids
         ]
         data = [
             {
@@ -272,7 +234,8 @@ class Gateway:
                 "model_not_found", f"The model `{data['model']}` does not exist.", param="model"
             )
         req.route = route
-        if key.allowed_model_ids is not None and route.snapshot.id not in key.allowed_model_ids:
+        allowed = key.allowed_model_code_ids
+        if allowed is not None and route.snapshot.id not in allowed:
             raise GatewayError(
                 "model_not_allowed",
                 f"This API key may not use the model `{data['model']}`.",
@@ -338,22 +301,22 @@ class Gateway:
             metrics.TOKENS.labels(label, "prompt").inc(req.prompt_tokens)
             metrics.TOKENS.labels(label, "completion").inc(req.completion_tokens)
         self.usage.record(
-            {
-                "request_id": req.request_id,
-                "organization_id": key.organization_id,
-                "api_key_id": key.id,
-                "model_code_id": route.snapshot.id if route is not None else None,
-                "model_code": route.snapshot.name if route is not None else req.model_name,
-                "instance_id": req.instance.id if req.instance is not None else None,
-                "endpoint": req.endpoint,
-                "stream": req.stream,
-                "prompt_tokens": req.prompt_tokens,
-                "completion_tokens": req.completion_tokens,
-                "status_code": req.status,
-                "error_code": req.error_code,
-                "attempts": req.attempts,
-                "latency_ms": round(elapsed * 1000, 3),
-                "ttft_ms": round(req.ttft * 1000, 3) if req.ttft is not None else None,
-                "started_at": time.time() - elapsed,
-            }
+            UsageRecordData(
+                request_id=req.request_id,
+                organization_id=key.organization_id,
+                api_key_id=key.id,
+                model_code_id=route.snapshot.id if route is not None else None,
+                model_code=route.snapshot.name if route is not None else req.model_name,
+                instance_id=req.instance.id if req.instance is not None else None,
+                endpoint=req.endpoint,
+                stream=req.stream,
+                prompt_tokens=req.prompt_tokens,
+                completion_tokens=req.completion_tokens,
+                status_code=req.status,
+                error_code=req.error_code,
+                attempts=req.attempts,
+                latency_ms=round(elapsed * 1000, 3),
+                ttft_ms=round(req.ttft * 1000, 3) if req.ttft is not None else None,
+                started_at=time.time() - elapsed,
+            )
         )

@@ -44,7 +44,7 @@ def _snapshot(key: ApiKey, allowed: Iterable[int]) -> KeySnapshot:
         lookup_id=key.lookup_id,
         secret_hash=key.secret_hash,
         organization_id=key.organization_id,
-        allowed_model_ids=ids or None,
+        allowed_model_code_ids=ids or None,
         expires_at=key.expires_at.timestamp() if key.expires_at else None,
         revoked=key.revoked_at is not None,
         rpm=key.rpm_limit or 0,
@@ -58,14 +58,14 @@ def key_snapshots(*, lookup_ids: Iterable[str]) -> dict[str, KeySnapshot]:
     keys = list(ApiKey.objects.filter(lookup_id__in=list(lookup_ids)))
     allowed: dict[int, list[int]] = {}
     through = ApiKey.model_codes.through.objects.filter(apikey_id__in=[k.pk for k in keys])
-    for key_id, model_id in through.values_list("apikey_id", "llmmodel_id"):
-        allowed.setdefault(key_id, []).append(model_id)
+    for key_id, model_code_id in through.values_list("apikey_id", "llmmodel_id"):
+        allowed.setdefault(key_id, []).append(model_code_id)
     return {k.lookup_id: _snapshot(k, allowed.get(k.pk, ())) for k in keys}
 
 
-def _instance_snapshots(model_ids: list[int]) -> dict[int, list[InstanceSnapshot]]:
+def _instance_snapshots(model_code_ids: list[int]) -> dict[int, list[InstanceSnapshot]]:
     by_model: dict[int, list[InstanceSnapshot]] = {}
-    instances = Instance.objects.filter(llm_model_id__in=model_ids, status__in=ROUTABLE).only(
+    instances = Instance.objects.filter(llm_model_id__in=model_code_ids, status__in=ROUTABLE).only(
         "id", "llm_model_id", "engine_host", "public_ip", "engine_port", "engine_secret_encrypted"
     )
     for inst in instances:

@@ -10,11 +10,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.accounts.models import Organization, User
-from apps.gateway.keys import new_key
+from apps.gateway.keys import new_key, parse_lookup_id
 from apps.gateway.models import ApiKey
 from apps.models.choices import ModelStatus
 from apps.models.models import LlmModel
-from inventiv.crypto import token_hash
+from inventiv.crypto import token_hash, token_matches
 from inventiv.errors import ApplicationError
 from inventiv.events import KEY_REVOKED, KEYS_GROUP, KeyRevokedEvent, publish_on_commit
 
@@ -107,9 +107,6 @@ def api_key_rotate(*, key: ApiKey, created_by: User | None = None) -> tuple[ApiK
 def api_key_ensure_demo(*, organization: Organization, existing: str | None = None) -> str:
     """The demo's key (``make demo``): ``existing`` if it is still a live key of the
     organization, else a new key named ``demo``. Idempotent across demo restarts."""
-    from apps.gateway.keys import parse_lookup_id
-    from inventiv.crypto import token_matches
-
     if existing and (lookup_id := parse_lookup_id(existing)):
         key = ApiKey.objects.filter(
             organization=organization, lookup_id=lookup_id, revoked_at__isnull=True

@@ -11,8 +11,8 @@ class KeySnapshot:
     lookup_id: str
     secret_hash: str
     organization_id: int
-    # None: every model code of the organization.
-    allowed_model_ids: frozenset[int] | None
+    # Primary keys of the model codes it may use; None: every model code of the organization.
+    allowed_model_code_ids: frozenset[int] | None
     expires_at: float | None  # epoch seconds
     revoked: bool
     rpm: int

@@ -1,11 +1,11 @@
-"""The gateway's shared state behind one small interface, in two implementations:
+"""Per-key rate limits (requests and tokens per minute, concurrent requests), in two
+implementations behind one small interface:
 
-* Redis (production): rate limits are Lua scripts, atomic across every gateway process; usage
-  records are appended to a Redis list that the worker drains.
+* Redis (production): Lua scripts, atomic across every gateway process, on Redis' clock.
 * In-process (embedded mode only, ``REDIS_URL`` unset): the same semantics in memory, valid
-  because the embedded mode runs gateway and worker in one process.
+  because the embedded mode runs a single gateway process.
 
-``rate_limiter()`` and ``usage_buffer()`` pick the implementation from the settings.
+``rate_limiter()`` picks the implementation from the settings.
 """
 
 from __future__ import annotations
@@ -13,15 +13,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Protocol
 
+import redis.asyncio as aioredis
 from django.conf import settings
-
-if TYPE_CHECKING:
-    import redis
-    import redis.asyncio as aioredis
 
 # A concurrency lease outlives a request by at most this long if its gateway dies mid-request.
 LEASE_S = 900
@@ -55,23 +51,6 @@ class RateLimiter(Protocol):
     async def acquire(self, limits: Limits, request_id: str) -> Decision: ...
 
     async def release(self, limits: Limits, request_id: str, tokens: int) -> None: ...
-
-
-class UsageBuffer(Protocol):
-    """Records are opaque bytes (JSON). ``push`` is called by gateways; ``peek``/``ack`` by the
-    flush task, under ``lock`` so that two flushes never ack each other's records."""
-
-    async def push(self, records: list[bytes]) -> None: ...
-
-    def peek(self, count: int) -> list[bytes]: ...
-
-    def ack(self, count: int) -> None: ...
-
-    def lock(self, ttl_s: float) -> bool: ...
-
-    def unlock(self) -> None: ...
-
-    def size(self) -> int: ...
 
 
 # --- Redis ---------------------------------------------------------------------------------------
@@ -131,19 +110,13 @@ return 0
 
 def _redis_url() -> str:
     url = settings.REDIS_URL
-    assert url, "the Redis implementations are picked only when REDIS_URL is set"
+    assert url, "the Redis implementation is picked only when REDIS_URL is set"
     return url
-
-
-def _redis_async() -> aioredis.Redis:
-    import redis.asyncio as aioredis
-
-    return aioredis.Redis.from_url(_redis_url(), max_connections=64)
 
 
 class RedisRateLimiter:
     def __init__(self) -> None:
-        self._redis = _redis_async()
+        self._redis = aioredis.Redis.from_url(_redis_url(), max_connections=64)
         self._prefix = settings.REDIS_PREFIX + "gw:rl:"
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._release = self._redis.register_script(_RELEASE)
@@ -168,42 +141,6 @@ class RedisRateLimiter:
         await self._release(
             keys=[tok, conc], args=[limits.tpm, limits.concurrency, request_id, tokens]
         )
-
-
-class RedisUsageBuffer:
-    def __init__(self) -> None:
-        self._key = settings.REDIS_PREFIX + "usage:buffer"
-        self._lock_key = settings.REDIS_PREFIX + "usage:flush-lock"
-        self._async: aioredis.Redis | None = None
-        self._sync: redis.Redis | None = None
-
-    def _client(self) -> redis.Redis:
-        if self._sync is None:
-            import redis
-
-            self._sync = redis.Redis.from_url(_redis_url())
-        return self._sync
-
-    async def push(self, records: list[bytes]) -> None:
-        if self._async is None:
-            self._async = _redis_async()
-        await self._async.rpush(self._key, *records)
-
-    def peek(self, count: int) -> list[bytes]:
-        # bytes, not str: the client is created without decode_responses.
-        return cast("list[bytes]", self._client().lrange(self._key, 0, count - 1))
-
-    def ack(self, count: int) -> None:
-        self._client().ltrim(self._key, count, -1)
-
-    def lock(self, ttl_s: float) -> bool:
-        return bool(self._client().set(self._lock_key, b"1", nx=True, px=int(ttl_s * 1000)))
-
-    def unlock(self) -> None:
-        self._client().delete(self._lock_key)
-
-    def size(self) -> int:
-        return int(self._client().llen(self._key))
 
 
 # --- In-process (embedded mode) ----------------------------------------------------------------
@@ -262,38 +199,6 @@ class InProcessRateLimiter:
                 self._refill((limits.key_id, "tok"), limits.tpm, now).value -= tokens
 
 
-class InProcessUsageBuffer:
-    def __init__(self) -> None:
-        self._items: deque[bytes] = deque()
-        self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-
-    async def push(self, records: list[bytes]) -> None:
-        with self._lock:
-            self._items.extend(records)
-
-    def peek(self, count: int) -> list[bytes]:
-        with self._lock:
-            return [self._items[i] for i in range(min(count, len(self._items)))]
-
-    def ack(self, count: int) -> None:
-        with self._lock:
-            for _ in range(min(count, len(self._items))):
-                self._items.popleft()
-
-    def lock(self, ttl_s: float) -> bool:
-        return self._flush_lock.acquire(blocking=False)
-
-    def unlock(self) -> None:
-        if self._flush_lock.locked():
-            self._flush_lock.release()
-
-    def size(self) -> int:
-        with self._lock:
-            return len(self._items)
-
-
-_in_process_buffer = InProcessUsageBuffer()
 _in_process_limiter = InProcessRateLimiter()
 
 
@@ -302,9 +207,3 @@ def rate_limiter() -> RateLimiter:
     if settings.REDIS_URL:
         return RedisRateLimiter()
     return _in_process_limiter
-
-
-def usage_buffer() -> UsageBuffer:
-    if settings.REDIS_URL:
-        return RedisUsageBuffer()
-    return _in_process_buffer
