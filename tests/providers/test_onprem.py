@@ -108,7 +108,7 @@ def test_it_runs_a_model_on_a_joined_host_and_stops_it_on_termination(
     # when an instance is provisioned
     with transaction.atomic():
         instance = instance_create(llm_model=model, provider=onprem)
-    assert orchestrator.provision_instance(str(instance.id)).startswith("created")
+    assert orchestrator.instance_provision(instance_id=str(instance.id)).startswith("created")
     # then the host starts an instance agent that registers and serves the model
     ready = wait_for(
         lambda: Instance.objects.filter(id=instance.id, status="ready").first(),
@@ -123,7 +123,7 @@ def test_it_runs_a_model_on_a_joined_host_and_stops_it_on_termination(
     # when it is terminated
     with transaction.atomic():
         instance_request_termination(instance=ready, reason="scaled down")
-    assert orchestrator.terminate_instance(str(instance.id)) == "terminated"
+    assert orchestrator.instance_terminate(instance_id=str(instance.id)) == "terminated"
     # then the host stops the instance agent and its engine, and the GPU is free again
     wait_for(
         lambda: OnPremAssignment.objects.filter(id=assignment.id, state="stopped").exists(),

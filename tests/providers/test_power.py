@@ -46,7 +46,7 @@ def scw_catalog(scw_provider: Provider) -> Provider:
 
 def provisioned(org: Organization, provider: Provider, **needs: Any) -> Instance:
     instance = new_instance(model_code(org, provider, **needs), provider)
-    assert orchestrator.provision_instance(str(instance.id)).startswith("created")
+    assert orchestrator.instance_provision(instance_id=str(instance.id)).startswith("created")
     instance.refresh_from_db()
     return instance
 

@@ -47,7 +47,7 @@ def terminate(instance: Instance) -> None:
     instance.refresh_from_db()
     with transaction.atomic():
         instance_request_termination(instance=instance, reason="test over")
-    assert orchestrator.terminate_instance(str(instance.id)) == "terminated"
+    assert orchestrator.instance_terminate(instance_id=str(instance.id)) == "terminated"
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def test_it_moves_to_the_next_offer_on_quota_and_stock_failures_and_records_why(
     fake_scw.stock[("fr-par-2", "L40S-1-48G")] = 0
     instance = new_instance(model_code(owner_org, scw_catalog), scw_catalog)
     # when
-    outcome = orchestrator.provision_instance(str(instance.id))
+    outcome = orchestrator.instance_provision(instance_id=str(instance.id))
     # then
     assert outcome.startswith("created")
     attempts = list(
@@ -107,7 +107,10 @@ def test_it_adopts_a_machine_whose_worker_died_before_recording_it(
     swept = sweep_provider(provider_id=scw_catalog.id)
     assert (swept.kept, swept.adoptable, swept.removed) == (1, 1, 0)
     # and when the provision command is re-sent, the machine is adopted, not duplicated
-    assert orchestrator.provision_instance(str(instance.id)) == f"created {orphan.resource_id}"
+    assert (
+        orchestrator.instance_provision(instance_id=str(instance.id))
+        == f"created {orphan.resource_id}"
+    )
     instance.refresh_from_db()
     assert instance.provider_resource_id == orphan.resource_id
     assert list(fake_scw.servers) == [orphan.resource_id]
@@ -148,7 +151,7 @@ def test_it_sweeps_a_volume_and_ip_left_by_a_terminate_that_crashed_midway(
     # given an instance terminated while the provider deleted only its server (a crash before
     # the volume and IP were released)
     instance = new_instance(model_code(owner_org, scw_catalog), scw_catalog)
-    orchestrator.provision_instance(str(instance.id))
+    orchestrator.instance_provision(instance_id=str(instance.id))
     instance.refresh_from_db()
     with fake_scw.lock:
         fake_scw.servers[instance.provider_resource_id]["state"] = "stopped"
@@ -169,7 +172,7 @@ def test_it_never_sweeps_the_machine_of_a_live_instance(
     # given
     settings.SWEEP_GRACE_S = 0
     instance = new_instance(model_code(owner_org, scw_catalog), scw_catalog)
-    orchestrator.provision_instance(str(instance.id))
+    orchestrator.instance_provision(instance_id=str(instance.id))
     # when
     result = sweep_provider(provider_id=scw_catalog.id)
     # then
@@ -188,14 +191,14 @@ def test_it_fails_the_instance_with_every_reason_when_no_offer_works_and_leaves_
         fake_scw.stock[(zone, "H100-2-80G")] = 0
     instance = new_instance(model_code(owner_org, scw_catalog, vram_per_gpu_gb=80), scw_catalog)
     # when
-    outcome = orchestrator.provision_instance(str(instance.id))
+    outcome = orchestrator.instance_provision(instance_id=str(instance.id))
     # then
     assert outcome.startswith("failed")
     instance.refresh_from_db()
     assert instance.status == "terminating"
     assert "quota_exceeded" in instance.failure_reason
     assert "out_of_capacity" in instance.failure_reason
-    assert orchestrator.terminate_instance(str(instance.id)) == "terminated"
+    assert orchestrator.instance_terminate(instance_id=str(instance.id)) == "terminated"
     assert fake_scw.leaks() == NOTHING
 
 
@@ -208,7 +211,7 @@ def test_it_provisions_on_aws_up_to_booting_and_terminates_without_leaving_volum
     assert catalog_sync(provider_id=aws_provider.id).error == ""
     instance = new_instance(model_code(owner_org, aws_provider, vram_per_gpu_gb=20), aws_provider)
     # when
-    assert orchestrator.provision_instance(str(instance.id)).startswith("created")
+    assert orchestrator.instance_provision(instance_id=str(instance.id)).startswith("created")
     instance.refresh_from_db()
     assert instance.status == "booting"
     terminate(instance)
