@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from apps.instances.models import Provider
-from apps.instances.providers import get_adapter, scaleway
+from apps.instances.providers import get_adapter
 from apps.instances.providers.base import (
     AuthenticationFailed,
     MachineSpec,
@@ -19,6 +19,7 @@ from apps.instances.providers.base import (
     TransientProviderError,
 )
 from apps.instances.providers.credentials import provider_set_credentials
+from apps.instances.providers.scaleway import products
 from tests.providers.fake_scaleway import FakeScaleway
 
 NOTHING = {"servers": [], "ips": [], "volumes": []}
@@ -43,7 +44,7 @@ def test_it_lists_gpu_types_with_prices_and_availability_per_zone_across_pages(
     scw_provider: Provider, fake_scw: FakeScaleway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given small pages and an L40S in shortage in Amsterdam
-    monkeypatch.setattr(scaleway, "PAGE_SIZE", 3)
+    monkeypatch.setattr(products, "PAGE_SIZE", 3)
     fake_scw.availability[("nl-ams-1", "L40S-1-48G")] = "shortage"
     # when
     catalog = {t.code: t for t in get_adapter(scw_provider).list_instance_types()}

@@ -15,28 +15,27 @@ id, zone, type and market (a retried call after a lost response returns the same
 our tags on the instance, its volumes and network interfaces, IMDSv2 required, an encrypted
 root volume deleted on termination, and ``shutdown`` meaning terminate. Before creating, we
 look for an instance carrying our tag and adopt it.
+
+Calls go through ``transport`` (timeouts, retries, typed errors from ``errors``); prices come
+from ``pricing``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any, ClassVar
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.utils import timezone
 
+from apps.instances.providers.aws.pricing import hourly_price
+from apps.instances.providers.aws.transport import AwsClients, call, pages
 from apps.instances.providers.base import (
     INSTANCE_TAG,
     MANAGED_TAG,
-    AuthenticationFailed,
     InstanceTypeInfo,
     Machine,
     MachineNotFound,
@@ -45,11 +44,9 @@ from apps.instances.providers.base import (
     PowerAction,
     ProviderAdapter,
     ProviderError,
-    QuotaExceeded,
     TransientProviderError,
 )
-from apps.instances.providers.common import call_timeout, managed_value, our_tags, poll_until
-from apps.instances.providers.credentials import credentials_for
+from apps.instances.providers.common import managed_value, our_tags, poll_until
 
 logger = logging.getLogger(__name__)
 
@@ -57,76 +54,6 @@ DEFAULT_AMI_PARAMETER = (
     "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
 )
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
-
-CAPACITY_ERRORS = {
-    "InsufficientInstanceCapacity",
-    "InsufficientHostCapacity",
-    "InsufficientReservedInstanceCapacity",
-    "InsufficientCapacity",
-    "Unsupported",  # the type is not offered in this zone
-    "SpotMaxPriceTooLow",
-    "InsufficientFreeAddressesInSubnet",
-}
-QUOTA_ERRORS = {
-    "VcpuLimitExceeded",
-    "InstanceLimitExceeded",
-    "MaxSpotInstanceCountExceeded",
-    "VolumeLimitExceeded",
-    "AddressLimitExceeded",
-}
-AUTH_ERRORS = {
-    "AuthFailure",
-    "UnauthorizedOperation",
-    "InvalidClientTokenId",
-    "SignatureDoesNotMatch",
-    "ExpiredToken",
-    "AccessDenied",
-    "AccessDeniedException",
-    "OptInRequired",
-}
-TRANSIENT_ERRORS = {
-    "RequestLimitExceeded",
-    "Throttling",
-    "ThrottlingException",
-    "InternalError",
-    "ServiceUnavailable",
-    "Unavailable",
-    "IncorrectState",
-}
-NOT_FOUND_ERRORS = {"InvalidInstanceID.NotFound", "InvalidVolume.NotFound"}
-
-# On-demand Linux prices (USD/h) used only when the Pricing API cannot be read and the
-# provider settings give none. Operators should prefer ``prices`` or Pricing API access.
-FALLBACK_PRICES = {
-    "g4dn.xlarge": "0.526",
-    "g5.xlarge": "1.006",
-    "g5.2xlarge": "1.212",
-    "g5.12xlarge": "5.672",
-    "g5.48xlarge": "16.288",
-    "g6.xlarge": "0.805",
-    "g6e.xlarge": "1.861",
-    "p4d.24xlarge": "32.7726",
-    "p5.48xlarge": "98.32",
-}
-
-
-def _error_from(exc: ClientError | BotoCoreError) -> ProviderError:
-    if isinstance(exc, BotoCoreError):
-        return TransientProviderError(f"AWS unreachable ({type(exc).__name__})")
-    code = str(exc.response.get("Error", {}).get("Code", ""))
-    message = str(exc.response.get("Error", {}).get("Message", ""))[:300]
-    detail = f"AWS {code}: {message}"
-    if code in CAPACITY_ERRORS:
-        return OutOfCapacity(detail)
-    if code in QUOTA_ERRORS:
-        return QuotaExceeded(detail)
-    if code in AUTH_ERRORS:
-        return AuthenticationFailed(detail)
-    if code in NOT_FOUND_ERRORS:
-        return MachineNotFound(detail)
-    if code in TRANSIENT_ERRORS or code.endswith(".Unavailable"):
-        return TransientProviderError(detail)
-    return ProviderError(detail)
 
 
 def _tag_dict(tags: list[dict[str, str]] | None) -> dict[str, str]:
@@ -149,51 +76,22 @@ class AwsAdapter(ProviderAdapter):
         self.market: str = str(config.get("market") or "on-demand")
         self.root_device: str = str(config.get("root_device_name") or "/dev/sda1")
         self.prices: dict[str, str] = {k: str(v) for k, v in (config.get("prices") or {}).items()}
-        self._session: boto3.session.Session | None = None
-        self._clients: dict[str, Any] = {}
+        self._clients = AwsClients(provider, region=self.region)
 
     # --- clients ------------------------------------------------------------------------------
 
     def _client(self, service: str, region: str | None = None) -> Any:
-        key = f"{service}:{region or self.region}"
-        if key not in self._clients:
-            if not self.region:
-                raise ProviderError("The AWS provider needs a 'region' in its settings.")
-            if self._session is None:
-                creds = credentials_for(self.provider)
-                self._session = boto3.session.Session(
-                    aws_access_key_id=creds.get("access_key_id") or None,
-                    aws_secret_access_key=creds.get("secret_access_key") or None,
-                    aws_session_token=creds.get("session_token") or None,
-                    region_name=self.region,
-                )
-            timeout = call_timeout()
-            self._clients[key] = self._session.client(
-                service,  # type: ignore[call-overload]
-                region_name=region or self.region,
-                config=Config(
-                    connect_timeout=timeout,
-                    read_timeout=timeout,
-                    retries={"max_attempts": 3, "mode": "standard"},
-                ),
-            )
-        return self._clients[key]
+        return self._clients.client(service, region)
 
     def ec2(self) -> Any:
         return self._client("ec2")
-
-    def _call(self, fn: Any, /, **kwargs: Any) -> Any:
-        try:
-            return fn(**kwargs)
-        except (ClientError, BotoCoreError) as exc:
-            raise _error_from(exc) from None
 
     # --- catalog ------------------------------------------------------------------------------
 
     def list_instance_types(self) -> list[InstanceTypeInfo]:
         ec2 = self.ec2()
         offered: dict[str, set[str]] = {}
-        for page in self._pages(
+        for page in pages(
             ec2, "describe_instance_type_offerings", LocationType="availability-zone"
         ):
             for item in page.get("InstanceTypeOfferings", []):
@@ -201,7 +99,7 @@ class AwsAdapter(ProviderAdapter):
                 if not self.zones or zone in self.zones:
                     offered.setdefault(item["InstanceType"], set()).add(zone)
         infos: list[InstanceTypeInfo] = []
-        for page in self._pages(ec2, "describe_instance_types"):
+        for page in pages(ec2, "describe_instance_types"):
             for item in page.get("InstanceTypes", []):
                 gpus = (item.get("GpuInfo") or {}).get("Gpus") or []
                 code = item["InstanceType"]
@@ -221,52 +119,12 @@ class AwsAdapter(ProviderAdapter):
                         ram_gb=round(
                             int((item.get("MemoryInfo") or {}).get("SizeInMiB", 0)) / 1024
                         ),
-                        hourly_price=self._price(code),
+                        hourly_price=hourly_price(self._clients, code, overrides=self.prices),
                         currency="USD",
                         availability={zone: "available" for zone in sorted(offered[code])},
                     )
                 )
         return infos
-
-    def _pages(self, client: Any, operation: str, **kwargs: Any) -> Any:
-        try:
-            yield from client.get_paginator(operation).paginate(**kwargs)
-        except (ClientError, BotoCoreError) as exc:
-            raise _error_from(exc) from None
-
-    def _price(self, code: str) -> Decimal:
-        if code in self.prices:
-            return Decimal(self.prices[code])
-        try:
-            price = self._pricing_api_price(code)
-        except Exception as exc:  # the Pricing API is optional: fall back quietly
-            logger.info("aws: no price from the Pricing API for %s (%s)", code, type(exc).__name__)
-            price = None
-        return price if price is not None else Decimal(FALLBACK_PRICES.get(code, "0"))
-
-    def _pricing_api_price(self, code: str) -> Decimal | None:
-        pricing = self._client("pricing", "us-east-1")
-        filters = [
-            ("instanceType", code),
-            ("regionCode", self.region),
-            ("operatingSystem", "Linux"),
-            ("tenancy", "Shared"),
-            ("preInstalledSw", "NA"),
-            ("capacitystatus", "Used"),
-        ]
-        response = pricing.get_products(
-            ServiceCode="AmazonEC2",
-            Filters=[{"Type": "TERM_MATCH", "Field": f, "Value": v} for f, v in filters],
-            MaxResults=1,
-        )
-        for raw in response.get("PriceList", []):
-            product = json.loads(raw)
-            for term in product.get("terms", {}).get("OnDemand", {}).values():
-                for dimension in term.get("priceDimensions", {}).values():
-                    usd = dimension.get("pricePerUnit", {}).get("USD")
-                    if usd:
-                        return Decimal(usd).quantize(Decimal("0.0001"))
-        return None
 
     # --- lookups ------------------------------------------------------------------------------
 
@@ -288,7 +146,7 @@ class AwsAdapter(ProviderAdapter):
 
     def _describe(self, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for page in self._pages(self.ec2(), "describe_instances", Filters=filters):
+        for page in pages(self.ec2(), "describe_instances", Filters=filters):
             for reservation in page.get("Reservations", []):
                 out.extend(reservation.get("Instances", []))
         return out
@@ -318,7 +176,7 @@ class AwsAdapter(ProviderAdapter):
 
     def get_machine(self, resource_id: str) -> Machine:
         """The EC2 instance with this id; MachineNotFound when unknown or terminated."""
-        response = self._call(self.ec2().describe_instances, InstanceIds=[resource_id])
+        response = call(self.ec2().describe_instances, InstanceIds=[resource_id])
         items = [i for r in response.get("Reservations", []) for i in r.get("Instances", [])]
         if not items or items[0].get("State", {}).get("Name") in ("terminated", "shutting-down"):
             state = items[0]["State"]["Name"] if items else "unknown"
@@ -338,11 +196,11 @@ class AwsAdapter(ProviderAdapter):
         if action == PowerAction.POWERON:
             target = "running"
             if current.state not in ("running", "pending"):
-                self._call(ec2.start_instances, InstanceIds=ids)
+                call(ec2.start_instances, InstanceIds=ids)
         elif action == PowerAction.POWEROFF:
             target = "stopped"
             if current.state not in ("stopped", "stopping"):
-                self._call(ec2.stop_instances, InstanceIds=ids)
+                call(ec2.stop_instances, InstanceIds=ids)
         else:
             target = "running"
             if current.state != "running":
@@ -350,7 +208,7 @@ class AwsAdapter(ProviderAdapter):
                     f"AWS instance {machine.resource_id} is {current.state}: only a running "
                     "instance can be rebooted (power it on instead)"
                 )
-            self._call(ec2.reboot_instances, InstanceIds=ids)
+            call(ec2.reboot_instances, InstanceIds=ids)
         current, done = poll_until(
             lambda: self.get_machine(machine.resource_id),
             lambda m: m.state == target,
@@ -368,7 +226,7 @@ class AwsAdapter(ProviderAdapter):
     def _resolve_ami(self) -> str:
         if self.ami:
             return self.ami
-        response = self._call(self._client("ssm").get_parameter, Name=self.ami_parameter)
+        response = call(self._client("ssm").get_parameter, Name=self.ami_parameter)
         return str(response["Parameter"]["Value"])
 
     @staticmethod
@@ -382,7 +240,7 @@ class AwsAdapter(ProviderAdapter):
         if existing is not None:
             logger.info("aws: adopting %s for %s", existing.resource_id, spec.instance_id)
             if existing.state == "stopped":
-                self._call(self.ec2().start_instances, InstanceIds=[existing.resource_id])
+                call(self.ec2().start_instances, InstanceIds=[existing.resource_id])
             return self._wait_running(existing.resource_id)
         zone = spec.zone or (self.zones[0] if self.zones else "")
         markets = {
@@ -458,7 +316,7 @@ class AwsAdapter(ProviderAdapter):
             }
             # One-time spot requests cannot be told to stop on shutdown; terminate is default.
             del params["InstanceInitiatedShutdownBehavior"]
-        response = self._call(self.ec2().run_instances, **params)
+        response = call(self.ec2().run_instances, **params)
         return str(response["Instances"][0]["InstanceId"])
 
     def _wait_running(self, instance_id: str) -> Machine:
@@ -484,7 +342,7 @@ class AwsAdapter(ProviderAdapter):
         delete any of our volumes left for this instance. Idempotent."""
         ec2 = self.ec2()
         try:
-            self._call(ec2.terminate_instances, InstanceIds=[machine.resource_id])
+            call(ec2.terminate_instances, InstanceIds=[machine.resource_id])
         except MachineNotFound:
             pass
         else:
@@ -509,13 +367,13 @@ class AwsAdapter(ProviderAdapter):
 
     def _volumes(self, filters: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for page in self._pages(self.ec2(), "describe_volumes", Filters=filters):
+        for page in pages(self.ec2(), "describe_volumes", Filters=filters):
             out.extend(page.get("Volumes", []))
         return out
 
     def _delete_volume(self, volume_id: str) -> None:
         with contextlib.suppress(MachineNotFound):
-            self._call(self.ec2().delete_volume, VolumeId=volume_id)
+            call(self.ec2().delete_volume, VolumeId=volume_id)
 
     def sweep_orphan_resources(
         self, *, owner_is_gone: Any, older_than: timedelta
