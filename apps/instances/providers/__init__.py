@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING
 
+from apps.instances.models import Provider
 from apps.instances.providers.base import ProviderAdapter
 
-if TYPE_CHECKING:
-    from apps.instances.models import Provider
-
+# Adapters load on first use, by name: a process that never provisions on a cloud (the web
+# server, the gateway) never imports boto3 or the Scaleway SDK.
 _ADAPTERS = {
     "local": "apps.instances.providers.local.LocalAdapter",
     "scaleway": "apps.instances.providers.scaleway.ScalewayAdapter",

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-if TYPE_CHECKING:
-    from apps.instances.models import Provider
+from apps.instances.models import Provider
 
 # The tag (label) carrying our instance id on every cloud resource we create.
 INSTANCE_TAG = "inventiv-instance"

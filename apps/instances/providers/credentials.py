@@ -4,12 +4,10 @@ processes at the moment an adapter needs them, never logged, never sent to machi
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
+from apps.instances.models import Provider
 from inventiv import crypto
-
-if TYPE_CHECKING:
-    from apps.instances.models import Provider
+from inventiv.errors import ApplicationError
 
 # What each kind expects (documented in docs/providers.md).
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
@@ -40,8 +38,6 @@ def credentials_for(provider: Provider) -> Credentials:
 def provider_set_credentials(*, provider: Provider, credentials: dict[str, str]) -> None:
     """Validate and store ``credentials`` encrypted. Empty values are dropped. Raises
     ``ApplicationError`` naming the missing key (never echoing a value)."""
-    from inventiv.errors import ApplicationError
-
     cleaned = {k: v.strip() for k, v in credentials.items() if v and v.strip()}
     for key in REQUIRED_KEYS.get(provider.kind, ()):
         if key not in cleaned:
