@@ -1,4 +1,6 @@
-"""Scaleway GPU Instances, through the official ``scaleway`` SDK.
+"""Scaleway GPU Instances, through the official ``scaleway`` SDK. (About 400 lines: one adapter
+class whose create, adopt and terminate steps read best together; transport, errors, products
+and cleanup are already out.)
 
 Provider settings (``Provider.config``): ``project_id`` (required), ``zones`` (default
 ``["fr-par-2"]``), ``image`` (an image id) or ``image_label`` (default
