@@ -16,6 +16,17 @@ from typing import Literal
 ArgKind = Literal["bool", "int", "float", "str"]
 ArgValue = bool | int | float | str
 
+# A Hugging Face repo id, as the Hub allows it: ``name`` or ``namespace/name``, each part of
+# letters, digits, '_', '.', '-', neither starting nor ending with '.' or '-', no '--' nor '..',
+# 96 characters at most (huggingface_hub.utils.validate_repo_id).
+_HF_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]*[A-Za-z0-9_])?"
+_HF_REPO_ID = re.compile(rf"(?:{_HF_PART}/)?{_HF_PART}")
+HF_REPO_ID_MAX = 96
+# A local model directory (vLLM serves one as well as a repo id): absolute, made of the same
+# safe characters, no '.' or '..' segment.
+_LOCAL_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+LOCAL_PATH_MAX = 255
+
 # Conservative token for free-form string values (dtype names, quantization methods): no
 # whitespace, no leading dash (it would read as a flag), bounded length.
 _SAFE_STR = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -99,7 +110,7 @@ def _check_value(engine: str, name: str, spec: ArgSpec, value: object) -> ArgVal
         if spec.choices is not None:
             if value not in spec.choices:
                 raise ValueError(f"{field}: must be one of {', '.join(spec.choices)}")
-        elif not _SAFE_STR.match(value):
+        elif not _SAFE_STR.fullmatch(value):
             raise ValueError(f"{field}: must be a short token of letters, digits, '_', '.', '-'")
         return value
     number: int | float
@@ -155,3 +166,41 @@ def engine_args_to_argv(engine: str, args: Mapping[str, object]) -> list[str]:
         else:
             argv += [spec.flag, str(value)]
     return argv
+
+
+def validate_model_id(model_id: object) -> str:
+    """``model_id`` if it is a Hugging Face repo id (``org/name`` or ``name``) or an absolute
+    local path of safe segments; ``ValueError`` (``model_id: ...``) otherwise.
+
+    The model id becomes a positional argument of ``vllm serve``: anything that could parse as
+    a flag (a leading ``-``), carry whitespace, a ``=`` or shell-ish characters is refused, so
+    that it can never smuggle an engine option past the allow-list above. Both sides call it:
+    the control plane on create/update, the agent before building argv.
+    """
+    if not isinstance(model_id, str) or not model_id:
+        raise ValueError("model_id: must be a non-empty string")
+    if model_id.startswith("-"):
+        raise ValueError("model_id: must not start with '-' (it would be read as an engine flag)")
+    if model_id.startswith("/"):
+        segments = model_id[1:].split("/")
+        if (
+            len(model_id) > LOCAL_PATH_MAX
+            or not all(_LOCAL_SEGMENT.fullmatch(seg) for seg in segments)
+            or any(seg in (".", "..") for seg in segments)
+        ):
+            raise ValueError(
+                "model_id: a local path must be absolute, made of letters, digits, '_', '.', '-' "
+                "segments, with no '..'"
+            )
+        return model_id
+    if (
+        len(model_id) > HF_REPO_ID_MAX
+        or not _HF_REPO_ID.fullmatch(model_id)
+        or "--" in model_id
+        or ".." in model_id
+    ):
+        raise ValueError(
+            "model_id: must be a Hugging Face repo id such as 'org/name' (letters, digits, '_', "
+            f"'.', '-'; at most {HF_REPO_ID_MAX} characters) or an absolute local path"
+        )
+    return model_id

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.engine_args import engine_args_to_argv
+from agent.engine_args import engine_args_to_argv, validate_model_id
 from agent.protocol import EngineSpec
 
 # Environment variables of the agent that the engine must never see.
@@ -88,7 +88,9 @@ def build_mock_command(
 
 
 def build_command(spec: EngineSpec, base_env: Mapping[str, str] | None = None) -> EngineCommand:
-    """Dispatch on ``spec.engine``. Raises ``ValueError`` naming the field for bad engine args."""
+    """Dispatch on ``spec.engine``. Raises ``ValueError`` naming the field for bad engine args
+    or a model id that is not a repo id or a safe local path (it could read as a flag)."""
+    validate_model_id(spec.model_id)
     if spec.engine == "vllm":
         return build_vllm_command(spec, base_env)
     return build_mock_command(spec, base_env)

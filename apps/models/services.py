@@ -14,7 +14,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from agent.engine_args import validate_engine_args
+from agent.engine_args import validate_engine_args, validate_model_id
 from apps.accounts.models import Organization
 from apps.instances import hosting
 from apps.models.choices import DEPLOYED_STATUSES, Engine, ModelStatus, model_can_transition
@@ -106,6 +106,8 @@ def _wake(model_id: int) -> None:
 def _validate(values: dict[str, Any]) -> dict[str, Any]:
     engine = values["engine"]
     try:
+        if "model_id" in values:
+            values["model_id"] = validate_model_id(values["model_id"])
         values["engine_args"] = validate_engine_args(engine, values.get("engine_args") or {})
     except ValueError as exc:
         field, _, _ = str(exc).partition(":")
