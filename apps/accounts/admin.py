@@ -28,8 +28,9 @@ class UserAdmin(BaseUserAdmin):
 
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
-    list_display = ["slug", "name", "personal", "created_at"]
+    list_display = ["slug", "name", "personal", "personal_user", "created_at"]
     search_fields = ["slug", "name"]
+    autocomplete_fields = ["personal_user"]
     inlines = [MembershipInline]
 
 

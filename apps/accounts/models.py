@@ -56,6 +56,15 @@ class Organization(models.Model):
     name = models.CharField(max_length=150)
     slug = models.SlugField(max_length=60, unique=True)
     personal = models.BooleanField(default=False)
+    # The user whose own personal organization this is (their default for creates). Others may
+    # be invited into it, but it stays that one user's default, never theirs.
+    personal_user = models.OneToOneField(
+        User,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="personal_organization",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     members: models.ManyToManyField[User, Membership] = models.ManyToManyField(
         User, through="Membership", related_name="organizations"

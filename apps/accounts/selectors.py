@@ -27,7 +27,8 @@ def membership_get(*, user: User, organization_slug: str) -> Membership:
 def organization_get_for_user(
     *, user: User, slug: str | None, manage: bool = False
 ) -> Organization:
-    """The organization ``slug`` (default: the user's personal one), if the user belongs to it.
+    """The organization ``slug`` (default: the user's own personal one, never another user's
+    personal organization they were added to), if the user belongs to it.
 
     With ``manage=True`` the user must be an owner or admin (403 otherwise).
     """
@@ -36,12 +37,14 @@ def organization_get_for_user(
     else:
         found = (
             Membership.objects.select_related("organization")
-            .filter(user=user)
-            .order_by("-organization__personal", "organization_id")
+            .filter(user=user, organization__personal_user=user)
             .first()
         )
         if found is None:
-            raise NotFound("You belong to no organization.", param="organization")
+            raise NotFound(
+                "You have no personal organization: name one with 'organization'.",
+                param="organization",
+            )
         membership = found
     if manage and Role(membership.role) not in MANAGER_ROLES:
         raise Forbidden("Only an owner or admin of this organization may do this.")

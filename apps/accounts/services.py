@@ -25,19 +25,27 @@ def _unique_slug(base: str) -> str:
 
 
 def organization_create(*, name: str, owner: User, personal: bool = False) -> Organization:
-    """Create an organization with ``owner`` as its owner. Atomic."""
+    """Create an organization with ``owner`` as its owner (a personal one is ``owner``'s own
+    personal organization, their default). Atomic."""
     with transaction.atomic():
-        org = Organization.objects.create(name=name, slug=_unique_slug(name), personal=personal)
+        org = Organization.objects.create(
+            name=name,
+            slug=_unique_slug(name),
+            personal=personal,
+            personal_user=owner if personal else None,
+        )
         Membership.objects.create(user=owner, organization=org, role=Role.OWNER)
     return org
 
 
 def organization_ensure_personal(*, user: User) -> Organization:
-    """Return the user's personal organization, creating it if missing. Idempotent."""
-    existing = Organization.objects.filter(
-        personal=True, memberships__user=user, memberships__role=Role.OWNER
-    ).first()
+    """Return the user's own personal organization, creating it if missing. Idempotent. Being
+    a member (even an owner) of someone else's personal organization does not count."""
+    existing = Organization.objects.filter(personal_user=user).first()
     if existing is not None:
+        Membership.objects.get_or_create(
+            user=user, organization=existing, defaults={"role": Role.OWNER}
+        )
         return existing
     return organization_create(
         name=user.email.split("@")[0] or "personal", owner=user, personal=True
