@@ -19,10 +19,12 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from inventiv.env import env_bool, env_float, env_int, env_list, env_str
+from inventiv.storage import private_dir, private_file, private_write_text
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(env_str("INVENTIV_STATE_DIR", str(BASE_DIR / ".inventiv")) or "")
-STATE_DIR.mkdir(parents=True, exist_ok=True)
+# Private (0700): it holds the embedded database, the generated SECRET_KEY, the demo's password.
+private_dir(STATE_DIR)
 
 DATABASE_URL = env_str("DATABASE_URL")
 REDIS_URL = env_str("REDIS_URL")
@@ -47,8 +49,7 @@ def _secret_key() -> str:
     # Embedded mode: a random key generated once and kept in the state directory.
     path = STATE_DIR / "secret_key"
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
+        private_write_text(path, secrets.token_urlsafe(50))
     return path.read_text().strip()
 
 
@@ -122,7 +123,8 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": str(STATE_DIR / "db.sqlite3"),
+            # Created 0600 before SQLite opens it (its -wal and -shm files inherit the mode).
+            "NAME": str(private_file(STATE_DIR / "db.sqlite3")),
             "OPTIONS": {
                 # WAL + immediate transactions: the embedded mode's threads (web, worker, beat)
                 # wait for each other instead of failing with "database is locked".
