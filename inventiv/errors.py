@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -109,3 +110,42 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     code = DRF_CODES.get(str(getattr(exc, "default_code", "")), default)
     response.data = envelope(str(getattr(exc, "detail", exc)), code)
     return response
+
+
+# --- Django's own error views (``handler400``... in ``inventiv/urls.py``) -------------------
+# DRF's handler above covers what its views raise. What happens outside them (no URL matches,
+# a converter refuses the path, an unexpected exception escapes a view, a suspicious request)
+# reaches Django's error views: under these prefixes they answer in the envelope, never HTML.
+ENVELOPE_PREFIXES = ("/api/", "/internal/")
+
+
+def _wants_envelope(request: HttpRequest) -> bool:
+    return request.path.startswith(ENVELOPE_PREFIXES)
+
+
+def _envelope_response(message: str, code: str) -> JsonResponse:
+    return JsonResponse(envelope(message, code), status=CODES[code].status)
+
+
+def handler400(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _wants_envelope(request):
+        return _envelope_response("Bad request.", "invalid_request")
+    return defaults.bad_request(request, exception)
+
+
+def handler403(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _wants_envelope(request):
+        return _envelope_response("You may not do this.", "permission_denied")
+    return defaults.permission_denied(request, exception)
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _wants_envelope(request):
+        return _envelope_response("No such object or path.", "not_found")
+    return defaults.page_not_found(request, exception)
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    if _wants_envelope(request):
+        return _envelope_response("Internal server error; retry later.", "server_error")
+    return defaults.server_error(request)

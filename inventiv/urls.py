@@ -4,6 +4,12 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from inventiv import health, portal
 
+# Under /api/ and /internal/, Django's own 400/403/404/500 answer in the error envelope.
+handler400 = "inventiv.errors.handler400"
+handler403 = "inventiv.errors.handler403"
+handler404 = "inventiv.errors.handler404"
+handler500 = "inventiv.errors.handler500"
+
 api_v1 = [
     path("", include("apps.accounts.api.urls")),
     path("", include("apps.models.api.urls")),

@@ -18,6 +18,7 @@ from apps.accounts.models import Membership, PersonalAccessToken
 from apps.accounts.services import access_token_create, access_token_revoke
 from inventiv.errors import NotFound
 from inventiv.pagination import paginated_response
+from inventiv.params import path_id
 
 
 class MeView(APIView):
@@ -51,11 +52,8 @@ class AccessTokenViewSet(viewsets.ViewSet):
     queryset = PersonalAccessToken.objects.none()  # for the schema only
 
     def _get(self, request: Request, pk: Any) -> PersonalAccessToken:
-        token = (
-            PersonalAccessToken.objects.filter(user=request_user(request), id=pk).first()
-            if str(pk).isdigit()
-            else None
-        )
+        token_id = path_id(pk, message="No such access token.")
+        token = PersonalAccessToken.objects.filter(user=request_user(request), id=token_id).first()
         if token is None:
             raise NotFound("No such access token.")
         return token

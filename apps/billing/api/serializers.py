@@ -1,11 +1,12 @@
 from rest_framework import serializers
 
 from apps.billing.models import UsageRecord
+from inventiv.params import IdField
 
 
 class UsageFilterSerializer(serializers.Serializer):
     model_code = serializers.SlugField(required=False)
-    api_key = serializers.IntegerField(required=False, min_value=1)
+    api_key = IdField(required=False)
     since = serializers.DateTimeField(required=False)
     until = serializers.DateTimeField(required=False)
 

@@ -4,13 +4,14 @@ from rest_framework import serializers
 
 from apps.accounts.models import Organization
 from apps.gateway.models import ApiKey
+from inventiv.params import IdField
 
 
 class ApiKeyInSerializer(serializers.Serializer[Any]):
     organization = serializers.SlugField(required=False, help_text="Default: your personal one.")
     name = serializers.CharField(max_length=100)
     model_codes = serializers.ListField(
-        child=serializers.IntegerField(min_value=1),
+        child=IdField(),
         required=False,
         default=list,
         help_text="Model code ids this key may use; empty: all of the organization's.",

@@ -21,6 +21,7 @@ from apps.gateway.selectors import api_key_get_for_user, api_key_list_for_user
 from apps.models.models import LlmModel
 from inventiv.errors import ApplicationError
 from inventiv.pagination import paginated_response
+from inventiv.params import path_id
 
 
 class ApiKeyViewSet(viewsets.ViewSet):
@@ -31,7 +32,7 @@ class ApiKeyViewSet(viewsets.ViewSet):
 
     def _get(self, request: Request, pk: Any, *, manage: bool = False) -> ApiKey:
         user = request_user(request)
-        key = api_key_get_for_user(user=user, key_id=int(pk) if str(pk).isdigit() else 0)
+        key = api_key_get_for_user(user=user, key_id=path_id(pk, message="No such API key."))
         if manage:
             organization_check_manager(user=user, organization_id=key.organization_id)
         return key

@@ -14,7 +14,8 @@ from apps.instances.models import InstanceType, Provider
 from apps.instances.providers.matching import offers_for_model
 from apps.instances.providers.sizing import needs_for_model
 from apps.models.selectors import model_get_for_user
-from inventiv.errors import ApplicationError, NotFound
+from inventiv.errors import NotFound
+from inventiv.params import path_id, query_id
 
 
 class OfferSerializer(serializers.Serializer):  # type: ignore[type-arg]
@@ -49,18 +50,19 @@ class ModelOffersView(APIView):
         responses=OffersOutSerializer,
     )
     def get(self, request: Request, model_code_id: int) -> Response:
-        model = model_get_for_user(user=request_user(request), model_code_id=model_code_id)
+        model = model_get_for_user(
+            user=request_user(request),
+            model_code_id=path_id(model_code_id, message="No such model code."),
+        )
         params = request.query_params
         provider = None
         instance_type = None
-        if params.get("provider"):
-            provider = Provider.objects.filter(id=_int(params["provider"], "provider")).first()
+        if (provider_id := query_id(params, "provider")) is not None:
+            provider = Provider.objects.filter(id=provider_id).first()
             if provider is None:
                 raise NotFound("No such provider.", param="provider")
-        if params.get("instance_type"):
-            instance_type = InstanceType.objects.filter(
-                id=_int(params["instance_type"], "instance_type")
-            ).first()
+        if (instance_type_id := query_id(params, "instance_type")) is not None:
+            instance_type = InstanceType.objects.filter(id=instance_type_id).first()
             if instance_type is None:
                 raise NotFound("No such instance type.", param="instance_type")
         offers = offers_for_model(
@@ -71,10 +73,3 @@ class ModelOffersView(APIView):
                 {"needs": needs_for_model(model).explanation, "offers": offers}
             ).data
         )
-
-
-def _int(raw: str, param: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise ApplicationError(f"{param} must be an integer.", param=param) from None

@@ -19,6 +19,7 @@ from apps.instances.selectors import instance_get_for_user, instance_list_for_us
 from apps.instances.services import instance_drain, instance_request_termination
 from inventiv.errors import Conflict
 from inventiv.pagination import paginated_response
+from inventiv.params import query_id
 
 
 class InstanceViewSet(viewsets.ViewSet):
@@ -39,8 +40,8 @@ class InstanceViewSet(viewsets.ViewSet):
     def list(self, request: Request) -> Response:
         queryset = instance_list_for_user(user=request_user(request))
         params = request.query_params
-        if model_code := params.get("model_code"):
-            queryset = queryset.filter(llm_model_id=int(model_code) if model_code.isdigit() else 0)
+        if (model_code_id := query_id(params, "model_code")) is not None:
+            queryset = queryset.filter(llm_model_id=model_code_id)
         if wanted := params.get("status"):
             queryset = queryset.filter(status__in=wanted.split(","))
         if params.get("include_archived") not in ("1", "true"):

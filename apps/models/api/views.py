@@ -21,6 +21,7 @@ from apps.models.api.serializers import (
 from apps.models.models import LlmModel
 from apps.models.selectors import model_get_for_user, model_list_for_user
 from inventiv.pagination import paginated_response
+from inventiv.params import path_id
 
 
 class ModelCodeViewSet(viewsets.ViewSet):
@@ -31,7 +32,9 @@ class ModelCodeViewSet(viewsets.ViewSet):
 
     def _get(self, request: Request, pk: Any, *, manage: bool = False) -> LlmModel:
         user = request_user(request)
-        model = model_get_for_user(user=user, model_code_id=int(pk) if str(pk).isdigit() else 0)
+        model = model_get_for_user(
+            user=user, model_code_id=path_id(pk, message="No such model code.")
+        )
         if manage:
             organization_check_manager(user=user, organization_id=model.organization_id)
         return model
