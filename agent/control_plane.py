@@ -4,7 +4,8 @@ One pooled ``httpx.AsyncClient`` with explicit timeouts. Errors are typed:
 :class:`ControlPlaneRejected` (the control plane said no: 400/401/403 or another non-retryable
 4xx; retrying will not help) and :class:`ControlPlaneUnavailable` (network error, timeout, 5xx,
 408/429, or an unparseable answer: transient). Credentials are sent only in the
-``Authorization`` header and never appear in exception messages.
+``Authorization`` header and never appear in exception messages. Every heartbeat carries the
+agent's release (``agent.__version__``) unless the caller set one.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from agent import __version__
 from agent.protocol import (
     HEARTBEAT_PATH,
     REGISTER_PATH,
@@ -98,6 +100,8 @@ class ControlPlaneClient:
     async def heartbeat(
         self, credential: str, heartbeat: Heartbeat, *, request_timeout_s: float | None = None
     ) -> HeartbeatResponse:
+        if not heartbeat.agent_version:
+            heartbeat = heartbeat.model_copy(update={"agent_version": __version__})
         return await self._post(
             HEARTBEAT_PATH,
             heartbeat,

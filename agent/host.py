@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 
+from agent import __version__
 from agent.gpus import detect_gpus
 from agent.host_protocol import (
     JOIN_PATH,
@@ -43,12 +44,20 @@ from agent.host_protocol import (
 )
 
 log = logging.getLogger("agent.host")
-VERSION = "1"
 STOP_GRACE_S = 30.0
 
 
 class Refused(Exception):
     """The control plane refused our token or credential."""
+
+
+def _refusal(response: httpx.Response) -> str:
+    """``HTTP 400 unsupported_protocol: ...`` from the control plane's error envelope."""
+    try:
+        error = response.json()["error"]
+        return f"HTTP {response.status_code} {error.get('code')}: {error.get('message')}"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"HTTP {response.status_code}"
 
 
 def _default_advertise_host() -> str:
@@ -91,13 +100,15 @@ class HostAgent:
         request = HostJoinRequest(
             join_token=self.join_token,
             hostname=socket.gethostname(),
-            agent_version=VERSION,
+            agent_version=__version__,
             advertise_host=self.advertise_host,
             gpus=self.gpus,
         )
         response = self.client.post(self.control_plane + JOIN_PATH, json=request.model_dump())
         if response.status_code in (401, 403):
             raise Refused("join token refused (invalid, expired or already used)")
+        if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
+            raise Refused(f"join refused ({_refusal(response)})")
         response.raise_for_status()
         joined = HostJoinResponse.model_validate_json(response.content)
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -219,6 +230,8 @@ class HostAgent:
                     if response.status_code in (401, 403):
                         log.error("host credential revoked: stopping everything")
                         return 3
+                    if 400 <= response.status_code < 500 and response.status_code != 429:
+                        log.error("poll refused (%s); retrying", _refusal(response))
                     response.raise_for_status()
                     answer = HostPollResponse.model_validate_json(response.content)
                     interval = answer.poll_interval_s

@@ -9,6 +9,11 @@ control plane, version 1. Both sides import it; it never imports Django.
    :class:`HostPollResponse`, lists the assignments it must run or stop. For each one to run
    the host starts a regular instance agent (``python -m agent``) with the instance's one-time
    bootstrap token, so the instance then speaks the ordinary agent protocol.
+
+``protocol_version`` (:data:`HOST_PROTOCOL_VERSION`) is checked first on join and on poll: a
+version the control plane cannot speak is refused with HTTP 400 ``unsupported_protocol``.
+``agent_version`` is the release of the agent package (``agent.__version__``); the control
+plane logs a warning when it differs from its own. See :mod:`agent.protocol` for the rules.
 """
 
 from __future__ import annotations

@@ -15,6 +15,18 @@ Flow (pull-based, works behind NAT):
 3. A 401 or 403 on heartbeat means the control plane no longer knows this instance: the agent
    stops its engine and exits. Errors are OpenAI-shaped JSON: ``{"error": {"message", "type",
    "param", "code"}}``.
+
+Two versions travel in every request, and they mean different things:
+
+* ``protocol_version`` (:data:`PROTOCOL_VERSION`) is the shape of these messages. The control
+  plane checks it before anything else and refuses a version it cannot speak with HTTP 400
+  ``unsupported_protocol`` (on register and heartbeat alike); it is raised only for a change an
+  older peer cannot parse. Fields are only ever added with a default, so a message from an
+  older agent of the same protocol version still parses (``extra="ignore"`` lets an older
+  control plane read a newer agent's message too).
+* ``agent_version`` is the release of the agent package (``agent.__version__``, the one version
+  of the project). The control plane records it on the instance and warns when it differs from
+  its own; it never refuses on it. ``""`` means "not reported" (an agent older than the field).
 """
 
 from __future__ import annotations
@@ -116,6 +128,9 @@ def _now() -> datetime:
 class Heartbeat(_Message):
     protocol_version: int = PROTOCOL_VERSION
     instance_id: str
+    # The agent package's release; "" from an agent older than this field (the control plane
+    # then keeps the version given at registration). ``ControlPlaneClient`` fills it in.
+    agent_version: str = ""
     state: AgentState
     engine: EngineStatus = Field(default_factory=EngineStatus)
     metrics: EngineMetrics | None = None

@@ -198,6 +198,7 @@ class InstanceAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "status",
         "status_changed_at",
         "last_heartbeat_at",
+        "agent_version",
         "failure_reason",
     ]
     list_filter = ["status", "provider", "archived"]

@@ -9,6 +9,7 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from agent import __version__
 from agent.protocol import AgentState, Heartbeat, RegisterRequest
 from apps.instances.choices import InstanceStatus as S
 from apps.instances.models import Instance
@@ -19,17 +20,28 @@ from tests.instances.factories import make_instance
 pytestmark = pytest.mark.django_db
 
 
-def register(client: Client, token: str) -> Any:
-    body = RegisterRequest(bootstrap_token=token, agent_version="1", hostname="gpu-1")
+def register(client: Client, token: str, agent_version: str = __version__) -> Any:
+    body = RegisterRequest(bootstrap_token=token, agent_version=agent_version, hostname="gpu-1")
     return client.post(
         "/internal/agent/v1/register", body.model_dump_json(), content_type="application/json"
     )
 
 
 def heartbeat(
-    client: Client, credential: str, instance_id: str, state: AgentState, **engine: Any
+    client: Client,
+    credential: str,
+    instance_id: str,
+    state: AgentState,
+    *,
+    agent_version: str = __version__,
+    **engine: Any,
 ) -> Any:
-    body = Heartbeat(instance_id=instance_id, state=state, engine={"healthy": True, **engine})  # type: ignore[arg-type]
+    body = Heartbeat(
+        instance_id=instance_id,
+        state=state,
+        agent_version=agent_version,
+        engine={"healthy": True, **engine},  # type: ignore[arg-type]
+    )
     return client.post(
         "/internal/agent/v1/heartbeat",
         body.model_dump_json(),
@@ -164,3 +176,73 @@ def test_malformed_agent_messages_get_a_clear_400(client: Client, mock_model: Ll
     )
     assert old.status_code == 400
     assert old.json()["error"]["code"] == "unsupported_protocol"
+
+
+def test_it_records_the_agent_version_and_shows_it_in_the_api(
+    client: Client, api: Any, mock_model: LlmModel
+) -> None:
+    # given an agent of this release registered and heartbeating
+    instance, token = make_instance(mock_model, S.BOOTING)
+    credential = register(client, token).json()["credential"]
+    assert heartbeat(client, credential, str(instance.id), AgentState.READY).status_code == 200
+    # then its version is on the instance, in the registration's history row and in the API
+    instance.refresh_from_db()
+    assert instance.agent_version == __version__
+    (registered,) = instance.events.filter(to_status=S.STARTING)
+    assert registered.data["agent_version"] == registered.data["control_plane_version"]
+    assert "warning" not in registered.reason
+    body = api.get(f"/api/v1/instances/{instance.id}/").json()
+    assert (body["agent_version"], body["agent_version_mismatch"]) == (__version__, False)
+    listed = api.get("/api/v1/instances/").json()["results"]
+    assert [(i["agent_version"], i["agent_version_mismatch"]) for i in listed] == [
+        (__version__, False)
+    ]
+
+
+def test_it_serves_an_agent_of_another_release_with_a_warning(
+    client: Client, api: Any, mock_model: LlmModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given an agent of an older release (same protocol version)
+    instance, token = make_instance(mock_model, S.BOOTING)
+    iid = str(instance.id)
+    # when it registers, then it is accepted, with a warning logged and in the history
+    response = register(client, token, agent_version="0.0.9")
+    assert response.status_code == 200
+    assert f"agent version 0.0.9 differs from the control plane's {__version__}" in caplog.text
+    (registered,) = Instance.objects.get(id=iid).events.filter(to_status=S.STARTING)
+    assert f"warning: agent 0.0.9 differs from the control plane's {__version__}" in (
+        registered.reason
+    )
+    credential = response.json()["credential"]
+    # and its heartbeats are served; the API flags the mismatch
+    assert (
+        heartbeat(client, credential, iid, AgentState.READY, agent_version="0.0.9").status_code
+        == 200
+    )
+    assert Instance.objects.get(id=iid).status == S.READY
+    body = api.get(f"/api/v1/instances/{iid}/").json()
+    assert (body["agent_version"], body["agent_version_mismatch"]) == ("0.0.9", True)
+    # when the agent is upgraded in place, then its next heartbeat records the new release
+    assert heartbeat(client, credential, iid, AgentState.READY).status_code == 200
+    assert Instance.objects.get(id=iid).agent_version == __version__
+    assert api.get(f"/api/v1/instances/{iid}/").json()["agent_version_mismatch"] is False
+
+
+def test_a_heartbeat_without_agent_version_still_parses_and_keeps_the_recorded_one(
+    client: Client, mock_model: LlmModel
+) -> None:
+    # given an agent registered with this release
+    instance, token = make_instance(mock_model, S.BOOTING)
+    credential = register(client, token).json()["credential"]
+    # when a heartbeat comes in the shape of an agent older than the field
+    old = {"protocol_version": 1, "instance_id": str(instance.id), "state": "ready"}
+    response = client.post(
+        "/internal/agent/v1/heartbeat",
+        old,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {credential}",
+    )
+    # then it is served and the version given at registration is kept
+    assert response.status_code == 200
+    instance.refresh_from_db()
+    assert (instance.status, instance.agent_version) == (S.READY, __version__)

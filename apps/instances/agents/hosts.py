@@ -26,6 +26,7 @@ from agent.host_protocol import (
     ProcessState,
 )
 from apps.instances.agents.bootstrap import render_join_command
+from apps.instances.agents.versions import CONTROL_PLANE_VERSION, agent_version_mismatch
 from apps.instances.choices import ProviderKind
 from apps.instances.models import OnPremAssignment, OnPremHost, Provider
 from inventiv import crypto
@@ -102,6 +103,13 @@ def onprem_host_join(*, request: HostJoinRequest) -> HostJoinResponse:
     host.gpu_model, host.vram_per_gpu_gb = _gpu_summary(host)
     host.save(update_fields=["gpu_model", "vram_per_gpu_gb"])
     logger.info("on-premise host %s joined with %d GPU(s)", host.name, len(request.gpus))
+    if agent_version_mismatch(request.agent_version):
+        logger.warning(
+            "on-premise host %s: host agent version %s differs from the control plane's %s",
+            host.name,
+            request.agent_version,
+            CONTROL_PLANE_VERSION,
+        )
     return HostJoinResponse(
         host_id=host.id, credential=credential, poll_interval_s=settings.ONPREM_POLL_INTERVAL_S
     )

@@ -1,9 +1,15 @@
 """The control plane's side of the agent protocol (``agent/protocol.py``): registration with a
-one-time bootstrap token, heartbeats, and the desired state each answer carries."""
+one-time bootstrap token, heartbeats, and the desired state each answer carries.
+
+Versions: a ``protocol_version`` this control plane cannot speak never reaches these services
+(the API refuses it with ``unsupported_protocol``). The ``agent_version`` an agent reports is
+recorded on the instance; one that differs from ``inventiv.__version__`` is accepted with a
+warning (logged, and said in the registration's history row)."""
 
 from __future__ import annotations
 
 import hmac
+import logging
 
 from django.conf import settings
 from django.db import transaction
@@ -19,12 +25,14 @@ from agent.protocol import (
     RegisterRequest,
     RegisterResponse,
 )
+from apps.instances.agents.versions import CONTROL_PLANE_VERSION, agent_version_mismatch
 from apps.instances.choices import InstanceStatus, ProviderKind
 from apps.instances.models import Instance
 from apps.instances.services import instance_request_termination, instance_transition
 from inventiv import crypto
 from inventiv.errors import ApplicationError
 
+logger = logging.getLogger(__name__)
 S = InstanceStatus
 SERVE_STATUSES = frozenset({S.PROVISIONING, S.BOOTING, S.STARTING, S.READY, S.UNAVAILABLE})
 
@@ -62,6 +70,21 @@ def desired_for(instance: Instance) -> Desired:
     return Desired(action=DesiredAction.STOP)
 
 
+def _version_warning(instance: Instance, agent_version: str) -> str:
+    """The warning for an agent of another release ("" when there is none), logged once."""
+    if not agent_version_mismatch(agent_version):
+        return ""
+    logger.warning(
+        "instance %s: agent version %s differs from the control plane's %s; it is accepted "
+        "(same protocol version), but install inventiv-agent %s",
+        instance.id,
+        agent_version,
+        CONTROL_PLANE_VERSION,
+        CONTROL_PLANE_VERSION,
+    )
+    return f"agent {agent_version} differs from the control plane's {CONTROL_PLANE_VERSION}"
+
+
 def agent_register(*, request: RegisterRequest) -> RegisterResponse:
     """Exchange a one-time bootstrap token for a per-instance credential. The token is
     consumed atomically: of two concurrent registrations with it, one wins."""
@@ -86,6 +109,7 @@ def agent_register(*, request: RegisterRequest) -> RegisterResponse:
         "credential_hash": crypto.token_hash(credential),
         "registered_at": now,
         "last_heartbeat_at": now,
+        "agent_version": request.agent_version[:64],
     }
     if not instance.engine_host and request.advertise_host:
         fields["engine_host"] = instance.public_ip or request.advertise_host
@@ -104,14 +128,17 @@ def agent_register(*, request: RegisterRequest) -> RegisterResponse:
                 expected=S.PROVISIONING,
                 reason="agent registered before the create call returned",
             )
+        warning = _version_warning(instance, request.agent_version)
         instance_transition(
             instance=instance,
             to=S.STARTING,
             expected=S.BOOTING,
-            reason=f"agent registered from {request.hostname}",
+            reason=f"agent registered from {request.hostname}"
+            + (f"; warning: {warning}" if warning else ""),
             data={
                 "gpus": [g.model_dump() for g in request.gpus],
                 "agent_version": request.agent_version,
+                "control_plane_version": CONTROL_PLANE_VERSION,
             },
         )
     instance.refresh_from_db(fields=["status"])  # it may have been terminated meanwhile
@@ -140,16 +167,22 @@ def agent_authenticate(*, credential: str) -> Instance:
 def agent_heartbeat(*, instance: Instance, heartbeat: Heartbeat) -> HeartbeatResponse:
     """Record a heartbeat and move the instance according to what the agent reports:
     starting→ready when the engine is ready, ready→starting when it is down (not routable),
-    unavailable→ready/starting when heartbeats resume, draining→terminating once drained."""
+    unavailable→ready/starting when heartbeats resume, draining→terminating once drained.
+    A reported ``agent_version`` other than the recorded one (an agent upgraded in place) is
+    recorded, with a warning if it differs from the control plane's."""
     if heartbeat.instance_id != str(instance.id):
         raise AgentAuthError("This credential belongs to another instance.")
     now = timezone.now()
-    fields = {
+    fields: dict[str, object] = {
         "last_heartbeat_at": now,
         "agent_state": heartbeat.state.value,
         "engine_status": heartbeat.engine.model_dump(),
         "engine_metrics": heartbeat.metrics.model_dump() if heartbeat.metrics else {},
     }
+    reported = heartbeat.agent_version[:64]
+    if reported and reported != instance.agent_version:
+        fields["agent_version"] = reported
+        _version_warning(instance, reported)
     Instance.objects.filter(id=instance.id).update(**fields)
     for key, value in fields.items():
         setattr(instance, key, value)

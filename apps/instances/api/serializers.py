@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
 from apps.accounts.models import Organization
+from apps.instances.agents.versions import agent_version_mismatch
 from apps.instances.models import (
     Instance,
     InstanceEvent,
@@ -48,6 +49,10 @@ class InstanceOutSerializer(serializers.ModelSerializer):
     instance_type: serializers.SlugRelatedField[InstanceType] = serializers.SlugRelatedField(
         slug_field="code", read_only=True
     )
+    agent_version_mismatch = serializers.SerializerMethodField(
+        help_text="The agent reported a release other than the control plane's (a warning: it "
+        "is served all the same, since it speaks the same protocol version)."
+    )
 
     class Meta:
         model = Instance
@@ -66,6 +71,8 @@ class InstanceOutSerializer(serializers.ModelSerializer):
             "provider_resource_id",
             "public_ip",
             "agent_state",
+            "agent_version",
+            "agent_version_mismatch",
             "engine_status",
             "engine_metrics",
             "last_heartbeat_at",
@@ -75,6 +82,9 @@ class InstanceOutSerializer(serializers.ModelSerializer):
             "created_at",
         ]
         read_only_fields = fields
+
+    def get_agent_version_mismatch(self, instance: Instance) -> bool:
+        return agent_version_mismatch(instance.agent_version)
 
 
 class InstanceDetailOutSerializer(InstanceOutSerializer):

@@ -51,6 +51,9 @@ class Instance(models.Model):
     registered_at = models.DateTimeField(null=True, blank=True)
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     agent_state = models.CharField(max_length=24, blank=True)
+    # The agent package's release as the agent last reported it ("" until it registers); the
+    # control plane warns when it differs from its own (``inventiv.__version__``).
+    agent_version = models.CharField(max_length=64, blank=True)
     engine_status = models.JSONField(default=dict, blank=True)
     engine_metrics = models.JSONField(default=dict, blank=True)
     ready_at = models.DateTimeField(null=True, blank=True)

@@ -3,14 +3,30 @@ pydantic messages from ``agent/``, errors in the OpenAI envelope."""
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypeVar
 
 from django.http import HttpRequest, JsonResponse
 from pydantic import BaseModel, ValidationError
 
+from agent import __version__
 from inventiv.errors import ApplicationError
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class UnsupportedProtocol(ApplicationError):
+    """An agent (or host agent) speaking a protocol version this control plane cannot."""
+
+    code = "unsupported_protocol"
+
+    def __init__(self, *, got: object, speaks: int) -> None:
+        super().__init__(
+            f"Unsupported protocol version {got!r}; this control plane speaks version {speaks}. "
+            f"Install the agent it serves (inventiv-agent {__version__}) or upgrade the "
+            "control plane.",
+            param="protocol_version",
+        )
 
 
 def error_response(exc: ApplicationError) -> JsonResponse:
@@ -19,25 +35,25 @@ def error_response(exc: ApplicationError) -> JsonResponse:
 
 def parse_message(request: HttpRequest, model: type[M], *, version: int) -> M:
     """The request body as ``model``; 400 ``invalid_json`` for a body that is not a JSON
-    object, ``invalid_value`` naming the first bad field, or ``unsupported_protocol``."""
+    object, ``unsupported_protocol`` for a ``protocol_version`` other than ``version``
+    (checked before the shape, since another protocol's message may not have our fields), or
+    ``invalid_value`` naming the first bad field. A body without ``protocol_version`` is read
+    as ``version``."""
     try:
-        message = model.model_validate_json(request.body)
+        raw = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApplicationError(f"The body is not JSON: {exc}", code="invalid_json") from None
+    if not isinstance(raw, dict):
+        raise ApplicationError("The body is not a JSON object.", code="invalid_json")
+    got = raw.get("protocol_version", version)
+    if got != version or isinstance(got, bool):
+        raise UnsupportedProtocol(got=got, speaks=version)
+    try:
+        return model.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
-        if param is None:
-            raise ApplicationError(
-                f"The body is not a JSON object: {first['msg']}", code="invalid_json"
-            ) from None
         raise ApplicationError(f"{param}: {first['msg']}", param=param) from None
-    got = getattr(message, "protocol_version", version)
-    if got != version:
-        raise ApplicationError(
-            f"Unsupported protocol version {got}; this control plane speaks {version}.",
-            param="protocol_version",
-            code="unsupported_protocol",
-        )
-    return message
 
 
 def bearer_token(request: HttpRequest, error: ApplicationError) -> str:
