@@ -7,11 +7,12 @@ Every variable read here is documented in ``.env.example``. A malformed value ra
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
 _TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+_FALSE = {"0", "false", "no", "off"}
 
 
 def env_str(name: str, default: str | None = None) -> str | None:
@@ -29,8 +30,10 @@ def env_required(name: str) -> str:
 
 
 def env_bool(name: str, default: bool = False) -> bool:
+    """Empty means unset (the default), as for every helper here: ``.env.example`` lists
+    overrides as ``NAME=``."""
     raw = os.environ.get(name)
-    if raw is None:
+    if raw is None or not raw.strip():
         return default
     value = raw.strip().lower()
     if value in _TRUE:
@@ -71,3 +74,28 @@ def env_list(name: str, default: list[str] | None = None) -> list[str]:
     if raw is None:
         return list(default or [])
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_choice(name: str, choices: tuple[str, ...], *, default: str) -> str:
+    raw = env_str(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}; got {raw!r}.")
+    return value
+
+
+def env_url(name: str, default: str) -> str:
+    """An absolute http(s) URL without its trailing slash."""
+    value = (env_str(name, default) or default).rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ImproperlyConfigured(f"{name} must be an http:// or https:// URL, got {value!r}.")
+    return value
+
+
+def url_host(url: str) -> str:
+    """The host of ``url`` as ALLOWED_HOSTS spells it (IPv6 addresses in brackets)."""
+    host = urlsplit(url).hostname or ""
+    return f"[{host}]" if ":" in host else host

@@ -12,19 +12,42 @@ Two shapes, same code:
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from inventiv.env import env_bool, env_float, env_int, env_list, env_str
+from inventiv.env import (
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    env_url,
+    url_host,
+)
 from inventiv.storage import private_dir, private_file, private_write_text
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(env_str("INVENTIV_STATE_DIR", str(BASE_DIR / ".inventiv")) or "")
 # Private (0700): it holds the embedded database, the generated SECRET_KEY, the demo's password.
-private_dir(STATE_DIR)
+try:
+    private_dir(STATE_DIR)
+except OSError as _exc:
+    # The image runs as ``nobody``: the directory must exist and be writable by that user (the
+    # Dockerfile creates /var/lib/inventiv, compose mounts a volume there).
+    raise ImproperlyConfigured(
+        f"INVENTIV_STATE_DIR={STATE_DIR} cannot be created ({_exc.strerror}): create it, "
+        "writable by the user the platform runs as, or point INVENTIV_STATE_DIR elsewhere."
+    ) from None
+if not os.access(STATE_DIR, os.W_OK | os.X_OK):
+    raise ImproperlyConfigured(
+        f"INVENTIV_STATE_DIR={STATE_DIR} is not writable by uid {os.geteuid()}: give it to the "
+        "user the platform runs as (the image's is nobody), or point INVENTIV_STATE_DIR elsewhere."
+    )
 
 DATABASE_URL = env_str("DATABASE_URL")
 REDIS_URL = env_str("REDIS_URL")
@@ -40,12 +63,31 @@ REDIS_PREFIX = env_str("INVENTIV_REDIS_PREFIX", "inventiv:") or "inventiv:"
 DEBUG = env_bool("DJANGO_DEBUG", default=False)
 
 
+# The placeholder of .env.example and Django's generated development keys are refused.
+_PLACEHOLDER_KEYS = ("change-me", "django-insecure-")
+SECRET_KEY_MIN_LENGTH = 32
+
+
 def _secret_key() -> str:
     key = env_str("SECRET_KEY")
+    if not EMBEDDED:
+        if not key:
+            raise ImproperlyConfigured(
+                "SECRET_KEY is required when DATABASE_URL/REDIS_URL are set."
+            )
+        if (
+            key.startswith(_PLACEHOLDER_KEYS)
+            or len(key) < SECRET_KEY_MIN_LENGTH
+            or len(set(key)) < 5
+        ):
+            raise ImproperlyConfigured(
+                f"SECRET_KEY is a placeholder or too weak: give at least {SECRET_KEY_MIN_LENGTH} "
+                "random characters, e.g. python -c 'import secrets; "
+                "print(secrets.token_urlsafe(50))'."
+            )
+        return key
     if key:
         return key
-    if not EMBEDDED:
-        raise ImproperlyConfigured("SECRET_KEY is required when DATABASE_URL/REDIS_URL are set.")
     # Embedded mode: a random key generated once and kept in the state directory.
     path = STATE_DIR / "secret_key"
     if not path.exists():
@@ -54,12 +96,23 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
-ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 # The public URL of this platform, used in messages and in the machines' bootstrap data.
-PUBLIC_URL = (env_str("INVENTIV_PUBLIC_URL", "http://127.0.0.1:8000") or "").rstrip("/")
+PUBLIC_URL = env_url("INVENTIV_PUBLIC_URL", "http://127.0.0.1:8000")
 # The URL agents use to reach the internal agent API (defaults to PUBLIC_URL).
-AGENT_API_URL = (env_str("INVENTIV_AGENT_API_URL", PUBLIC_URL) or "").rstrip("/")
+AGENT_API_URL = env_url("INVENTIV_AGENT_API_URL", PUBLIC_URL)
+# Host-header protection: the hosts named in ALLOWED_HOSTS, plus those of the two URLs above
+# (an agent calling AGENT_API_URL must not get a 400). /healthz and /readyz answer whatever the
+# Host (inventiv.health.HealthMiddleware), so probes on 127.0.0.1 need no entry here.
+ALLOWED_HOSTS = list(
+    dict.fromkeys(
+        [
+            *env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"]),
+            url_host(PUBLIC_URL),
+            url_host(AGENT_API_URL),
+        ]
+    )
+)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -81,6 +134,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: probes get /healthz and /readyz whatever the Host header (nothing else does).
+    "inventiv.health.HealthMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -253,6 +308,8 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Beat's schedule file lives in the state directory (writable by the image's user, a volume).
+CELERY_BEAT_SCHEDULE_FILENAME = str(STATE_DIR / "celerybeat-schedule")
 
 # --- Orchestrator tunables (seconds) ----------------------------------------------------------
 RECONCILE_INTERVAL_S = env_float("INVENTIV_RECONCILE_INTERVAL_S", 5.0, minimum=0.1)
@@ -282,17 +339,31 @@ POWER_ACTION_GRACE_S = env_float("INVENTIV_POWER_ACTION_GRACE_S", 900.0, minimum
 LOCAL_PROVIDER_ENABLED = env_bool("INVENTIV_LOCAL_PROVIDER", default=EMBEDDED or DEBUG)
 
 # --- Security (production) ------------------------------------------------------------------
-SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=not (DEBUG or EMBEDDED))
-SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", default=not (DEBUG or EMBEDDED))
-CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", default=not (DEBUG or EMBEDDED))
-SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if (DEBUG or EMBEDDED) else 31536000)
-SECURE_HSTS_INCLUDE_SUBDOMAINS = not (DEBUG or EMBEDDED)
+# INVENTIV_TLS says where TLS ends: "proxy" (a reverse proxy terminates HTTPS and forwards with
+# X-Forwarded-Proto: https; HTTPS redirect, secure cookies, HSTS) or "off" (plain HTTP, e.g.
+# compose.yaml as shipped: none of those; ``check --deploy`` warns, inventiv.W002). Default:
+# "proxy" in production, "off" in the embedded and debug modes. The four variables below still
+# override one by one.
+TLS = env_choice(
+    "INVENTIV_TLS", ("proxy", "off"), default="off" if (DEBUG or EMBEDDED) else "proxy"
+)
+_HTTPS = TLS == "proxy"
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=_HTTPS)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", default=_HTTPS)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", default=_HTTPS)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if _HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _HTTPS
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", default=False)
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Trust X-Forwarded-Proto only when a proxy is declared: without one, a client could claim HTTPS.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if _HTTPS else None
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^internal/"]
 X_FRAME_OPTIONS = "DENY"
 # HSTS preload is a commitment to browsers' lists; an operator opts in with SECURE_HSTS_PRELOAD.
 SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+if not _HTTPS:
+    # Plain HTTP by choice: one warning that says so (inventiv.W002) instead of four generic
+    # ones that advise settings which would break a site without TLS.
+    SILENCED_SYSTEM_CHECKS += ["security.W004", "security.W008", "security.W012", "security.W016"]
 
 LOGGING = {
     "version": 1,

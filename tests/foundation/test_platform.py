@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -151,7 +152,8 @@ def _settings_env_names() -> set[str]:
     for path in [*ROOT.glob("inventiv/*.py"), *ROOT.glob("apps/**/*.py")]:
         names.update(
             re.findall(
-                r'env_(?:str|bool|int|float|list|required)\(\s*"([A-Z0-9_]+)"', path.read_text()
+                r'env_(?:str|bool|int|float|list|required|choice|url)\(\s*"([A-Z0-9_]+)"',
+                path.read_text(),
             )
         )
     return names
@@ -173,6 +175,10 @@ def test_the_compose_file_runs_only_what_exists_with_known_settings() -> None:
     for name in ("migrate", "web", "gateway", "worker", "beat", "flower"):
         service = services[name]
         command = service["command"]
+        if command[:2] == ["sh", "-c"]:  # a guard or several steps; the last one is exec'd
+            command = shlex.split(command[2].split("; exec ")[-1].split(" && ")[0])
+        if command[:3] == ["python", "-m", "apps.gateway"]:
+            command = ["uvicorn", "apps.gateway.asgi:application"]
         if command[0] == "uvicorn":
             module, _, attr = command[1].partition(":")
             code = (
