@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 
 from agent import __version__
+from agent.environment import agent_environment
 from agent.gpus import detect_gpus
 from agent.host_protocol import (
     JOIN_PATH,
@@ -145,17 +146,20 @@ class HostAgent:
         return reports
 
     def _start(self, assignment_id: int, token: str, gpus: list[int], url: str) -> None:
-        env = dict(os.environ)
-        env.pop("INVENTIV_JOIN_TOKEN", None)
+        # An allow-listed environment (agent/environment.py): the host's own secrets (its join
+        # token, anything else in the host agent's environment) never reach instance agents.
+        env = agent_environment(
+            os.environ,
+            {
+                "INVENTIV_BOOTSTRAP_TOKEN": token,
+                "INVENTIV_CONTROL_PLANE_URL": url,
+                "INVENTIV_ADVERTISE_HOST": self.advertise_host,
+                "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in gpus),
+            },
+        )
         # Instance agents under a host agent keep their credential in memory only: several
         # sharing one state directory would overwrite each other's credential.
         env.pop("INVENTIV_AGENT_STATE_DIR", None)
-        env.update(
-            INVENTIV_BOOTSTRAP_TOKEN=token,
-            INVENTIV_CONTROL_PLANE_URL=url,
-            INVENTIV_ADVERTISE_HOST=self.advertise_host,
-            CUDA_VISIBLE_DEVICES=",".join(str(i) for i in gpus),
-        )
         self.children[assignment_id] = subprocess.Popen(
             [
                 sys.executable,

@@ -48,7 +48,7 @@ def run_embedded(state: Path) -> str:
         text=True,
         timeout=60,
         # the usual umask: files would be 0644 and directories 0755 without our care
-        preexec_fn=lambda: os.umask(0o022),  # noqa: PLW1509
+        preexec_fn=lambda: os.umask(0o022),
     )
     assert done.returncode == 0, done.stderr
     return done.stdout

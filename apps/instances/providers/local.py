@@ -22,6 +22,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from agent.environment import agent_environment
 from apps.instances.providers.base import (
     INSTANCE_TAG,
     InstanceTypeInfo,
@@ -31,15 +32,14 @@ from apps.instances.providers.base import (
     ProviderAdapter,
     ProviderError,
 )
+from inventiv.storage import private_dir
 
 TAG_ENV = "INVENTIV_INSTANCE_TAG"
 ROOT = Path(__file__).resolve().parents[3]
 
 
 def _records_dir() -> Path:
-    path = Path(settings.STATE_DIR) / "local-provider"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return private_dir(Path(settings.STATE_DIR) / "local-provider")
 
 
 def _tagged_pids() -> dict[str, list[int]]:
@@ -100,15 +100,18 @@ class LocalAdapter(ProviderAdapter):
         if existing is not None:
             return existing
         log_path = _records_dir() / f"{spec.instance_id}.log"
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))},
-            TAG_ENV: spec.instance_id,
-            "INVENTIV_CONTROL_PLANE_URL": spec.control_plane_url,
-            "INVENTIV_BOOTSTRAP_TOKEN": spec.bootstrap_token,
-            "INVENTIV_ADVERTISE_HOST": "127.0.0.1",
-            "PYTHONUNBUFFERED": "1",
-        }
-        env.pop("SECRET_KEY", None)
+        # An allow-listed environment: the control plane's secrets (SECRET_KEY, encryption
+        # keys, DATABASE_URL, cloud credentials...) never reach the agent nor its engine.
+        env = agent_environment(
+            os.environ,
+            {
+                TAG_ENV: spec.instance_id,
+                "INVENTIV_CONTROL_PLANE_URL": spec.control_plane_url,
+                "INVENTIV_BOOTSTRAP_TOKEN": spec.bootstrap_token,
+                "INVENTIV_ADVERTISE_HOST": "127.0.0.1",
+                "PYTHONUNBUFFERED": "1",
+            },
+        )
         try:
             with open(log_path, "ab") as log:
                 proc = subprocess.Popen(
