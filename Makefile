@@ -9,7 +9,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 PYTEST_ARGS ?=
 
-.PHONY: demo test install install-dev services lint typecheck bench lock clean
+.PHONY: help demo test install install-dev services lint typecheck bench lock clean
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -24,8 +24,14 @@ $(VENV)/.dev-installed: requirements/dev.txt $(VENV)/.base-installed
 	$(UV) pip install -q --python $(PY) -r requirements/dev.txt
 	@touch $@
 
+## Create .venv and install the platform's pinned requirements (base, agent).
 install: $(VENV)/.base-installed
+## Install the development requirements too (pytest, ruff, mypy, import-linter, pre-commit).
 install-dev: $(VENV)/.dev-installed
+
+## List the targets, one line each (from the `## ` comment above each target).
+help:
+	@awk '/^## /{doc=substr($$0,4); next} /^[a-z][a-z-]*:/{if (doc != "") {split($$0, t, ":"); printf "  make %-12s %s\n", t[1], doc}} {doc=""}' $(MAKEFILE_LIST)
 
 ## The whole platform in one process (SQLite, in-process broker, local provider, mock engine).
 demo: install
@@ -39,7 +45,7 @@ services:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && exit 0; sleep 1; done; echo "PostgreSQL/Redis did not start"; exit 1
 
-## The whole suite, on real PostgreSQL and Redis.
+## Every check: ruff lint and format, mypy, import contracts, then pytest on real PostgreSQL and Redis.
 test: install-dev services
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -47,14 +53,17 @@ test: install-dev services
 	$(VENV)/bin/lint-imports --no-cache
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
+## ruff (lint and format check) and the import-linter contracts, without the tests.
 lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache
 
+## mypy on agent, apps and inventiv.
 typecheck: install-dev
 	$(VENV)/bin/mypy agent apps inventiv
 
+## The gateway benchmark (bench/gateway.py); the others run as python -m bench.<name>.
 bench: install-dev
 	$(PY) -m bench.gateway
 
@@ -64,5 +73,6 @@ lock:
 	$(UV) pip compile -q requirements/agent.in -o requirements/agent.txt --python-version 3.11
 	$(UV) pip compile -q requirements/dev.in -o requirements/dev.txt --python-version 3.11
 
+## Remove .venv, the embedded state (.inventiv) and the tool caches.
 clean:
 	rm -rf $(VENV) .inventiv .pytest_cache .mypy_cache .ruff_cache
