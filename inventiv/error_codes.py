@@ -202,6 +202,27 @@ CODES: dict[str, ErrorCode] = {
             ("gateway",),
         ),
         ErrorCode(
+            "gateway_interrupted",
+            502,
+            "The gateway process died mid-answer; billed from its last checkpoint (recorded in "
+            "usage, never sent).",
+            ("gateway",),
+        ),
+        ErrorCode(
+            "gateway_shutting_down",
+            503,
+            "The gateway was stopping and cut the stream after its graceful timeout (a final SSE "
+            "error event); retry.",
+            ("gateway",),
+        ),
+        ErrorCode(
+            "usage_unavailable",
+            503,
+            "Usage could not be recorded in time (`USAGE_WRITE_TIMEOUT_S`): the answer was not "
+            "sent, or the stream was cut; retry.",
+            ("gateway",),
+        ),
+        ErrorCode(
             "model_unavailable",
             503,
             "The model code has no ready instance right now; see `Retry-After`.",

@@ -499,4 +499,16 @@ GATEWAY_METRICS_TOKEN = env_str("GATEWAY_METRICS_TOKEN")
 # Usage records: buffered in Redis by gateways, written to PostgreSQL by the worker.
 USAGE_FLUSH_INTERVAL_S = env_float("USAGE_FLUSH_INTERVAL_S", 2.0, minimum=0.05)
 USAGE_FLUSH_BATCH = env_int("USAGE_FLUSH_BATCH", 1000, minimum=1)
+# Streams: 0 writes a checkpoint before each relayed batch of events (nothing is delivered
+# unrecorded); > 0 writes one at most this often without waiting (a killed gateway loses at
+# most that long of one stream's tokens).
+USAGE_CHECKPOINT_INTERVAL_S = env_float("USAGE_CHECKPOINT_INTERVAL_S", 0.0, minimum=0)
+# How long an answer waits for the usage buffer (Redis) before it is cut (usage_unavailable).
+USAGE_WRITE_TIMEOUT_S = env_float("USAGE_WRITE_TIMEOUT_S", 10.0, minimum=0.01)
+# A gateway process not heard from for this long is dead: the flush bills its checkpoints.
+USAGE_GATEWAY_TTL_S = env_float("USAGE_GATEWAY_TTL_S", 5.0, minimum=0.1)
+# Entries a flush read and did not acknowledge for this long are taken over by the next one.
+USAGE_CLAIM_IDLE_S = env_float("USAGE_CLAIM_IDLE_S", 30.0, minimum=0.01)
+# A backlog (records not yet flushed) above this is logged as a warning by gateways and flush.
+USAGE_BACKLOG_ALERT = env_int("USAGE_BACKLOG_ALERT", 100_000, minimum=1)
 # --- end of gateway and usage -------------------------------------------------------------------

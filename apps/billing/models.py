@@ -5,11 +5,15 @@ from __future__ import annotations
 from django.db import models
 
 from apps.accounts.models import Organization
+from apps.gateway.usage_record import FINAL_SEQ
 
 
 class UsageRecord(models.Model):
     """What one request through the gateway consumed. Idempotent by ``request_id``: the flush
-    task may write a batch twice (after a crash) without double counting.
+    task may write a batch twice (after a crash) without double counting. ``seq`` orders a
+    request's versions: a stream's checkpoints (1, 2, ...; what was delivered so far) are
+    superseded by its final record (``FINAL_SEQ``), never the reverse; a record whose ``seq``
+    is below ``FINAL_SEQ`` is a stream whose gateway died (``gateway_interrupted``).
 
     Foreign keys are plain ids without database constraints: records are written in bulk from a
     buffer and must never fail because a key or model code was deleted meanwhile.
@@ -35,6 +39,7 @@ class UsageRecord(models.Model):
     latency_ms = models.FloatField(default=0)
     ttft_ms = models.FloatField(null=True, blank=True)
     started_at = models.DateTimeField(db_index=True)
+    seq = models.PositiveIntegerField(default=FINAL_SEQ)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

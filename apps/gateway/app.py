@@ -15,6 +15,13 @@ checks), ``key_cache`` (API keys), ``directory`` (keeps the ``routing`` table fr
 relay and usage chunks), ``usage_record`` and ``usage_buffer`` (accounting) and ``listener``
 (events from the channel layer).
 
+Accounting: every authenticated inference request's ``send`` is wrapped in ``AccountedSend``,
+so that its usage is in the buffer before the answer's last bytes leave (a stream's progress
+before each relayed batch); see ``apps.gateway.usage_buffer``. Shutdown (lifespan): uvicorn
+stops accepting and lets requests finish within its graceful timeout, then cancels the rest
+(a cut stream ends with a ``gateway_shutting_down`` error event); the shutdown waits for those
+requests to record their usage, then writes what the recorder holds.
+
 Background tasks per process: the event listener (groups ``instances`` and ``keys``), the
 periodic refreshes, and the usage batcher. They start on the first request (or at lifespan
 startup when run standalone).
@@ -46,12 +53,13 @@ from apps.gateway.request import Receive, Request, Scope, Send, respond
 from apps.gateway.routing import PREFIX_AWARE, SESSION_AFFINITY, RetryBudget, RoutingTable
 from apps.gateway.stream import INJECT_USAGE
 from apps.gateway.types import KeySnapshot
-from apps.gateway.usage_buffer import UsageRecorder
-from apps.gateway.usage_record import UsageRecordData
+from apps.gateway.usage_buffer import AccountedSend, UsageRecorder, UsageUnavailable
+from apps.gateway.usage_record import FINAL_SEQ, UsageRecordData
 
 __all__ = ["ENDPOINTS", "Gateway", "GatewayError", "Request"]
 
 logger = logging.getLogger("apps.gateway")
+SHUTDOWN_USAGE_WAIT_S = 5.0
 
 ENDPOINTS = {
     "/v1/chat/completions": "chat",
@@ -86,6 +94,8 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._ids = 0
         self._id_prefix = os.urandom(6).hex()
+        self._active = 0  # inference requests in flight (shutdown waits for their usage)
+        self._idle: asyncio.Event | None = None  # set when the last one ends, during shutdown
 
     # --- lifecycle -------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -108,12 +118,17 @@ class Gateway:
             self._started = True
 
     async def shutdown(self) -> None:
+        # Requests cancelled by the server's graceful timeout are still recording their usage.
+        if self._active:
+            self._idle = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), timeout=SHUTDOWN_USAGE_WAIT_S)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
-        await self.usage.flush()
+        await self.usage.close()
         await self.proxy.close()
         self._started = False
 
@@ -151,6 +166,10 @@ class Gateway:
             await self.startup()
         path: str = scope["path"]
         req = Request(start, self._new_id(), ENDPOINTS.get(path, ""))
+        accounted: AccountedSend | None = None
+        if req.endpoint:
+            send = accounted = AccountedSend(send, req, self.usage, self._usage_record)
+            self._active += 1
         try:
             if req.endpoint:
                 if scope["method"] != "POST":
@@ -170,8 +189,14 @@ class Gateway:
             req.status, req.error_code = exc.status, exc.code
             await respond(send, req, exc.status, exc.body(), exc.headers)
         finally:
-            if req.key is not None and req.endpoint:
-                await self._finish(req)
+            if accounted is not None:
+                try:
+                    if req.key is not None:
+                        await self._finish(req, accounted)
+                finally:
+                    self._active -= 1
+                    if not self._active and self._idle is not None:
+                        self._idle.set()
 
     async def _metrics(self, scope: Scope, send: Send, req: Request) -> None:
         token = self.metrics_token
@@ -278,7 +303,7 @@ class Gateway:
             metrics.IN_FLIGHT.labels(label).dec()
 
     # --- accounting --------------------------------------------------------------------------
-    async def _finish(self, req: Request) -> None:
+    async def _finish(self, req: Request, accounted: AccountedSend) -> None:
         key = req.key
         assert key is not None
         route = req.route
@@ -300,23 +325,39 @@ class Gateway:
         if tokens:
             metrics.TOKENS.labels(label, "prompt").inc(req.prompt_tokens)
             metrics.TOKENS.labels(label, "completion").inc(req.completion_tokens)
-        self.usage.record(
-            UsageRecordData(
-                request_id=req.request_id,
-                organization_id=key.organization_id,
-                api_key_id=key.id,
-                model_code_id=route.snapshot.id if route is not None else None,
-                model_code=route.snapshot.name if route is not None else req.model_name,
-                instance_id=req.instance.id if req.instance is not None else None,
-                endpoint=req.endpoint,
-                stream=req.stream,
-                prompt_tokens=req.prompt_tokens,
-                completion_tokens=req.completion_tokens,
-                status_code=req.status,
-                error_code=req.error_code,
-                attempts=req.attempts,
-                latency_ms=round(elapsed * 1000, 3),
-                ttft_ms=round(req.ttft * 1000, 3) if req.ttft is not None else None,
-                started_at=time.time() - elapsed,
-            )
+        if not accounted.committed:
+            # The answer's final message never went out (the client left, the task was
+            # cancelled): record what the request got.
+            accounted.committed = True
+            with contextlib.suppress(UsageUnavailable):
+                await self.usage.commit(self._usage_record(req, FINAL_SEQ))
+
+    def _usage_record(self, req: Request, seq: int) -> UsageRecordData:
+        """The request's usage record; a checkpoint (``seq`` < ``FINAL_SEQ``) says what the
+        record is if nothing else comes: the gateway died mid-answer, unless it failed already."""
+        key = req.key
+        assert key is not None
+        route = req.route
+        status, error_code = req.status, req.error_code
+        if seq != FINAL_SEQ and status < 400:
+            status, error_code = 502, "gateway_interrupted"
+        elapsed = time.perf_counter() - req.start
+        return UsageRecordData(
+            request_id=req.request_id,
+            organization_id=key.organization_id,
+            api_key_id=key.id,
+            model_code_id=route.snapshot.id if route is not None else None,
+            model_code=route.snapshot.name if route is not None else req.model_name,
+            instance_id=req.instance.id if req.instance is not None else None,
+            endpoint=req.endpoint,
+            stream=req.stream,
+            prompt_tokens=req.prompt_tokens,
+            completion_tokens=req.completion_tokens,
+            status_code=status,
+            error_code=error_code,
+            attempts=req.attempts,
+            latency_ms=round(elapsed * 1000, 3),
+            ttft_ms=round(req.ttft * 1000, 3) if req.ttft is not None else None,
+            started_at=time.time() - elapsed,
+            seq=seq,
         )

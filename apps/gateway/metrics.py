@@ -55,6 +55,22 @@ UPSTREAM_ERRORS = Counter(
     ["model", "kind"],
     registry=REGISTRY,
 )
+USAGE_BACKLOG = Gauge(
+    "gateway_usage_backlog_records",
+    "Usage records written by the gateways and not yet flushed to the database (sampled each "
+    "second; alert above USAGE_BACKLOG_ALERT).",
+    registry=REGISTRY,
+)
+USAGE_PENDING = Gauge(
+    "gateway_usage_pending_records",
+    "Usage records and checkpoints this process holds that the buffer has not taken yet.",
+    registry=REGISTRY,
+)
+USAGE_WRITE_FAILURES = Counter(
+    "gateway_usage_write_failures",
+    "Failed writes to the usage buffer (retried).",
+    registry=REGISTRY,
+)
 
 
 def render() -> tuple[bytes, str]:

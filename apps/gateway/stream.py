@@ -6,12 +6,19 @@ Guarantees:
   ``more_body``; the stream is always ended with an empty final body, even after an error.
 * The gateway always asks the engine for usage (``INJECT_USAGE`` or ``include_usage``); if the
   client did not, ``,"usage":null`` is removed from chunks and the usage-only chunk is dropped.
-  The usage is taken into the ``Request``; without a usage chunk (broken or abandoned stream)
-  completion tokens are the number of content chunks seen (one token each).
+  The usage is taken into the ``Request``; without a usage chunk (broken or cut stream)
+  completion tokens are the content-bearing chunks (one token each; the role-only first chunk
+  and empty deltas are not tokens) that were sent.
+* ``req.completion_tokens`` is kept up to date *before* each batch is sent, so that the
+  accounting ``send`` (``apps.gateway.usage_buffer.AccountedSend``) checkpoints what is about
+  to be delivered; if it cannot (``UsageUnavailable``), the stream ends with a 503
+  ``usage_unavailable`` error event and only what was sent is billed.
 * A client that disconnects stops receiving; the engine's stream is still read for up to
-  ``drain_s`` seconds to count usage exactly, and the request is recorded as 499.
+  ``drain_s`` seconds to count usage exactly (what the engine generated), recorded as 499.
 * A stream that breaks after headers were sent ends with an SSE ``data: {"error": ...}`` event
-  (502 ``upstream_stream_broken`` or 504 ``upstream_timeout``); nothing is retried here.
+  (502 ``upstream_stream_broken`` or 504 ``upstream_timeout``), which the OpenAI SDK raises as
+  ``APIError``; nothing is retried here. A stream cancelled by the server's graceful-shutdown
+  timeout ends the same way with 503 ``gateway_shutting_down``.
 """
 
 from __future__ import annotations
@@ -26,12 +33,25 @@ import orjson
 from apps.gateway import metrics
 from apps.gateway.errors import GatewayError
 from apps.gateway.request import Receive, Request, Send
+from apps.gateway.usage_buffer import UsageUnavailable
 
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _USAGE_NULL = b',"usage":null'
 USAGE_OBJ = b'"usage":{'
 # Spliced in place of a body's opening brace when a stream has no ``stream_options``.
 INJECT_USAGE = b'{"stream_options":{"include_usage":true},'
+
+
+def content_tokens(events: bytes) -> int:
+    """Content-bearing choices in a batch of events (chat ``content`` or completion ``text``
+    not empty): one token each. Keys are matched with their opening quote, which JSON escapes
+    inside strings."""
+    return (
+        events.count(b'"content":"')
+        - events.count(b'"content":""')
+        + events.count(b'"text":"')
+        - events.count(b'"text":""')
+    )
 
 
 def take_usage(req: Request, payload: bytes) -> bool:
@@ -70,9 +90,21 @@ async def relay_stream(
 
     watcher = asyncio.ensure_future(watch())
     buffer = b""
-    chunks = 0
+    received = sent = 0  # content tokens received from the engine / delivered to the client
     got_usage = False
     drain_until = 0.0
+
+    async def error_event(code: str, message: str) -> None:
+        error = GatewayError(code, message)
+        with contextlib.suppress(Exception):
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + error.body() + b"\n\n",
+                    "more_body": True,
+                }
+            )
+
     try:
         async for data in resp.content.iter_any():
             buffer += data
@@ -85,7 +117,8 @@ async def relay_stream(
             if USAGE_OBJ in events:
                 events, found = split_usage(req, events, keep=client_usage)
                 got_usage = got_usage or found
-            chunks += events.count(b'"choices":[{')
+            tokens = content_tokens(events)
+            received += tokens
             if disconnected.is_set():
                 if not drain_until:
                     req.status, req.error_code = 499, "client_disconnected"
@@ -96,7 +129,15 @@ async def relay_stream(
             if events:
                 if req.ttft is None:
                     req.ttft = time.perf_counter() - req.start
+                if not got_usage:
+                    req.completion_tokens = sent + tokens  # checkpointed before it leaves
                 await send({"type": "http.response.body", "body": events, "more_body": True})
+                sent += tokens
+    except UsageUnavailable:
+        req.status, req.error_code = 503, "usage_unavailable"
+        req.completion_tokens = sent  # what was delivered, not what the engine reported
+        got_usage = True
+        await error_event(req.error_code, "Usage could not be recorded; the stream was cut.")
     except (TimeoutError, aiohttp.ClientError) as exc:
         timeout = isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError))
         req.status = 504 if timeout else 502
@@ -104,21 +145,19 @@ async def relay_stream(
         if req.route is not None:
             metrics.UPSTREAM_ERRORS.labels(req.route.label, "stream").inc()
         if not disconnected.is_set():
-            error = GatewayError(req.error_code, "The engine stream failed.")
-            with contextlib.suppress(Exception):
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": b"data: " + error.body() + b"\n\n",
-                        "more_body": True,
-                    }
-                )
+            await error_event(req.error_code, "The engine stream failed.")
+    except asyncio.CancelledError:
+        # The server's graceful-shutdown timeout: end the stream honestly, then stop.
+        req.status, req.error_code = 503, "gateway_shutting_down"
+        if not disconnected.is_set():
+            await error_event(req.error_code, "The gateway is shutting down; retry.")
+        raise
     finally:
         watcher.cancel()
         if not got_usage:
-            # The engine's usage chunk never came (a broken or abandoned stream): count
-            # the chunks received, one token each (the engine sends one per token).
-            req.completion_tokens = chunks
+            # The engine's usage chunk never came (a broken, cut or abandoned stream): bill
+            # the tokens delivered, or those generated when the client left.
+            req.completion_tokens = received if disconnected.is_set() else sent
         with contextlib.suppress(Exception):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 

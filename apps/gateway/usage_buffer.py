@@ -1,13 +1,37 @@
-"""The usage buffer between the gateways and the worker, and the gateway's batching writer.
+"""The usage buffer between the gateways and the worker, and the gateway's write-ahead recorder.
 
-* ``UsageBuffer``: usage records as opaque bytes (``UsageRecordData.to_json``), in two
-  implementations: a Redis list (production), that every gateway appends to and the worker's
-  ``usage_flush`` drains; or an in-process deque (embedded mode only, ``REDIS_URL`` unset),
-  valid because the embedded mode runs gateway and worker in one process. ``usage_buffer()``
-  picks the implementation from the settings.
-* ``UsageRecorder``: hands the gateway's records to the buffer in small batches: one RPUSH
-  every few milliseconds instead of one per request, off the response path. At most the last
-  batch interval is lost if the process is killed.
+Guarantees (see docs/gateway.md, "Usage that survives faults"):
+
+* **Written before it is delivered.** The gateway hands a request's final record to the buffer
+  and waits until the buffer holds it *before* the last bytes of the answer leave; a stream's
+  progress is written as a checkpoint (the tokens about to be sent, and what the record would
+  be if nothing else came) before each relayed batch of events is sent
+  (``USAGE_CHECKPOINT_INTERVAL_S`` = 0, the default) or at most that often without waiting
+  (> 0: a killed gateway then loses at most that long of one stream's tokens). Writes from all
+  of a process's requests are grouped: one Redis transaction per event-loop turn.
+* **Exactly what was written is acknowledged.** Final records go to a Redis Stream read by a
+  consumer group: a flush reads entries (``XREADGROUP``), writes them, then acknowledges and
+  deletes exactly those entry ids (``XACK``/``XDEL``). Entries a dead or stalled flush read
+  but never acknowledged are claimed by the next flush after ``USAGE_CLAIM_IDLE_S``
+  (``XAUTOCLAIM``). Two flushes never delete each other's records; a record read twice is
+  written once (the database is idempotent by request id).
+* **A dead gateway's streams are billed.** Checkpoints live in one hash per gateway process,
+  next to a liveness key it refreshes every second (TTL ``USAGE_GATEWAY_TTL_S``). The flush
+  turns the checkpoints of a gateway whose liveness key expired into records (they were
+  written ahead, so they hold at least what was delivered) and deletes exactly the fields it
+  read. A final record deletes its request's checkpoint in the same transaction.
+* **Redis restarts lose nothing** when Redis persists (compose: ``appendonly yes``,
+  ``appendfsync everysec``; a killed redis-server loses nothing it acknowledged, only an OS
+  crash can lose up to a second). While Redis is unreachable, answers wait for it up to
+  ``USAGE_WRITE_TIMEOUT_S``, then are cut (``usage_unavailable``) rather than delivered
+  unrecorded; the recorder keeps retrying what it holds.
+* **Bounded, and loud when behind.** The backlog (stream length) is sampled every second into
+  ``gateway_usage_backlog_records``; above ``USAGE_BACKLOG_ALERT`` the gateway and the flush
+  log a warning. What a gateway holds in memory is bounded by its requests in flight.
+
+Two implementations of one interface: Redis (production) and in-process (embedded mode only,
+``REDIS_URL`` unset: gateway and worker share the process, so memory is as durable as they are).
+``usage_buffer()`` picks one from the settings.
 """
 
 from __future__ import annotations
@@ -15,36 +39,67 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import threading
-from collections import deque
-from typing import Protocol, cast
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
-from apps.gateway.usage_record import UsageRecordData
+from apps.gateway import metrics
+from apps.gateway.errors import GatewayError
+from apps.gateway.request import Message, Request, Send
+from apps.gateway.usage_record import FINAL_SEQ, UsageRecordData
 
 logger = logging.getLogger("apps.gateway")
-BATCH_INTERVAL_S = 0.02
-BATCH_MAX = 500
+HEARTBEAT_S = 1.0
+RETRY_S = 0.2
+GROUP = "billing"
+
+
+class UsageUnavailable(Exception):
+    """The buffer did not take a record within ``USAGE_WRITE_TIMEOUT_S``."""
 
 
 class UsageBuffer(Protocol):
-    """Records are opaque bytes (JSON). ``push`` is called by gateways; ``peek``/``ack`` by the
-    flush task, under ``lock`` so that two flushes never ack each other's records."""
+    """Gateway side (async): ``write``, ``heartbeat``, ``retire``. Flush side (sync): ``read``,
+    ``ack``, ``orphans``, ``drop_orphans``, ``depth``. Records are opaque bytes (JSON)."""
 
-    async def push(self, records: list[bytes]) -> None: ...
+    async def write(
+        self, *, gateway_id: str, finals: dict[str, bytes], checkpoints: dict[str, bytes]
+    ) -> None:
+        """Atomically: append ``finals`` to the stream, delete their checkpoints, and set
+        ``checkpoints`` (request id → record) in the gateway's in-flight hash."""
 
-    def peek(self, count: int) -> list[bytes]: ...
+    async def heartbeat(self, *, gateway_id: str, ttl_s: float) -> int:
+        """Refresh the gateway's liveness; return the backlog (records not yet flushed)."""
 
-    def ack(self, count: int) -> None: ...
+    async def retire(self, *, gateway_id: str) -> None:
+        """A clean stop: the gateway's liveness key goes (its hash is empty by then)."""
 
-    def lock(self, ttl_s: float) -> bool: ...
+    async def aclose(self) -> None:
+        """Close the async client (the event loop is ending)."""
 
-    def unlock(self) -> None: ...
+    def read(self, *, consumer: str, count: int, claim_idle_s: float) -> list[tuple[str, bytes]]:
+        """Up to ``count`` entries for this consumer: first those another consumer read and
+        left unacknowledged for ``claim_idle_s``, then new ones."""
 
-    def size(self) -> int: ...
+    def ack(self, ids: list[str]) -> None:
+        """Acknowledge and delete exactly these entries."""
+
+    def orphans(self) -> list[tuple[str, dict[str, bytes]]]:
+        """The checkpoints of gateways whose liveness expired: (gateway id, {request id: raw})."""
+
+    def drop_orphans(self, gateway_id: str, records: dict[str, bytes]) -> None:
+        """Delete these checkpoints, each only if unchanged since read; forget the gateway once
+        it has none left."""
+
+    def depth(self) -> int:
+        """Records in the stream (flushed ones are deleted)."""
 
 
 # --- Redis ---------------------------------------------------------------------------------------
@@ -56,75 +111,227 @@ def _redis_url() -> str:
     return url
 
 
+# Delete each (field, value) pair of the hash KEYS[1] if unchanged; then drop the gateway
+# (ARGV[#ARGV]) from the set KEYS[3] if its hash is empty and its liveness key KEYS[2] is gone.
+_DROP_ORPHANS = """
+for i = 1, #ARGV - 1, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+if redis.call('HLEN', KEYS[1]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SREM', KEYS[3], ARGV[#ARGV])
+end
+return 1
+"""
+
+
 class RedisUsageBuffer:
     """Clients are created on first use: the async one inside the gateway's event loop, the
-    sync one in the worker."""
+    sync one in the worker. ``url``: another Redis than ``REDIS_URL`` (tests, benchmarks)."""
 
-    def __init__(self) -> None:
-        self._key = settings.REDIS_PREFIX + "usage:buffer"
-        self._lock_key = settings.REDIS_PREFIX + "usage:flush-lock"
+    def __init__(self, url: str | None = None) -> None:
+        self._url = url or _redis_url()
+        prefix = settings.REDIS_PREFIX + "usage:"
+        self._stream = prefix + "stream"
+        self._gateways = prefix + "gateways"
+        self._alive = prefix + "alive:"
+        self._inflight = prefix + "inflight:"
         self._async: aioredis.Redis | None = None
         self._sync: redis.Redis | None = None
+        self._group_ready = False
+
+    def _aclient(self) -> aioredis.Redis:
+        if self._async is None:
+            self._async = aioredis.Redis.from_url(
+                self._url, max_connections=16, socket_timeout=5, socket_connect_timeout=2
+            )
+        return self._async
 
     def _client(self) -> redis.Redis:
         if self._sync is None:
-            self._sync = redis.Redis.from_url(_redis_url())
+            self._sync = redis.Redis.from_url(
+                self._url, socket_timeout=10, socket_connect_timeout=3
+            )
         return self._sync
 
-    async def push(self, records: list[bytes]) -> None:
-        if self._async is None:
-            self._async = aioredis.Redis.from_url(_redis_url(), max_connections=64)
-        await self._async.rpush(self._key, *records)
+    async def write(
+        self, *, gateway_id: str, finals: dict[str, bytes], checkpoints: dict[str, bytes]
+    ) -> None:
+        hash_key = self._inflight + gateway_id
+        async with self._aclient().pipeline(transaction=True) as pipe:
+            for raw in finals.values():
+                pipe.xadd(self._stream, {b"r": raw})
+            if finals:
+                pipe.hdel(hash_key, *finals)
+            if checkpoints:
+                pipe.hset(hash_key, mapping=cast("Any", checkpoints))
+            await pipe.execute()
 
-    def peek(self, count: int) -> list[bytes]:
-        # bytes, not str: the client is created without decode_responses.
-        return cast("list[bytes]", self._client().lrange(self._key, 0, count - 1))
+    async def heartbeat(self, *, gateway_id: str, ttl_s: float) -> int:
+        async with self._aclient().pipeline(transaction=True) as pipe:
+            pipe.set(self._alive + gateway_id, b"1", px=int(ttl_s * 1000))
+            pipe.sadd(self._gateways, gateway_id)
+            pipe.xlen(self._stream)
+            result = await pipe.execute()
+        return int(result[-1])
 
-    def ack(self, count: int) -> None:
-        self._client().ltrim(self._key, count, -1)
+    async def retire(self, *, gateway_id: str) -> None:
+        await self._aclient().delete(self._alive + gateway_id)
 
-    def lock(self, ttl_s: float) -> bool:
-        return bool(self._client().set(self._lock_key, b"1", nx=True, px=int(ttl_s * 1000)))
+    async def aclose(self) -> None:
+        if self._async is not None:
+            await self._async.aclose()
+            self._async = None
 
-    def unlock(self) -> None:
-        self._client().delete(self._lock_key)
+    def _ensure_group(self) -> None:
+        try:
+            self._client().xgroup_create(self._stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
 
-    def size(self) -> int:
-        return int(self._client().llen(self._key))
+    def read(self, *, consumer: str, count: int, claim_idle_s: float) -> list[tuple[str, bytes]]:
+        client = self._client()
+        if not self._group_ready:
+            self._ensure_group()
+        try:
+            claimed: Any = client.xautoclaim(
+                self._stream, GROUP, consumer, min_idle_time=int(claim_idle_s * 1000), count=count
+            )
+            entries: list[tuple[bytes, dict[bytes, bytes] | None]] = list(claimed[1])
+            if len(entries) < count:
+                fresh: Any = client.xreadgroup(
+                    GROUP, consumer, {self._stream: ">"}, count=count - len(entries)
+                )
+                for _stream, items in fresh or []:
+                    entries.extend(items)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._group_ready = False  # Redis lost the group (restarted without persistence)
+            return []
+        out: list[tuple[str, bytes]] = []
+        for entry_id, fields in entries:
+            if fields:  # an entry deleted while pending reads back as (id, None)
+                out.append((_text(entry_id), fields[b"r"]))
+            else:
+                self.ack([_text(entry_id)])
+        return out
+
+    def ack(self, ids: list[str]) -> None:
+        if not ids:
+            return
+        pipe = self._client().pipeline(transaction=True)
+        pipe.xack(self._stream, GROUP, *ids)
+        pipe.xdel(self._stream, *ids)
+        pipe.execute()
+
+    def orphans(self) -> list[tuple[str, dict[str, bytes]]]:
+        client = self._client()
+        out: list[tuple[str, dict[str, bytes]]] = []
+        for raw_id in cast("set[bytes]", client.smembers(self._gateways)):
+            gateway_id = _text(raw_id)
+            if client.exists(self._alive + gateway_id):
+                continue
+            fields = cast("dict[bytes, bytes]", client.hgetall(self._inflight + gateway_id))
+            out.append((gateway_id, {_text(k): v for k, v in fields.items()}))
+        return out
+
+    def drop_orphans(self, gateway_id: str, records: dict[str, bytes]) -> None:
+        args: list[str | bytes] = []
+        for request_id, raw in records.items():
+            args += [request_id, raw]
+        keys = [self._inflight + gateway_id, self._alive + gateway_id, self._gateways]
+        self._client().eval(_DROP_ORPHANS, 3, *keys, *args, gateway_id)
+
+    def depth(self) -> int:
+        return int(self._client().xlen(self._stream))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 # --- In-process (embedded mode) ----------------------------------------------------------------
 
 
 class InProcessUsageBuffer:
+    """The same semantics in memory, for the embedded mode (and the suite)."""
+
     def __init__(self) -> None:
-        self._items: deque[bytes] = deque()
         self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
+        self._seq = 0
+        self._entries: dict[str, bytes] = {}  # entry id → record, in order
+        self._delivered: dict[str, tuple[str, float]] = {}  # entry id → (consumer, when)
+        self._inflight: dict[str, dict[str, bytes]] = {}  # gateway id → checkpoints
+        self._alive: dict[str, float] = {}  # gateway id → expiry (monotonic)
 
-    async def push(self, records: list[bytes]) -> None:
+    async def write(
+        self, *, gateway_id: str, finals: dict[str, bytes], checkpoints: dict[str, bytes]
+    ) -> None:
         with self._lock:
-            self._items.extend(records)
+            hashed = self._inflight.setdefault(gateway_id, {})
+            for request_id, raw in finals.items():
+                self._seq += 1
+                self._entries[f"{self._seq}-0"] = raw
+                hashed.pop(request_id, None)
+            hashed.update(checkpoints)
 
-    def peek(self, count: int) -> list[bytes]:
+    async def heartbeat(self, *, gateway_id: str, ttl_s: float) -> int:
         with self._lock:
-            return [self._items[i] for i in range(min(count, len(self._items)))]
+            self._alive[gateway_id] = time.monotonic() + ttl_s
+            self._inflight.setdefault(gateway_id, {})
+            return len(self._entries)
 
-    def ack(self, count: int) -> None:
+    async def retire(self, *, gateway_id: str) -> None:
         with self._lock:
-            for _ in range(min(count, len(self._items))):
-                self._items.popleft()
+            self._alive.pop(gateway_id, None)
 
-    def lock(self, ttl_s: float) -> bool:
-        return self._flush_lock.acquire(blocking=False)
+    async def aclose(self) -> None:
+        pass
 
-    def unlock(self) -> None:
-        if self._flush_lock.locked():
-            self._flush_lock.release()
-
-    def size(self) -> int:
+    def read(self, *, consumer: str, count: int, claim_idle_s: float) -> list[tuple[str, bytes]]:
+        now = time.monotonic()
         with self._lock:
-            return len(self._items)
+            out: list[tuple[str, bytes]] = []
+            for entry_id, raw in self._entries.items():
+                if len(out) >= count:
+                    break
+                owner = self._delivered.get(entry_id)
+                if owner is None or (owner[0] != consumer and now - owner[1] >= claim_idle_s):
+                    self._delivered[entry_id] = (consumer, now)
+                    out.append((entry_id, raw))
+            return out
+
+    def ack(self, ids: list[str]) -> None:
+        with self._lock:
+            for entry_id in ids:
+                self._entries.pop(entry_id, None)
+                self._delivered.pop(entry_id, None)
+
+    def orphans(self) -> list[tuple[str, dict[str, bytes]]]:
+        now = time.monotonic()
+        with self._lock:
+            return [
+                (gateway_id, dict(records))
+                for gateway_id, records in self._inflight.items()
+                if self._alive.get(gateway_id, 0) < now
+            ]
+
+    def drop_orphans(self, gateway_id: str, records: dict[str, bytes]) -> None:
+        with self._lock:
+            hashed = self._inflight.get(gateway_id, {})
+            for request_id, raw in records.items():
+                if hashed.get(request_id) == raw:
+                    del hashed[request_id]
+            if not hashed and self._alive.get(gateway_id, 0) < time.monotonic():
+                self._inflight.pop(gateway_id, None)
+
+    def depth(self) -> int:
+        with self._lock:
+            return len(self._entries)
 
 
 _in_process_buffer = InProcessUsageBuffer()
@@ -139,35 +346,253 @@ def usage_buffer() -> UsageBuffer:
 # --- The gateway's writer ------------------------------------------------------------------------
 
 
-class UsageRecorder:
-    def __init__(self) -> None:
-        self._pending: list[bytes] = []
-        self._buffer = usage_buffer()
-        self._wake = asyncio.Event()
+def new_gateway_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
-    def record(self, record: UsageRecordData) -> None:
-        self._pending.append(record.to_json())
-        if len(self._pending) >= BATCH_MAX:
+
+class UsageRecorder:
+    """Group-commits one process's records to the buffer. ``commit`` (a final record) and
+    ``checkpoint`` (a stream's progress) return once the buffer holds the record, or raise
+    ``UsageUnavailable`` after ``USAGE_WRITE_TIMEOUT_S``; what could not be written is kept
+    and retried (a newer version of a request's record replaces an older one not yet
+    written)."""
+
+    def __init__(self, buffer: UsageBuffer | None = None, gateway_id: str | None = None) -> None:
+        self._buffer = buffer or usage_buffer()
+        self.gateway_id = gateway_id or new_gateway_id()
+        self.timeout_s = settings.USAGE_WRITE_TIMEOUT_S
+        self.checkpoint_s = settings.USAGE_CHECKPOINT_INTERVAL_S
+        self.ttl_s = settings.USAGE_GATEWAY_TTL_S
+        self.alert = settings.USAGE_BACKLOG_ALERT
+        self._finals: dict[str, bytes] = {}
+        self._checkpoints: dict[str, bytes] = {}
+        self._next: asyncio.Future[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._alerted_at = 0.0
+        self.backlog = 0
+
+    def _enqueue(self) -> asyncio.Future[None]:
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        if self._wake is not None:
             self._wake.set()
+        metrics.USAGE_PENDING.set(len(self._finals) + len(self._checkpoints))
+        return self._next
+
+    async def _wait(self, future: asyncio.Future[None]) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout=self.timeout_s)
+        except TimeoutError:
+            raise UsageUnavailable from None
+
+    def record(self, record: UsageRecordData) -> asyncio.Future[None]:
+        """Hand a final record over; the future resolves once the buffer holds it."""
+        self._checkpoints.pop(record.request_id, None)
+        self._finals[record.request_id] = record.to_json()
+        return self._enqueue()
+
+    async def commit(self, record: UsageRecordData) -> None:
+        await self._wait(self.record(record))
+
+    async def checkpoint(self, record: UsageRecordData, *, wait: bool) -> None:
+        if record.request_id in self._finals:
+            return
+        self._checkpoints[record.request_id] = record.to_json()
+        future = self._enqueue()
+        if wait:
+            await self._wait(future)
 
     async def flush(self) -> None:
-        if not self._pending:
+        """Write what is held now, once; raise on failure (it stays held)."""
+        if not (self._finals or self._checkpoints):
+            if self._next is not None:
+                self._next.set_result(None)
+                self._next = None
             return
-        batch, self._pending = self._pending, []
+        future, self._next = self._next, None
+        finals, checkpoints = dict(self._finals), dict(self._checkpoints)
         try:
-            await self._buffer.push(batch)
-        except Exception:
-            # Keep them for the next try: usage must not be lost to a Redis hiccup.
-            logger.exception("could not buffer %d usage records; will retry", len(batch))
-            self._pending[:0] = batch
+            await self._buffer.write(
+                gateway_id=self.gateway_id, finals=finals, checkpoints=checkpoints
+            )
+        except BaseException:
+            if future is not None:
+                if self._next is None:
+                    self._next = future
+                else:
+                    _chain(self._next, future)
             raise
+        for held, written in ((self._finals, finals), (self._checkpoints, checkpoints)):
+            for request_id, raw in written.items():
+                if held.get(request_id) is raw:
+                    del held[request_id]
+        metrics.USAGE_PENDING.set(len(self._finals) + len(self._checkpoints))
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def _heartbeat(self) -> None:
+        self.backlog = await self._buffer.heartbeat(gateway_id=self.gateway_id, ttl_s=self.ttl_s)
+        metrics.USAGE_BACKLOG.set(self.backlog)
+        now = time.monotonic()
+        if self.backlog > self.alert and now - self._alerted_at > 60:
+            self._alerted_at = now
+            logger.warning(
+                "usage backlog of %d records (over USAGE_BACKLOG_ALERT=%d): is the worker "
+                "flushing?",
+                self.backlog,
+                self.alert,
+            )
 
     async def run(self) -> None:
+        self._wake = asyncio.Event()
+        next_beat = 0.0
         while True:
+            timeout = max(0.0, next_beat - time.monotonic())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=BATCH_INTERVAL_S)
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
             self._wake.clear()
             try:
+                if time.monotonic() >= next_beat:
+                    await self._heartbeat()
+                    next_beat = time.monotonic() + HEARTBEAT_S
                 await self.flush()
             except Exception:
-                await asyncio.sleep(0.5)
+                metrics.USAGE_WRITE_FAILURES.inc()
+                logger.warning(
+                    "could not write %d usage records; retrying",
+                    len(self._finals) + len(self._checkpoints),
+                    exc_info=True,
+                )
+                next_beat = 0.0
+                await asyncio.sleep(RETRY_S)
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """At shutdown: write what is held (retrying up to ``timeout_s``), then retire."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                await self.flush()
+                break
+            except Exception:
+                if time.monotonic() >= deadline:
+                    logger.error(
+                        "shutting down with %d usage records unwritten (their checkpoints "
+                        "are billed)",
+                        len(self._finals),
+                    )
+                    return
+                await asyncio.sleep(RETRY_S)
+        with contextlib.suppress(Exception):
+            await self._buffer.retire(gateway_id=self.gateway_id)
+        with contextlib.suppress(Exception):
+            await self._buffer.aclose()
+
+
+def _chain(source: asyncio.Future[None], target: asyncio.Future[None]) -> None:
+    def done(_: asyncio.Future[None]) -> None:
+        if not target.done():
+            target.set_result(None)
+
+    source.add_done_callback(done)
+
+
+# --- Accounting on the response path -------------------------------------------------------------
+
+
+class AccountedSend:
+    """Wraps a request's ASGI ``send`` so that nothing leaves before its usage is written.
+
+    The response start is held until the first body message. A plain answer's final record is
+    committed before its body is sent; if the buffer cannot take it in time, the client gets
+    503 ``usage_unavailable`` instead (and the record says so, with no completion tokens). A
+    stream checkpoints ``req``'s progress before each relayed batch (``build(req, seq)`` makes
+    the record); a stream whose checkpoint cannot be written raises ``UsageUnavailable`` to the
+    relay, which ends it with an error event. The final empty body commits the final record.
+    """
+
+    __slots__ = ("_build", "_held", "_last", "_recorder", "_send", "committed", "req", "seq")
+
+    def __init__(
+        self,
+        send: Send,
+        req: Request,
+        recorder: UsageRecorder,
+        build: Callable[[Request, int], UsageRecordData],
+    ) -> None:
+        self._send = send
+        self.req = req
+        self._recorder = recorder
+        self._build = build
+        self._held: Message | None = None
+        self._last = 0.0
+        self.seq = 0
+        self.committed = False
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self._held = message
+            return
+        if kind != "http.response.body" or self.req.key is None:
+            await self._release(message)
+            return
+        if message.get("more_body", False):
+            await self._checkpoint()
+            await self._release(message)
+            return
+        await self._final(message)
+
+    async def _release(self, message: Message) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            await self._send(held)
+        await self._send(message)
+
+    async def _checkpoint(self) -> None:
+        if self.committed:
+            return
+        interval = self._recorder.checkpoint_s
+        now = time.monotonic()
+        if interval > 0 and now - self._last < interval:
+            return
+        self._last = now
+        self.seq += 1
+        await self._recorder.checkpoint(self._build(self.req, self.seq), wait=interval <= 0)
+
+    async def _final(self, message: Message) -> None:
+        if self.committed:
+            await self._release(message)
+            return
+        self.committed = True
+        plain = self._held is not None
+        try:
+            await self._recorder.commit(self._build(self.req, FINAL_SEQ))
+        except UsageUnavailable:
+            if not plain:
+                # A stream's tokens already left under their checkpoints; the final record
+                # stays held and is written when the buffer is back.
+                await self._release(message)
+                return
+            await self._refuse()
+            return
+        await self._release(message)
+
+    async def _refuse(self) -> None:
+        req = self.req
+        req.status, req.error_code, req.completion_tokens = 503, "usage_unavailable", 0
+        self._recorder.record(self._build(req, FINAL_SEQ))
+        error = GatewayError("usage_unavailable", "Usage could not be recorded; retry later.")
+        body = error.body()
+        self._held = None
+        await self._send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-request-id", req.request_id.encode()),
+                ],
+            }
+        )
+        await self._send({"type": "http.response.body", "body": body})

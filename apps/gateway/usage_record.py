@@ -5,7 +5,13 @@ builds it) through the usage buffer to the worker (``apps.billing``, which write
 Wire format: a flat JSON object whose keys are this dataclass's fields, in this order (orjson
 serializes the dataclass as is). ``from_json`` accepts what ``to_json`` writes and raises
 ``ValueError``, ``KeyError`` or ``TypeError`` for anything malformed; a missing optional field
-reads as null, a missing error code as empty, missing token counts as 0.
+reads as null, a missing error code as empty, missing token counts as 0, a missing ``seq`` as
+final.
+
+Versions: a request may have several records with the same ``request_id``: checkpoints of a
+stream in flight (``seq`` 1, 2, ...; each says what was delivered so far and what the record
+would be if nothing else came: a gateway that died mid-answer) and the final one
+(``FINAL_SEQ``). A higher ``seq`` supersedes a lower one, never the reverse.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+FINAL_SEQ = 2**31 - 1  # the seq of a request's final record (checkpoints count up from 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +42,7 @@ class UsageRecordData:
     latency_ms: float
     ttft_ms: float | None
     started_at: float  # epoch seconds
+    seq: int = FINAL_SEQ  # checkpoints 1, 2, ...; FINAL_SEQ for the final record
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)
@@ -58,4 +67,9 @@ class UsageRecordData:
             latency_ms=data["latency_ms"],
             ttft_ms=data.get("ttft_ms"),
             started_at=float(data["started_at"]),
+            seq=int(data.get("seq") or FINAL_SEQ),
         )
+
+    @property
+    def final(self) -> bool:
+        return self.seq == FINAL_SEQ
