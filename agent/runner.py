@@ -242,7 +242,9 @@ class Agent:
             try:
                 return await self.client.register(request)
             except ControlPlaneRejected as exc:
-                log.error("registration refused (%s): check the bootstrap token", exc)
+                # The control plane's message says why (a used or expired token, another
+                # protocol version...) and what to do.
+                log.error("registration refused: %s", exc)
                 return EXIT_REJECTED
             except ControlPlaneUnavailable as exc:
                 log.warning("registration failed (%s); retrying in %.1fs", exc, backoff)
