@@ -79,13 +79,6 @@ CODES: dict[str, ErrorCode] = {
             "not_acceptable", 406, "No response format matches the `Accept` header.", ("rest",)
         ),
         ErrorCode(
-            "request_timeout",
-            408,
-            "The request's head (`--timeout-keep-alive`) or body (`GATEWAY_BODY_TIMEOUT_S`) "
-            "did not arrive in time; the connection is closed.",
-            ("rest", "gateway"),
-        ),
-        ErrorCode(
             "request_too_large",
             413,
             "The body is over the size limit (`GATEWAY_MAX_BODY_BYTES`).",
@@ -96,13 +89,6 @@ CODES: dict[str, ErrorCode] = {
             415,
             "The body's `Content-Type` is not JSON (or a form).",
             ("rest",),
-        ),
-        ErrorCode(
-            "request_header_fields_too_large",
-            431,
-            "The request line and headers are over the size limit "
-            "(`--h11-max-incomplete-event-size`); the connection is closed.",
-            ("rest", "gateway"),
         ),
         ErrorCode(
             "client_disconnected",
@@ -134,6 +120,14 @@ CODES: dict[str, ErrorCode] = {
             "permission_denied",
             403,
             "Authenticated, but this role may not do this (owner or admin only).",
+            ("rest",),
+        ),
+        ErrorCode(
+            "login_locked_out",
+            429,
+            "Too many failed logins for this account from this address: refused for the "
+            "cool-off (`INVENTIV_LOGIN_COOLOFF_S`), the right password included; see "
+            "`Retry-After`.",
             ("rest",),
         ),
         ErrorCode(
@@ -195,7 +189,7 @@ CODES: dict[str, ErrorCode] = {
             "server_error",
             500,
             "An unexpected failure on our side; retry later, with backoff.",
-            ("rest", "gateway"),
+            ("rest",),
         ),
         ErrorCode(
             "upstream_error",
@@ -235,12 +229,6 @@ CODES: dict[str, ErrorCode] = {
             "Usage could not be recorded in time (`USAGE_WRITE_TIMEOUT_S`): the answer was not "
             "sent, or the stream was cut; retry.",
             ("gateway",),
-        ),
-        ErrorCode(
-            "server_busy",
-            503,
-            "The server is at its connection limit (`--limit-concurrency`); retry later.",
-            ("rest", "gateway"),
         ),
         ErrorCode(
             "model_unavailable",

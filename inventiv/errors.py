@@ -76,6 +76,7 @@ DRF_CODES = {
     "not_acceptable": "not_acceptable",
     "unsupported_media_type": "unsupported_media_type",
     "throttled": "rate_limit_exceeded",
+    "login_locked_out": "login_locked_out",
 }
 
 

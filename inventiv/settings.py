@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -130,6 +131,7 @@ INSTALLED_APPS = [
     "csp",
     "allauth",
     "allauth.account",
+    "axes",
     "apps.accounts",
     "apps.models",
     "apps.instances",
@@ -150,6 +152,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    # Last: turns a login refused by django-axes into the lockout answer (429).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "inventiv.urls"
@@ -201,6 +205,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Auth -----------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out user and address before any password is checked.
+    "apps.accounts.throttling.LoginThrottleBackend",
     "django.contrib.auth.backends.ModelBackend",
     "allauth.account.auth_backends.AuthenticationBackend",
 ]
@@ -219,6 +225,23 @@ LOGIN_REDIRECT_URL = "/"
 LOGIN_URL = "/accounts/login/"
 EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "noreply@inventiv.local")
+# Login throttling (django-axes, apps/accounts/throttling.py, docs/security.md): failures are
+# counted per user and client address; at the limit that pair is refused (429, the right
+# password included) for the cool-off, restarted by every failed try; a success resets it.
+AXES_FAILURE_LIMIT = env_int("INVENTIV_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(seconds=env_float("INVENTIV_LOGIN_COOLOFF_S", 900.0, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_USERNAME_CALLABLE = "apps.accounts.throttling.login_username"
+AXES_CLIENT_IP_CALLABLE = "apps.accounts.throttling.client_ip"
+AXES_LOCKOUT_CALLABLE = "apps.accounts.throttling.lockout_response"
+AXES_HTTP_RESPONSE_CODE = 429
+# One counter of failed logins on every login surface: axes'. allauth keeps its other limits
+# (sign-ups, logins and password resets per address...).
+ACCOUNT_RATE_LIMITS = {"login_failed": None}
+# Reverse proxies in front of the web role whose X-Forwarded-For is trusted (0: none, the
+# client is REMOTE_ADDR). Counted from the right, so a client cannot forge its address.
+TRUSTED_PROXY_COUNT = env_int("INVENTIV_TRUSTED_PROXY_COUNT", 0, minimum=0)
 
 # --- i18n / static --------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -249,7 +272,11 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "apps.accounts.authentication.PersonalTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
-        *(["rest_framework.authentication.BasicAuthentication"] if EMBEDDED or DEBUG else []),
+        *(
+            ["apps.accounts.authentication.ThrottledBasicAuthentication"]
+            if EMBEDDED or DEBUG
+            else []
+        ),
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
@@ -468,11 +495,6 @@ for _sdk_logger in ("scaleway", "botocore", "boto3", "urllib3"):
 # --- Gateway and usage (owned by the gateway work; documented in .env.example, docs/gateway.md)
 # Largest request body accepted (413 beyond), also for chunked bodies without Content-Length.
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024)
-# The whole body must arrive within this (408 beyond): a trickling client holds no connection.
-GATEWAY_BODY_TIMEOUT_S = env_float("GATEWAY_BODY_TIMEOUT_S", 10.0, minimum=0.1)
-# max_tokens / max_completion_tokens above a model code's context are refused (400); this is the
-# context assumed for a model code that declares none (engine_args or max_model_len).
-GATEWAY_DEFAULT_MAX_MODEL_LEN = env_int("GATEWAY_DEFAULT_MAX_MODEL_LEN", 131072, minimum=16)
 # Upstream (engine) timeouts: connecting, and waiting for the response or the next chunk.
 GATEWAY_CONNECT_TIMEOUT_S = env_float("GATEWAY_CONNECT_TIMEOUT_S", 3.0, minimum=0.01)
 GATEWAY_UPSTREAM_TIMEOUT_S = env_float("GATEWAY_UPSTREAM_TIMEOUT_S", 300.0, minimum=0.01)

@@ -8,7 +8,7 @@ from typing import Any
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
-from rest_framework.authentication import BaseAuthentication
+from rest_framework.authentication import BaseAuthentication, BasicAuthentication
 from rest_framework.request import Request
 
 from apps.accounts.models import PersonalAccessToken, User
@@ -53,6 +53,34 @@ class PersonalTokenAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request: Any) -> str:
         return self.keyword
+
+
+class LoginLockedOut(exceptions.APIException):
+    """429 ``login_locked_out`` (mapped in inventiv.errors.DRF_CODES)."""
+
+    status_code = 429
+    default_code = "login_locked_out"
+    default_detail = (
+        "Too many failed logins for this account from this address; try again after the cool-off."
+    )
+
+
+class ThrottledBasicAuthentication(BasicAuthentication):
+    """REST basic auth (development only, see settings), throttled like every login: the
+    password check goes through ``authenticate`` and so through django-axes
+    (apps/accounts/throttling.py). A locked-out user and address get 429 ``login_locked_out``,
+    the right password included, instead of a 401 that would invite more guesses."""
+
+    def authenticate_credentials(
+        self, userid: str, password: str, request: Request | None = None
+    ) -> tuple[User, None]:
+        try:
+            user, _ = super().authenticate_credentials(userid, password, request)
+        except exceptions.AuthenticationFailed:
+            if request is not None and getattr(request, "axes_locked_out", False):
+                raise LoginLockedOut() from None
+            raise
+        return user, None
 
 
 class PersonalTokenScheme(OpenApiAuthenticationExtension):
