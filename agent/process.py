@@ -2,7 +2,8 @@
 
 Guarantees: every engine runs as the leader of its own process group (so one signal reaches its
 workers too), and on Linux it receives SIGTERM if the agent dies, even by SIGKILL
-(``PR_SET_PDEATHSIG``). :func:`terminate_group` always ends with SIGKILL to the group.
+(``PR_SET_PDEATHSIG``). :func:`terminate_group` always ends with SIGKILL to the group, after
+the grace period, or at once if it is cancelled during it.
 """
 
 from __future__ import annotations
@@ -78,14 +79,21 @@ async def terminate_group(proc: asyncio.subprocess.Process, timeout_s: float = 1
     """SIGTERM the group, wait up to ``timeout_s``, then SIGKILL the group; return the exit code.
 
     Safe to call on a process that already exited (stragglers in its group are still killed).
+    Cancelled during the grace period, it SIGKILLs the group before the cancellation propagates.
     """
-    if proc.returncode is None:
-        kill_group(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout_s)
-        except TimeoutError:
-            log.warning("engine pid %d ignored SIGTERM for %.0fs; killing it", proc.pid, timeout_s)
-    kill_group(proc.pid, signal.SIGKILL)
+    try:
+        if proc.returncode is None:
+            kill_group(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), timeout_s)
+            except TimeoutError:
+                log.warning(
+                    "engine pid %d ignored SIGTERM for %.0fs; killing it", proc.pid, timeout_s
+                )
+    finally:
+        # Even when the stop itself is cancelled in its grace period (the agent is being torn
+        # down): an engine that ignores SIGTERM must not outlive its agent.
+        kill_group(proc.pid, signal.SIGKILL)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(proc.wait(), 5.0)
     return proc.returncode

@@ -8,7 +8,9 @@ Guarantees:
   ``backoff_max_s``, reset once the engine stayed READY for ``backoff_reset_after_s``). A
   missing executable or invalid engine arguments are reported as ``ENGINE_DOWN`` with
   ``last_error``, never raised.
-* :meth:`EngineSupervisor.stop` and :meth:`EngineSupervisor.kill_now` leave no process behind.
+* :meth:`EngineSupervisor.stop` and :meth:`EngineSupervisor.kill_now` leave no process behind:
+  an engine that ignores SIGTERM is SIGKILLed after ``stop_timeout_s``, at once if the stop is
+  cancelled, and ``kill_now`` reaches it while a stop is waiting on it.
 
 The phase is STARTING until the first readiness of a spec, READY while health, model listing and
 warm-up all hold, ENGINE_DOWN after a crash, a failed start, or sustained failed probes, until
@@ -137,10 +139,15 @@ class EngineSupervisor:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        proc, self._proc = self._proc, None
+        proc = self._proc
         if proc is not None:
             log.info("stopping engine pid %d", proc.pid)
-            await terminate_group(proc, self.timings.stop_timeout_s)
+            try:
+                await terminate_group(proc, self.timings.stop_timeout_s)
+            finally:
+                # Kept until it is dead, so that ``kill_now`` still reaches an engine that
+                # ignores SIGTERM while its grace period runs.
+                self._proc = None
 
     def _mark_down(self, error: str) -> None:
         self._phase = AgentState.ENGINE_DOWN

@@ -79,6 +79,13 @@ CODES: dict[str, ErrorCode] = {
             "not_acceptable", 406, "No response format matches the `Accept` header.", ("rest",)
         ),
         ErrorCode(
+            "request_timeout",
+            408,
+            "The request's head (`--timeout-keep-alive`) or body (`GATEWAY_BODY_TIMEOUT_S`) "
+            "did not arrive in time; the connection is closed.",
+            ("rest", "gateway"),
+        ),
+        ErrorCode(
             "request_too_large",
             413,
             "The body is over the size limit (`GATEWAY_MAX_BODY_BYTES`).",
@@ -89,6 +96,13 @@ CODES: dict[str, ErrorCode] = {
             415,
             "The body's `Content-Type` is not JSON (or a form).",
             ("rest",),
+        ),
+        ErrorCode(
+            "request_header_fields_too_large",
+            431,
+            "The request line and headers are over the size limit "
+            "(`--h11-max-incomplete-event-size`); the connection is closed.",
+            ("rest", "gateway"),
         ),
         ErrorCode(
             "client_disconnected",
@@ -189,7 +203,7 @@ CODES: dict[str, ErrorCode] = {
             "server_error",
             500,
             "An unexpected failure on our side; retry later, with backoff.",
-            ("rest",),
+            ("rest", "gateway"),
         ),
         ErrorCode(
             "upstream_error",
@@ -229,6 +243,12 @@ CODES: dict[str, ErrorCode] = {
             "Usage could not be recorded in time (`USAGE_WRITE_TIMEOUT_S`): the answer was not "
             "sent, or the stream was cut; retry.",
             ("gateway",),
+        ),
+        ErrorCode(
+            "server_busy",
+            503,
+            "The server is at its connection limit (`--limit-concurrency`); retry later.",
+            ("rest", "gateway"),
         ),
         ErrorCode(
             "model_unavailable",

@@ -495,6 +495,11 @@ for _sdk_logger in ("scaleway", "botocore", "boto3", "urllib3"):
 # --- Gateway and usage (owned by the gateway work; documented in .env.example, docs/gateway.md)
 # Largest request body accepted (413 beyond), also for chunked bodies without Content-Length.
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024, minimum=1024)
+# The whole body must arrive within this (408 beyond): a trickling client holds no connection.
+GATEWAY_BODY_TIMEOUT_S = env_float("GATEWAY_BODY_TIMEOUT_S", 10.0, minimum=0.1)
+# max_tokens / max_completion_tokens above a model code's context are refused (400); this is the
+# context assumed for a model code that declares none (engine_args or max_model_len).
+GATEWAY_DEFAULT_MAX_MODEL_LEN = env_int("GATEWAY_DEFAULT_MAX_MODEL_LEN", 131072, minimum=16)
 # Upstream (engine) timeouts: connecting, and waiting for the response or the next chunk.
 GATEWAY_CONNECT_TIMEOUT_S = env_float("GATEWAY_CONNECT_TIMEOUT_S", 3.0, minimum=0.01)
 GATEWAY_UPSTREAM_TIMEOUT_S = env_float("GATEWAY_UPSTREAM_TIMEOUT_S", 300.0, minimum=0.01)

@@ -24,6 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--default-max-tokens", type=int, default=16)
     p.add_argument("--startup-delay-s", type=float, default=0.0)
     p.add_argument("--embedding-dim", type=int, default=8)
+    p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--log-level", default="warning")
     return p.parse_args(argv)
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         default_max_tokens=args.default_max_tokens,
         startup_delay_s=args.startup_delay_s,
         embedding_dim=args.embedding_dim,
+        max_model_len=args.max_model_len,
     )
     uvicorn.run(
         MockEngine(config),

@@ -48,6 +48,7 @@ class MockConfig:
     default_max_tokens: int = 16
     startup_delay_s: float = 0.0
     embedding_dim: int = 8
+    max_model_len: int = 4096  # prompt + completion tokens, as vLLM's --max-model-len
 
 
 @dataclass
@@ -73,7 +74,9 @@ class MockEngine:
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
         self._models_body = api.models_body(
-            served_model_name=config.served_model_name, model_id=config.model_id
+            served_model_name=config.served_model_name,
+            model_id=config.model_id,
+            max_model_len=config.max_model_len,
         )
         self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self._chat,
@@ -181,6 +184,8 @@ class MockEngine:
         req = await self._parse(receive)
         text, prompt_tokens = api.prompt(req, chat=chat)
         n = api.max_tokens(req, self.config.default_max_tokens)
+        # Before anything is allocated: vLLM refuses what its context cannot hold, too.
+        api.check_context(req, prompt_tokens, n, self.config.max_model_len)
         words = token_words(seed_of(text), n)
         stats = self.stats
         stats.running += 1

@@ -40,6 +40,24 @@ def max_tokens(req: dict[str, Any], default: int) -> int:
     return default
 
 
+def check_context(req: dict[str, Any], prompt_tokens: int, max_tokens: int, context: int) -> None:
+    """400 when the prompt plus the completion asked for exceed the context, as vLLM answers
+    (an explicit ``max_tokens`` or ``max_completion_tokens`` is named in ``param``)."""
+    if prompt_tokens + max_tokens <= context:
+        return
+    param = next(
+        (k for k in ("max_tokens", "max_completion_tokens") if req.get(k) is not None), None
+    )
+    raise HttpError(
+        400,
+        f"This model's maximum context length is {context} tokens. However, you requested "
+        f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in "
+        "the completion). Please reduce the length of the messages or completion.",
+        "invalid_value",
+        param,
+    )
+
+
 def include_usage(req: dict[str, Any]) -> bool:
     options = req.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
@@ -174,7 +192,7 @@ def embeddings_body(
     )
 
 
-def models_body(*, served_model_name: str, model_id: str) -> bytes:
+def models_body(*, served_model_name: str, model_id: str, max_model_len: int) -> bytes:
     """``GET /v1/models``: the one served model."""
     return orjson.dumps(
         {
@@ -187,7 +205,7 @@ def models_body(*, served_model_name: str, model_id: str) -> bytes:
                     "owned_by": "vllm",
                     "root": model_id,
                     "parent": None,
-                    "max_model_len": 4096,
+                    "max_model_len": max_model_len,
                     "permission": [],
                 }
             ],

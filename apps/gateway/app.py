@@ -42,16 +42,22 @@ import orjson
 from django.conf import settings
 
 from apps.gateway import metrics
-from apps.gateway.body import parse_body, prompt_prefix, read_body
+from apps.gateway.body import (
+    ask_for_usage,
+    check_max_tokens,
+    parse_body,
+    prompt_prefix,
+    read_body,
+    shown,
+)
 from apps.gateway.directory import Directory
 from apps.gateway.errors import GatewayError, retry_after, unauthorized
 from apps.gateway.key_cache import KeyCache
 from apps.gateway.listener import EventListener
 from apps.gateway.proxy import Proxy
 from apps.gateway.ratelimit import Limits, rate_limiter
-from apps.gateway.request import Receive, Request, Scope, Send, respond
+from apps.gateway.request import Receive, Request, Scope, Send, bearer_token, respond
 from apps.gateway.routing import PREFIX_AWARE, SESSION_AFFINITY, RetryBudget, RoutingTable
-from apps.gateway.stream import INJECT_USAGE
 from apps.gateway.types import KeySnapshot
 from apps.gateway.usage_buffer import AccountedSend, UsageRecorder, UsageUnavailable
 from apps.gateway.usage_record import FINAL_SEQ, UsageRecordData
@@ -73,6 +79,8 @@ class Gateway:
 
     def __init__(self) -> None:
         self.max_body = settings.GATEWAY_MAX_BODY_BYTES
+        self.body_timeout_s = settings.GATEWAY_BODY_TIMEOUT_S
+        self.default_context = settings.GATEWAY_DEFAULT_MAX_MODEL_LEN
         self.session_header = settings.GATEWAY_SESSION_HEADER.encode()
         self.prefix_chars = settings.GATEWAY_PREFIX_CHARS
         self.metrics_token = settings.GATEWAY_METRICS_TOKEN
@@ -184,10 +192,18 @@ class Gateway:
             elif path == "/metrics":
                 await self._metrics(scope, send, req)
             else:
-                raise GatewayError("not_found", f"Unknown path {path}.")
+                raise GatewayError("not_found", f"Unknown path {shown(path)}.")
         except GatewayError as exc:
             req.status, req.error_code = exc.status, exc.code
             await respond(send, req, exc.status, exc.body(), exc.headers)
+        except Exception:
+            # Never uvicorn's plain-text 500: the envelope, and the request recorded as failed.
+            logger.exception("gateway: unexpected error in %s", req.request_id)
+            error = GatewayError("server_error", "The gateway failed unexpectedly; retry later.")
+            req.status, req.error_code = error.status, error.code
+            # Raises if the answer had already started (the stream relay ends it itself).
+            with contextlib.suppress(Exception):
+                await respond(send, req, error.status, error.body())
         finally:
             if accounted is not None:
                 try:
@@ -202,18 +218,18 @@ class Gateway:
         token = self.metrics_token
         if not token:
             raise GatewayError("not_found", "Unknown path /metrics.")
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        if not hmac.compare_digest(given, b"Bearer " + token.encode()):
+        given = bearer_token(dict(scope["headers"]).get(b"authorization", b""))
+        if given is None or not hmac.compare_digest(given, token.encode()):
             raise unauthorized()
         body, content_type = metrics.render()
         await respond(send, req, 200, body, content_type=content_type.encode())
 
     # --- authentication and routing ----------------------------------------------------------
     async def _authenticate(self, headers: dict[bytes, bytes]) -> KeySnapshot:
-        raw = headers.get(b"authorization", b"")
-        if not raw.startswith(b"Bearer "):
+        token = bearer_token(headers.get(b"authorization", b""))
+        if token is None:
             raise unauthorized()
-        key = await self.keys.authenticate(raw[7:].strip().decode("latin-1"))
+        key = await self.keys.authenticate(token.decode("latin-1"))
         if key is None:
             raise unauthorized()
         return key
@@ -240,7 +256,9 @@ class Gateway:
             found = [m for m in data if m["id"] == name]
             if not found:
                 raise GatewayError(
-                    "model_not_found", f"The model `{name}` does not exist.", param="model"
+                    "model_not_found",
+                    f"The model `{shown(name)}` does not exist.",
+                    param="model",
                 )
             await respond(send, req, 200, orjson.dumps(found[0]))
             return
@@ -249,21 +267,26 @@ class Gateway:
     async def _infer(self, scope: Scope, receive: Receive, send: Send, req: Request) -> None:
         headers = dict(scope["headers"])
         req.key = key = await self._authenticate(headers)
-        body = await read_body(receive, headers.get(b"content-length"), self.max_body)
+        body = await read_body(
+            receive, headers.get(b"content-length"), self.max_body, self.body_timeout_s
+        )
         data = parse_body(body, req.endpoint)
         req.model_name = data["model"][:64]
         req.stream = stream = data.get("stream") is True and req.endpoint != "embeddings"
         route = await self.directory.lookup(key.organization_id, data["model"])
         if route is None:
             raise GatewayError(
-                "model_not_found", f"The model `{data['model']}` does not exist.", param="model"
+                "model_not_found",
+                f"The model `{shown(data['model'])}` does not exist.",
+                param="model",
             )
         req.route = route
+        check_max_tokens(data, route.snapshot.max_model_len or self.default_context)
         allowed = key.allowed_model_code_ids
         if allowed is not None and route.snapshot.id not in allowed:
             raise GatewayError(
                 "model_not_allowed",
-                f"This API key may not use the model `{data['model']}`.",
+                f"This API key may not use the model `{shown(data['model'])}`.",
                 param="model",
             )
         limits = Limits(key.id, key.rpm, key.tpm, key.concurrency)
@@ -280,14 +303,7 @@ class Gateway:
         # Streams: ask the engine for usage; strip it on the way back unless the client asked.
         client_usage = True
         if stream:
-            options = data.get("stream_options")
-            client_usage = bool(options and options.get("include_usage") is True)
-            if not client_usage:
-                if options is None:
-                    body = INJECT_USAGE + body[body.index(b"{") + 1 :]
-                else:
-                    data["stream_options"] = {**options, "include_usage": True}
-                    body = orjson.dumps(data)
+            body, client_usage = ask_for_usage(data, body)
         session = prefix = None
         policy = route.snapshot.routing_policy
         if policy == SESSION_AFFINITY:

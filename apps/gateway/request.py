@@ -4,6 +4,7 @@ Guarantees: ``Request`` is what one request accumulates (key, route, instance, s
 timings) and ends up as its usage record; it has ``__slots__`` and no per-request allocation
 beyond itself. ``respond`` sends a whole body with ``Content-Length``, ``x-request-id`` and
 ``x-gateway-overhead-ms`` (time in the gateway, excluding the engine's), in two ASGI messages.
+``bearer_token`` reads an ``Authorization`` header's bearer token, whatever the scheme's case.
 """
 
 from __future__ import annotations
@@ -69,6 +70,16 @@ class Request:
     def overhead_header(self) -> tuple[bytes, bytes]:
         overhead = self.overhead_s = time.perf_counter() - self.start - self.upstream_s
         return (_OVERHEAD, f"{overhead * 1000:.3f}".encode())
+
+
+def bearer_token(authorization: bytes) -> bytes | None:
+    """The token of an ``Authorization: Bearer <token>`` header, the scheme matched
+    case-insensitively (RFC 7235); None for another scheme or no token."""
+    scheme, _, token = authorization.strip().partition(b" ")
+    token = token.strip()
+    if scheme.lower() != b"bearer" or not token:
+        return None
+    return token
 
 
 async def respond(

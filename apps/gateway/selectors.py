@@ -81,6 +81,15 @@ def _instance_snapshots(model_code_ids: list[int]) -> dict[int, list[InstanceSna
     return by_model
 
 
+def _context_length(model: LlmModel) -> int | None:
+    """What bounds a request's tokens: the engine's ``--max-model-len`` when the model code's
+    engine arguments set it, else the model code's declared ``max_model_len``."""
+    engine_value = (model.engine_args or {}).get("max_model_len")
+    if isinstance(engine_value, int) and not isinstance(engine_value, bool) and engine_value > 0:
+        return engine_value
+    return model.max_model_len or None
+
+
 def routing_snapshot(
     *, organization_id: int | None = None, name: str | None = None
 ) -> list[ModelSnapshot]:
@@ -101,6 +110,7 @@ def routing_snapshot(
             routing_policy=m.routing_policy,
             created=int(m.created_at.timestamp()),
             instances=tuple(sorted(instances.get(m.pk, []), key=lambda i: i.id)),
+            max_model_len=_context_length(m),
         )
         for m in model_list
     ]

@@ -36,3 +36,6 @@ class ModelSnapshot:
     routing_policy: str
     created: int  # epoch seconds
     instances: tuple[InstanceSnapshot, ...]
+    # Context length in tokens (the engine's ``max_model_len``, else the model code's); None:
+    # not declared (the gateway then applies ``GATEWAY_DEFAULT_MAX_MODEL_LEN``).
+    max_model_len: int | None = None

@@ -73,6 +73,11 @@ class Command(BaseCommand):
                 lifespan="off",
                 log_level="warning",
                 timeout_graceful_shutdown=5,
+                # HTTP bounded as in compose.yaml's web role (apps/gateway/server.py).
+                http="apps.gateway.server:HttpProtocol",
+                h11_max_incomplete_event_size=64 * 1024,
+                timeout_keep_alive=5,
+                limit_concurrency=1024,
             )
         finally:
             if beat is not None:
