@@ -6,7 +6,8 @@ One rule, documented in docs/errors.md ("Ids in paths and query strings"):
   (``1`` to ``2**63 - 1``, ASCII digits only) names an object that cannot exist: the answer is
   the same ``404 not_found`` as for a missing object or another organization's;
 * an id **in a query string** (a filter) that is not such an integer is a malformed request:
-  ``400 invalid_value`` with ``param`` naming the filter.
+  ``400 invalid_value`` with ``param`` naming the filter; so is a text filter holding a NUL
+  character (PostgreSQL refuses it in a query).
 
 ``str.isdigit()`` and ``int()`` are not enough: ``"²".isdigit()`` is true while ``int("²")``
 raises, ``int("٣")`` is 3, ``int("1_0")`` is 10 and ``int(" 7 ")`` is 7.
@@ -23,6 +24,9 @@ from inventiv.errors import ApplicationError, NotFound
 
 # The largest value of a PostgreSQL bigint (Django's BigAutoField).
 MAX_ID = 2**63 - 1
+# The largest value of Django's (Positive)IntegerField on every database: a body field stored in
+# one says so in its serializer, or a bigger number is a database error (a 500) instead of a 400.
+MAX_POSITIVE_INT = 2**31 - 1
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
 
@@ -57,6 +61,18 @@ def query_id(params: Any, name: str) -> int | None:
     if value is None:
         raise ApplicationError(f"{name} must be an integer id between 1 and {MAX_ID}.", param=name)
     return value
+
+
+def query_text(params: Any, name: str) -> str | None:
+    """The text filter ``name`` of a query string (``None`` when absent or empty), or
+    ``ApplicationError`` (``400 invalid_value``) when it holds a NUL character, which no
+    stored text holds and PostgreSQL refuses in a query."""
+    raw = params.get(name)
+    if raw in (None, ""):
+        return None
+    if "\x00" in raw:
+        raise ApplicationError(f"{name} must not contain NUL characters.", param=name)
+    return str(raw)
 
 
 class IdField(serializers.IntegerField):

@@ -219,7 +219,15 @@ AUTH_PASSWORD_VALIDATORS = [
 ACCOUNT_LOGIN_METHODS = {"email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
 ACCOUNT_USER_MODEL_USERNAME_FIELD = None
-ACCOUNT_EMAIL_VERIFICATION = env_str("ACCOUNT_EMAIL_VERIFICATION", "none") or "none"
+# Who may sign up on the portal (apps/accounts/adapters.py, docs/security.md): open (anyone,
+# e-mail verified), invite (a one-time invitation from staff: admin or `manage.py invite`),
+# closed. Default invite: nobody signs up unasked, operators still can invite.
+SIGNUP_MODE = env_choice("INVENTIV_SIGNUP", ("open", "invite", "closed"), default="invite")
+# Every address signed up on the portal is verified before its first login (users created by
+# operators with user_create are taken as verified). The embedded mode and the tests print or
+# keep the e-mails (console, locmem backends).
+ACCOUNT_EMAIL_VERIFICATION = "mandatory"
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_ADAPTER = "apps.accounts.adapters.AccountAdapter"
 LOGIN_REDIRECT_URL = "/"
 LOGIN_URL = "/accounts/login/"
@@ -279,9 +287,9 @@ REST_FRAMEWORK = {
         ),
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "inventiv.pagination.Pagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "inventiv.schema.AutoSchema",
     "EXCEPTION_HANDLER": "inventiv.errors.api_exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
@@ -297,6 +305,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Request bodies are documented as JSON only: forms still parse (the browsable API), but
+    # a client generated from the schema speaks JSON, as docs/errors.md says.
+    "PARSER_WHITELIST": ["rest_framework.parsers.JSONParser"],
     "ENUM_NAME_OVERRIDES": {
         "InstanceStatusEnum": "apps.instances.choices.InstanceStatus",
         "ModelStatusEnum": "apps.models.choices.ModelStatus",
@@ -358,9 +369,12 @@ BOOT_DEADLINE_S = env_float("INVENTIV_BOOT_DEADLINE_S", 600.0, minimum=0.1)
 STARTUP_DEADLINE_S = env_float("INVENTIV_STARTUP_DEADLINE_S", 1800.0, minimum=0.1)
 DRAIN_DEADLINE_S = env_float("INVENTIV_DRAIN_DEADLINE_S", 120.0, minimum=0.1)
 BOOTSTRAP_TOKEN_TTL_S = env_float("INVENTIV_BOOTSTRAP_TOKEN_TTL_S", 900.0, minimum=1)
-# A provision/terminate command not acted upon after this long is re-sent by the reconciler.
-# Longer than a task's time limit (300 s), so that a slow command is never sent twice at once.
-COMMAND_RESEND_AFTER_S = env_float("INVENTIV_COMMAND_RESEND_AFTER_S", 330.0, minimum=0.1)
+# A provision/terminate command nobody took up after this long is re-sent by the reconciler (a
+# lost enqueue; above the tasks' retry backoff, 120 s). A command in progress holds a lease: it
+# is re-sent once the lease lapses, COMMAND_LEASE_S after its worker died; two workers never
+# run one command at once.
+COMMAND_RESEND_AFTER_S = env_float("INVENTIV_COMMAND_RESEND_AFTER_S", 150.0, minimum=0.1)
+COMMAND_LEASE_S = env_float("INVENTIV_COMMAND_LEASE_S", 6.0, minimum=0.1)
 REPLACEMENT_BACKOFF_S = env_float("INVENTIV_REPLACEMENT_BACKOFF_S", 10.0, minimum=0)
 # If at least this share of a fleet (of 3+ instances) misses heartbeats at once, we suspect our
 # own network or database rather than the machines, and do not terminate anything.

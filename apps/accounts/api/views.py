@@ -17,7 +17,7 @@ from apps.accounts.auth import request_user
 from apps.accounts.models import Membership, PersonalAccessToken
 from apps.accounts.services import access_token_create, access_token_revoke
 from inventiv.errors import NotFound
-from inventiv.pagination import paginated_response
+from inventiv.pagination import default_pagination_class, paginated_response
 from inventiv.params import path_id
 
 
@@ -50,6 +50,7 @@ class AccessTokenViewSet(viewsets.ViewSet):
     acts as you; it is shown once, at creation."""
 
     queryset = PersonalAccessToken.objects.none()  # for the schema only
+    pagination_class = default_pagination_class()  # for the schema: lists are paginated
 
     def _get(self, request: Request, pk: Any) -> PersonalAccessToken:
         token_id = path_id(pk, message="No such access token.")

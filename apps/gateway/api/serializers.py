@@ -4,7 +4,7 @@ from rest_framework import serializers
 
 from apps.accounts.models import Organization
 from apps.gateway.models import ApiKey
-from inventiv.params import IdField
+from inventiv.params import MAX_POSITIVE_INT, IdField
 
 
 class ApiKeyInSerializer(serializers.Serializer[Any]):
@@ -17,9 +17,15 @@ class ApiKeyInSerializer(serializers.Serializer[Any]):
         help_text="Model code ids this key may use; empty: all of the organization's.",
     )
     expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
-    rpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True)
-    tpm_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True)
-    concurrency_limit = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    rpm_limit = serializers.IntegerField(
+        min_value=1, max_value=MAX_POSITIVE_INT, required=False, allow_null=True
+    )
+    tpm_limit = serializers.IntegerField(
+        min_value=1, max_value=MAX_POSITIVE_INT, required=False, allow_null=True
+    )
+    concurrency_limit = serializers.IntegerField(
+        min_value=1, max_value=MAX_POSITIVE_INT, required=False, allow_null=True
+    )
 
 
 class ApiKeyOutSerializer(serializers.ModelSerializer[ApiKey]):

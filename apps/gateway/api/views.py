@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -20,8 +20,9 @@ from apps.gateway.models import ApiKey
 from apps.gateway.selectors import api_key_get_for_user, api_key_list_for_user
 from apps.models.models import LlmModel
 from inventiv.errors import ApplicationError
-from inventiv.pagination import paginated_response
-from inventiv.params import path_id
+from inventiv.pagination import default_pagination_class, paginated_response
+from inventiv.params import path_id, query_text
+from inventiv.schema import errors
 
 
 class ApiKeyViewSet(viewsets.ViewSet):
@@ -29,6 +30,7 @@ class ApiKeyViewSet(viewsets.ViewSet):
     answer to create and rotate. Writes need the owner or admin role."""
 
     queryset = ApiKey.objects.none()  # for the schema only; reads go through selectors
+    pagination_class = default_pagination_class()  # for the schema: lists are paginated
 
     def _get(self, request: Request, pk: Any, *, manage: bool = False) -> ApiKey:
         user = request_user(request)
@@ -37,14 +39,23 @@ class ApiKeyViewSet(viewsets.ViewSet):
             organization_check_manager(user=user, organization_id=key.organization_id)
         return key
 
-    @extend_schema(responses=ApiKeyOutSerializer(many=True))
+    @extend_schema(
+        parameters=[OpenApiParameter("organization", str, description="An organization's slug.")],
+        responses={200: ApiKeyOutSerializer(many=True), **errors(400)},
+    )
     def list(self, request: Request) -> Response:
         queryset = api_key_list_for_user(user=request_user(request))
-        if org := request.query_params.get("organization"):
+        if org := query_text(request.query_params, "organization"):
             queryset = queryset.filter(organization__slug=org)
         return paginated_response(request, self, queryset, ApiKeyOutSerializer)
 
-    @extend_schema(request=ApiKeyInSerializer, responses={201: ApiKeyCreatedOutSerializer})
+    @extend_schema(
+        request=ApiKeyInSerializer,
+        responses={
+            201: ApiKeyCreatedOutSerializer,
+            **errors(404, s404="`not_found`: no such organization (`param`: organization)."),
+        },
+    )
     def create(self, request: Request) -> Response:
         data = ApiKeyInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -83,7 +94,13 @@ class ApiKeyViewSet(viewsets.ViewSet):
         services.api_key_revoke(key=self._get(request, pk, manage=True))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    @extend_schema(request=None, responses={201: ApiKeyCreatedOutSerializer})
+    @extend_schema(
+        request=None,
+        responses={
+            201: ApiKeyCreatedOutSerializer,
+            **errors(400, s400="`key_revoked`: a revoked key cannot rotate."),
+        },
+    )
     @action(detail=True, methods=["post"])
     def rotate(self, request: Request, pk: Any = None) -> Response:
         new, plaintext = services.api_key_rotate(

@@ -15,7 +15,8 @@ from apps.instances.providers.matching import offers_for_model
 from apps.instances.providers.sizing import needs_for_model
 from apps.models.selectors import model_get_for_user
 from inventiv.errors import NotFound
-from inventiv.params import path_id, query_id
+from inventiv.params import path_id, query_id, query_text
+from inventiv.schema import errors
 
 
 class OfferSerializer(serializers.Serializer):  # type: ignore[type-arg]
@@ -43,11 +44,16 @@ class ModelOffersView(APIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("provider", int, required=False),
-            OpenApiParameter("instance_type", int, required=False),
+            OpenApiParameter("provider", int, required=False, description="A provider's id."),
+            OpenApiParameter(
+                "instance_type", int, required=False, description="An instance type's id."
+            ),
             OpenApiParameter("zone", str, required=False),
         ],
-        responses=OffersOutSerializer,
+        responses={
+            200: OffersOutSerializer,
+            **errors(400, 404, s404="`not_found`: no such model code, provider or instance type."),
+        },
     )
     def get(self, request: Request, model_code_id: int) -> Response:
         model = model_get_for_user(
@@ -66,7 +72,7 @@ class ModelOffersView(APIView):
             if instance_type is None:
                 raise NotFound("No such instance type.", param="instance_type")
         offers = offers_for_model(
-            model, provider=provider, instance_type=instance_type, zone=params.get("zone")
+            model, provider=provider, instance_type=instance_type, zone=query_text(params, "zone")
         )
         return Response(
             OffersOutSerializer(

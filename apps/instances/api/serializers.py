@@ -47,7 +47,7 @@ class InstanceOutSerializer(serializers.ModelSerializer):
         slug_field="name", read_only=True
     )
     instance_type: serializers.SlugRelatedField[InstanceType] = serializers.SlugRelatedField(
-        slug_field="code", read_only=True
+        slug_field="code", read_only=True, allow_null=True
     )
     agent_version_mismatch = serializers.SerializerMethodField(
         help_text="The agent reported a release other than the control plane's (a warning: it "

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
-from rest_framework import status, viewsets
+from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
@@ -18,8 +18,21 @@ from apps.instances.orchestrator import cluster_status
 from apps.instances.selectors import instance_get_for_user, instance_list_for_user
 from apps.instances.services import instance_drain, instance_request_termination
 from inventiv.errors import Conflict
-from inventiv.pagination import paginated_response
-from inventiv.params import query_id
+from inventiv.pagination import default_pagination_class, paginated_response
+from inventiv.params import IdField, query_id, query_text
+from inventiv.schema import errors
+
+
+class InstanceFilterSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """The list's query filters (documentation: the view reads them itself)."""
+
+    model_code = IdField(required=False, help_text="A model code's id.")
+    status = serializers.CharField(
+        required=False, help_text="Statuses, comma-separated (e.g. `ready,draining`)."
+    )
+    include_archived = serializers.ChoiceField(
+        choices=["1", "true", "0", "false"], required=False, help_text="Default: false."
+    )
 
 
 class InstanceViewSet(viewsets.ViewSet):
@@ -27,6 +40,7 @@ class InstanceViewSet(viewsets.ViewSet):
     admin role."""
 
     queryset = Instance.objects.none()  # for the schema only; reads go through selectors
+    pagination_class = default_pagination_class()  # for the schema: lists are paginated
 
     def _get(self, request: Request, pk: Any, *, manage: bool = False) -> Instance:
         instance = instance_get_for_user(user=request_user(request), instance_id=str(pk))
@@ -36,13 +50,16 @@ class InstanceViewSet(viewsets.ViewSet):
             )
         return instance
 
-    @extend_schema(responses=InstanceOutSerializer(many=True))
+    @extend_schema(
+        parameters=[InstanceFilterSerializer],
+        responses={200: InstanceOutSerializer(many=True), **errors(400)},
+    )
     def list(self, request: Request) -> Response:
         queryset = instance_list_for_user(user=request_user(request))
         params = request.query_params
         if (model_code_id := query_id(params, "model_code")) is not None:
             queryset = queryset.filter(llm_model_id=model_code_id)
-        if wanted := params.get("status"):
+        if wanted := query_text(params, "status"):
             queryset = queryset.filter(status__in=wanted.split(","))
         if params.get("include_archived") not in ("1", "true"):
             queryset = queryset.filter(archived=False)
@@ -53,7 +70,7 @@ class InstanceViewSet(viewsets.ViewSet):
         instance = self._get(request, pk)
         return Response(InstanceDetailOutSerializer(instance).data)
 
-    @extend_schema(request=None, responses={202: InstanceOutSerializer})
+    @extend_schema(request=None, responses={202: InstanceOutSerializer, **errors(409)})
     @action(detail=True, methods=["post"])
     def drain(self, request: Request, pk: Any = None) -> Response:
         instance = self._get(request, pk, manage=True)
@@ -61,7 +78,7 @@ class InstanceViewSet(viewsets.ViewSet):
         instance.refresh_from_db()
         return Response(InstanceOutSerializer(instance).data, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(request=None, responses={202: InstanceOutSerializer})
+    @extend_schema(request=None, responses={202: InstanceOutSerializer, **errors(409)})
     @action(detail=True, methods=["post"])
     def terminate(self, request: Request, pk: Any = None) -> Response:
         instance = self._get(request, pk, manage=True)
@@ -75,11 +92,30 @@ class InstanceViewSet(viewsets.ViewSet):
         return Response(InstanceOutSerializer(instance).data, status=status.HTTP_202_ACCEPTED)
 
 
+class _LastReconcileSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    at = serializers.DateTimeField(allow_null=True)
+    summary = serializers.DictField()
+
+
+class ClusterStatusOutSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    """The shape of ``cluster_status()`` (for the schema)."""
+
+    instances_by_status = serializers.DictField(child=serializers.IntegerField())
+    instances_by_provider = serializers.DictField(
+        child=serializers.DictField(child=serializers.IntegerField())
+    )
+    instances_by_model_code = serializers.DictField(
+        child=serializers.DictField(child=serializers.IntegerField())
+    )
+    queue_depth = serializers.IntegerField(allow_null=True)
+    last_reconcile = _LastReconcileSerializer()
+
+
 class ClusterStatusView(APIView):
     """Staff only: instances by state, provider and model code; queue depth; last reconcile."""
 
     permission_classes = [IsAdminUser]
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(responses=ClusterStatusOutSerializer)
     def get(self, request: Request) -> Response:
         return Response(cluster_status())

@@ -4,6 +4,7 @@ from apps.accounts.models import Organization
 from apps.instances.models import InstanceType, Provider
 from apps.models.choices import Dtype, Engine, RoutingPolicy
 from apps.models.models import LlmModel
+from inventiv.params import MAX_POSITIVE_INT
 
 
 class ModelCodeInSerializer(serializers.Serializer):
@@ -20,7 +21,9 @@ class ModelCodeInSerializer(serializers.Serializer):
         max_digits=8, decimal_places=2, required=False, allow_null=True
     )
     dtype = serializers.ChoiceField(choices=Dtype.choices, default=Dtype.AUTO)
-    max_model_len = serializers.IntegerField(min_value=16, required=False, allow_null=True)
+    max_model_len = serializers.IntegerField(
+        min_value=16, max_value=MAX_POSITIVE_INT, required=False, allow_null=True
+    )
     routing_policy = serializers.ChoiceField(
         choices=RoutingPolicy.choices, default=RoutingPolicy.LEAST_OUTSTANDING
     )
@@ -56,7 +59,7 @@ class ModelCodeOutSerializer(serializers.ModelSerializer):
         slug_field="slug", read_only=True
     )
     provider: serializers.SlugRelatedField[Provider] = serializers.SlugRelatedField(
-        slug_field="name", read_only=True
+        slug_field="name", read_only=True, allow_null=True
     )
 
     class Meta:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -20,8 +20,9 @@ from apps.models.api.serializers import (
 )
 from apps.models.models import LlmModel
 from apps.models.selectors import model_get_for_user, model_list_for_user
-from inventiv.pagination import paginated_response
-from inventiv.params import path_id
+from inventiv.pagination import default_pagination_class, paginated_response
+from inventiv.params import path_id, query_text
+from inventiv.schema import errors
 
 
 class ModelCodeViewSet(viewsets.ViewSet):
@@ -29,6 +30,7 @@ class ModelCodeViewSet(viewsets.ViewSet):
     the owner or admin role in the model code's organization."""
 
     queryset = LlmModel.objects.none()  # for the schema only; reads go through selectors
+    pagination_class = default_pagination_class()  # for the schema: lists are paginated
 
     def _get(self, request: Request, pk: Any, *, manage: bool = False) -> LlmModel:
         user = request_user(request)
@@ -39,16 +41,28 @@ class ModelCodeViewSet(viewsets.ViewSet):
             organization_check_manager(user=user, organization_id=model.organization_id)
         return model
 
-    @extend_schema(responses=ModelCodeOutSerializer(many=True))
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("organization", str, description="An organization's slug."),
+            OpenApiParameter("name", str, description="A model code's name."),
+        ],
+        responses={200: ModelCodeOutSerializer(many=True), **errors(400)},
+    )
     def list(self, request: Request) -> Response:
         queryset = model_list_for_user(user=request_user(request))
-        if org := request.query_params.get("organization"):
+        if org := query_text(request.query_params, "organization"):
             queryset = queryset.filter(organization__slug=org)
-        if name := request.query_params.get("name"):
+        if name := query_text(request.query_params, "name"):
             queryset = queryset.filter(name=name)
         return paginated_response(request, self, queryset, ModelCodeOutSerializer)
 
-    @extend_schema(request=ModelCodeInSerializer, responses={201: ModelCodeOutSerializer})
+    @extend_schema(
+        request=ModelCodeInSerializer,
+        responses={
+            201: ModelCodeOutSerializer,
+            **errors(404, 409, s404="`not_found`: no such organization (`param`: organization)."),
+        },
+    )
     def create(self, request: Request) -> Response:
         data = ModelCodeInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -63,7 +77,9 @@ class ModelCodeViewSet(viewsets.ViewSet):
     def retrieve(self, request: Request, pk: Any = None) -> Response:
         return Response(ModelCodeOutSerializer(self._get(request, pk)).data)
 
-    @extend_schema(request=ModelCodeUpdateSerializer, responses=ModelCodeOutSerializer)
+    @extend_schema(
+        request=ModelCodeUpdateSerializer, responses={200: ModelCodeOutSerializer, **errors(409)}
+    )
     def partial_update(self, request: Request, pk: Any = None) -> Response:
         model = self._get(request, pk, manage=True)
         data = ModelCodeUpdateSerializer(data=request.data)
@@ -71,12 +87,14 @@ class ModelCodeViewSet(viewsets.ViewSet):
         model = services.model_update(model=model, **data.validated_data)
         return Response(ModelCodeOutSerializer(model).data)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(responses={204: None, **errors(409)})
     def destroy(self, request: Request, pk: Any = None) -> Response:
         services.model_delete(model=self._get(request, pk, manage=True))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    @extend_schema(request=DeployInSerializer, responses={202: ModelCodeOutSerializer})
+    @extend_schema(
+        request=DeployInSerializer, responses={202: ModelCodeOutSerializer, **errors(409)}
+    )
     @action(detail=True, methods=["post"])
     def deploy(self, request: Request, pk: Any = None) -> Response:
         model = self._get(request, pk, manage=True)
@@ -89,7 +107,9 @@ class ModelCodeViewSet(viewsets.ViewSet):
         )
         return Response(ModelCodeOutSerializer(model).data, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(request=ReplicasInSerializer, responses={202: ModelCodeOutSerializer})
+    @extend_schema(
+        request=ReplicasInSerializer, responses={202: ModelCodeOutSerializer, **errors(409)}
+    )
     @action(detail=True, methods=["post"])
     def replicas(self, request: Request, pk: Any = None) -> Response:
         model = self._get(request, pk, manage=True)
@@ -98,7 +118,7 @@ class ModelCodeViewSet(viewsets.ViewSet):
         model = services.model_set_replicas(model=model, replicas=data.validated_data["replicas"])
         return Response(ModelCodeOutSerializer(model).data, status=status.HTTP_202_ACCEPTED)
 
-    @extend_schema(request=None, responses={202: ModelCodeOutSerializer})
+    @extend_schema(request=None, responses={202: ModelCodeOutSerializer, **errors(409)})
     @action(detail=True, methods=["post"])
     def decommission(self, request: Request, pk: Any = None) -> Response:
         model = services.model_decommission(
