@@ -14,6 +14,14 @@ from django.utils import timezone
 from apps.instances.agents import bootstrap
 from apps.instances.choices import HOLDS_MACHINE, InstanceStatus, ProviderKind
 from apps.instances.models import Instance, Provider, ProvisionAttempt
+from apps.instances.orchestrator.leases import (
+    PROVISION,
+    TERMINATE,
+    CommandLease,
+    LeaseHeld,
+    command_lease,
+    leases_drop,
+)
 from apps.instances.orchestrator.scaling import model_code_finish_decommission
 from apps.instances.providers import get_adapter
 from apps.instances.providers.base import (
@@ -76,7 +84,17 @@ class TransientProvisioningError(Exception):
 def instance_provision(*, instance_id: str) -> str:
     """``CMD:PROVISION_INSTANCE``. Tries each offer in order until one gives a machine;
     records every attempt with why it failed; fails the instance with the reasons when none
-    does. Returns what it did (for logs and tests)."""
+    does. Runs under the instance's command lease (``orchestrator.leases``): a second delivery
+    while a live worker works on it skips; a dead worker's is re-sent by the reconciler within
+    seconds. Returns what it did (for logs and tests)."""
+    try:
+        with command_lease(instance_id=instance_id, kind=PROVISION) as lease:
+            return _provision(instance_id, lease)
+    except LeaseHeld:
+        return "skipped: another worker is provisioning it"
+
+
+def _provision(instance_id: str, lease: CommandLease) -> str:
     instance = (
         Instance.objects.select_related("provider", "llm_model").filter(id=instance_id).first()
     )
@@ -113,6 +131,14 @@ def instance_provision(*, instance_id: str) -> str:
             reasons.append(f"{offer.instance_type_code}@{offer.zone}: {exc.code}: {exc}")
             continue
         _record_attempt(instance, offer, error=None)
+        if lease.lost:
+            # Paused past our lease: another worker may have provisioned meanwhile.
+            recorded = Instance.objects.values_list("provider_resource_id", flat=True).get(
+                id=instance.id
+            )
+            if recorded and recorded != machine.resource_id:
+                adapter.terminate_machine(machine)
+                return f"created {machine.resource_id}, released: lease lost to {recorded}"
         fields: dict[str, Any] = {
             "provider_id": offer.provider_id,
             "provider_resource_id": machine.resource_id,
@@ -157,7 +183,19 @@ def _provider(provider_id: int) -> Provider:
 
 def instance_terminate(*, instance_id: str) -> str:
     """``CMD:TERMINATE_INSTANCE``. Releases the machine and everything attached, then marks
-    the instance terminated. Idempotent: a machine already gone is success."""
+    the instance terminated. Idempotent: a machine already gone is success. Under the
+    instance's terminate lease (it may overtake a provision in flight)."""
+    try:
+        with command_lease(instance_id=instance_id, kind=TERMINATE):
+            result = _terminate(instance_id)
+    except LeaseHeld:
+        return "skipped: another worker is terminating it"
+    if result == "terminated":
+        leases_drop(instance_ids=[instance_id])
+    return result
+
+
+def _terminate(instance_id: str) -> str:
     instance = (
         Instance.objects.select_related("provider", "llm_model").filter(id=instance_id).first()
     )

@@ -17,6 +17,7 @@ from django.utils import timezone
 from apps.instances import commands
 from apps.instances.choices import FAILED, HOLDS_MACHINE, InstanceStatus
 from apps.instances.models import Instance, OrchestratorLock
+from apps.instances.orchestrator.leases import commands_with_dead_holders, lease_forget
 from apps.instances.orchestrator.scaling import (
     model_code_converge,
     model_code_finish_decommission,
@@ -187,13 +188,16 @@ def _check_heartbeats() -> dict[str, Any]:
 
 
 def _resend_lost_commands() -> dict[str, int]:
-    """Re-send provision/terminate commands whose after-commit enqueue (or whose worker) was
-    lost. Bounded: an instance whose provisioning was re-sent too often fails."""
+    """Re-send provision/terminate commands whose worker died mid-command (its command lease
+    expired while held: within ``COMMAND_LEASE_S``) or that nobody took up for
+    ``COMMAND_RESEND_AFTER_S`` (a lost after-commit enqueue). Bounded: an instance whose
+    provisioning was re-sent too often fails."""
     now = timezone.now()
     cutoff = now - timedelta(seconds=settings.COMMAND_RESEND_AFTER_S)
     resent = 0
+    dead = commands_with_dead_holders()
     stale = Instance.objects.select_related("llm_model").filter(
-        Q(command_sent_at__isnull=True) | Q(command_sent_at__lt=cutoff),
+        Q(command_sent_at__isnull=True) | Q(command_sent_at__lt=cutoff) | Q(id__in=dead),
         status__in=[S.PROVISIONING, S.TERMINATING, *FAILED],
     )
     for instance in stale:
@@ -224,6 +228,8 @@ def _resend_lost_commands() -> dict[str, int]:
             if instance.status == S.PROVISIONING
             else commands.terminate_instance
         )
+        if str(instance.id) in dead:
+            lease_forget(instance_id=str(instance.id))
         send(instance_id=str(instance.id))
         resent += 1
     return {"commands_resent": resent}

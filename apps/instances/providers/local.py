@@ -42,8 +42,24 @@ def _records_dir() -> Path:
     return private_dir(Path(settings.STATE_DIR) / "local-provider")
 
 
+# Agents this process started: reaped as soon as they exit (however they die), never left as
+# zombies; only these pids are waited for, so a pool's own children are never touched.
+_spawned: set[int] = set()
+
+
+def _reap_spawned() -> None:
+    for pid in list(_spawned):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid  # not (or no longer) our child
+        if done:
+            _spawned.discard(pid)
+
+
 def _tagged_pids() -> dict[str, list[int]]:
     """instance id -> pids of live processes carrying our tag (agents and their engines)."""
+    _reap_spawned()
     found: dict[str, list[int]] = {}
     needle = (TAG_ENV + "=").encode()
     for entry in os.scandir("/proc"):
@@ -125,6 +141,7 @@ class LocalAdapter(ProviderAdapter):
                 )
         except OSError as exc:
             raise ProviderError(f"could not start the agent: {exc}") from exc
+        _spawned.add(proc.pid)
         started_at = datetime.now(UTC)
         record = {"pid": proc.pid, "started_at": started_at.isoformat(), "port": spec.engine_port}
         tmp = _records_dir() / f"{spec.instance_id}.json.tmp"
@@ -177,6 +194,7 @@ class LocalAdapter(ProviderAdapter):
             if time.monotonic() > deadline:
                 sig = signal.SIGKILL
             time.sleep(0.05)
+        _reap_spawned()
         for suffix in (".json", ".json.tmp"):
             with contextlib.suppress(FileNotFoundError):
                 (_records_dir() / f"{instance_id}{suffix}").unlink()
