@@ -137,6 +137,12 @@ CODES: dict[str, ErrorCode] = {
             ("rest",),
         ),
         ErrorCode(
+            "signup_closed",
+            403,
+            "Sign-up is closed on this platform, or needs a valid invitation (`INVENTIV_SIGNUP`).",
+            ("rest",),
+        ),
+        ErrorCode(
             "login_locked_out",
             429,
             "Too many failed logins for this account from this address: refused for the "

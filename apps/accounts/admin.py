@@ -1,10 +1,17 @@
 from typing import Any
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.utils import timezone
 
-from apps.accounts.models import Membership, Organization, PersonalAccessToken, User
-from apps.accounts.services import access_token_revoke
+from apps.accounts.models import Invitation, Membership, Organization, PersonalAccessToken, User
+from apps.accounts.services import (
+    INVITATION_TTL,
+    access_token_revoke,
+    invitation_create,
+    invitation_link,
+)
 
 
 class MembershipInline(admin.TabularInline):
@@ -51,3 +58,46 @@ class PersonalAccessTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def revoke(self, request: Any, queryset: Any) -> None:
         for token in queryset:
             access_token_revoke(token=token)
+
+
+class InvitationForm(forms.ModelForm):  # type: ignore[type-arg]
+    class Meta:
+        model = Invitation
+        fields = ["email", "expires_at"]
+
+    def clean_expires_at(self) -> Any:
+        expires_at = self.cleaned_data["expires_at"]
+        if expires_at <= timezone.now():
+            raise forms.ValidationError("Must be in the future.")
+        return expires_at
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Staff invite people to sign up (``INVENTIV_SIGNUP=invite``): give an address (or none)
+    and an expiry; the one-time link is shown once, after saving."""
+
+    form = InvitationForm
+    list_display = ["lookup_id", "email", "created_by", "created_at", "expires_at", "used_at"]
+    search_fields = ["email", "lookup_id"]
+    readonly_fields = ["lookup_id", "created_by", "used_at", "used_by"]
+
+    def get_fields(self, request: Any, obj: Any = None) -> Any:
+        shown = ["email", "expires_at"]
+        return shown if obj is None else [*shown, *self.readonly_fields]
+
+    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
+        return False  # an invitation is created, then only used or left to expire
+
+    def get_changeform_initial_data(self, request: Any) -> dict[str, Any]:
+        return {"expires_at": timezone.now() + INVITATION_TTL}
+
+    def save_model(self, request: Any, obj: Any, form: Any, change: bool) -> None:
+        invitation, token = invitation_create(
+            created_by=request.user, email=obj.email, expires_at=obj.expires_at
+        )
+        obj.pk = invitation.pk
+        obj.lookup_id = invitation.lookup_id
+        messages.warning(
+            request, f"Invitation link (shown once, valid once): {invitation_link(token=token)}"
+        )

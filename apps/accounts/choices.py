@@ -9,3 +9,11 @@ class Role(models.TextChoices):
 
 # Roles allowed to change the organization's resources.
 MANAGER_ROLES = frozenset({Role.OWNER, Role.ADMIN})
+
+
+class SignupMode(models.TextChoices):
+    """Who may create an account on the portal (``INVENTIV_SIGNUP``)."""
+
+    OPEN = "open", "Open, with e-mail verification"
+    INVITE = "invite", "By invitation only"
+    CLOSED = "closed", "Closed"

@@ -109,3 +109,27 @@ class PersonalAccessToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} / {self.name}"
+
+
+class Invitation(models.Model):
+    """A one-time, expiring invitation to sign up (``INVENTIV_SIGNUP=invite``), created by staff
+    in the admin or with ``manage.py invite``. Stored as a keyed hash with a public lookup id;
+    the link is shown once. Small on purpose: organizations and roles come with the teams
+    feature (a nullable ``organization``/``role`` pair would extend it)."""
+
+    lookup_id = models.CharField(max_length=16, unique=True)
+    secret_hash = models.CharField(max_length=64)
+    # When set, only this address may sign up with the invitation.
+    email = models.EmailField(blank=True)
+    created_by = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+    used_by = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    def __str__(self) -> str:
+        return f"invitation {self.lookup_id}" + (f" for {self.email}" if self.email else "")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from apps.accounts.choices import MANAGER_ROLES, Role
-from apps.accounts.models import Membership, Organization, User
+from apps.accounts.models import Invitation, Membership, Organization, User
+from inventiv import crypto
 from inventiv.errors import Forbidden, NotFound
 
 
@@ -67,3 +69,20 @@ def user_is_member(*, user_id: int, organization_id: int) -> bool:
 
 def organization_ids_for_user(*, user: User) -> list[int]:
     return list(Membership.objects.filter(user=user).values_list("organization_id", flat=True))
+
+
+INVITATION_PREFIX = "ivi_"
+
+
+def invitation_get_valid(*, token: str | None) -> Invitation | None:
+    """The unused, unexpired invitation of ``token`` (its secret checked in constant time), or
+    None for a malformed, unknown, wrong, used or expired one."""
+    lookup_id = crypto.parse_lookup_id(INVITATION_PREFIX, token or "")
+    if lookup_id is None:
+        return None
+    invitation = Invitation.objects.filter(
+        lookup_id=lookup_id, used_at__isnull=True, expires_at__gt=timezone.now()
+    ).first()
+    if invitation is None or not crypto.token_matches(token or "", invitation.secret_hash):
+        return None
+    return invitation

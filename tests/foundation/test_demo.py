@@ -73,7 +73,8 @@ def test_the_demo_serves_a_streamed_answer_with_the_printed_key(
 
     # When the platform stops, then its local instances stop with it
     def demo_agents() -> list[int]:
-        marker = f"INVENTIV_STATE_DIR={env['INVENTIV_STATE_DIR']}".encode()
+        # (agents get an allow-listed environment: found by the control plane they serve)
+        marker = f"INVENTIV_CONTROL_PLANE_URL={base_url}\0".encode()
         found = []
         for pids in _tagged_pids().values():
             for pid in pids:
@@ -84,6 +85,6 @@ def test_the_demo_serves_a_streamed_answer_with_the_printed_key(
                     continue
         return found
 
-    assert demo_agents(), "the demo's agent and engine run with the demo's state directory"
+    assert demo_agents(), "the demo's agent and engine run for the demo's control plane"
     proc.stop()
     assert wait_for(lambda: not demo_agents(), timeout=15, message="no demo agent left")

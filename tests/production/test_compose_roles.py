@@ -245,9 +245,21 @@ def test_compose_roles_start_become_healthy_and_serve_a_streamed_answer(
         assert httpx.get(flower, auth=(user, password), follow_redirects=True).status_code == 200
 
         # The first user signs up on the portal, over plain HTTP (INVENTIV_TLS=off): the
-        # cookies are not Secure, so a browser (here httpx) sends them back.
+        # cookies are not Secure, so a browser (here httpx) sends them back. Sign-up is by
+        # invitation (INVENTIV_SIGNUP=invite): the operator makes one, as docs/operations.md says.
+        invite = subprocess.run(
+            ["python", "manage.py", "invite", "--email", "operator@example.com"],
+            cwd=layout.ROOT,
+            env=envs["web"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            **runtime.popen_kwargs(),
+        )
+        assert invite.returncode == 0, invite.stderr
+        invitation = invite.stdout.strip().split("/accounts/signup/", 1)[1]
         web = httpx.Client(base_url=web_url, headers={"Host": PUBLIC_HOST}, timeout=15)
-        web.get("/accounts/signup/").raise_for_status()
+        web.get(f"/accounts/signup/{invitation}").raise_for_status()
         signed_up = web.post(
             "/accounts/signup/",
             data={
