@@ -91,3 +91,14 @@ class PersonalTokenScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
         return {"type": "http", "scheme": "bearer", "bearerFormat": "ivp_<lookup>_<secret>"}
+
+
+class ThrottledBasicScheme(OpenApiAuthenticationExtension):
+    """Documents basic auth (embedded and debug modes only) as drf-spectacular does DRF's."""
+
+    target_class = "apps.accounts.authentication.ThrottledBasicAuthentication"
+    name = "basicAuth"
+    priority = -1
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {"type": "http", "scheme": "basic"}

@@ -18,7 +18,9 @@ from axes.models import AccessAttempt
 from django.conf import settings
 from django.test import Client
 from django.utils import timezone
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
+from apps.accounts.authentication import ThrottledBasicAuthentication
 from apps.accounts.models import User
 from tests.processes import ROOT, ProcessGroup, embedded_env
 
@@ -153,3 +155,9 @@ def test_the_embedded_platform_throttles_basic_auth_and_the_admin(tmp_path: Path
         other.close()
     finally:
         group.stop_all()
+
+
+def test_the_throttled_basic_auth_is_documented_in_the_schema() -> None:
+    scheme = OpenApiAuthenticationExtension.get_match(ThrottledBasicAuthentication())
+    assert scheme is not None
+    assert scheme.get_security_definition(None) == {"type": "http", "scheme": "basic"}
