@@ -21,7 +21,11 @@ class MeOutSerializer(serializers.Serializer):
 
 class AccessTokenInSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100)
-    expires_at = serializers.DateTimeField(required=False, allow_null=True)
+    expires_at = serializers.DateTimeField(
+        required=False,
+        allow_null=True,
+        help_text="In the future (400 invalid_value otherwise); null: never expires.",
+    )
 
 
 class AccessTokenOutSerializer(serializers.Serializer):

@@ -16,7 +16,12 @@ class ApiKeyInSerializer(serializers.Serializer[Any]):
         default=list,
         help_text="Model code ids this key may use; empty: all of the organization's.",
     )
-    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    expires_at = serializers.DateTimeField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="In the future (400 invalid_value otherwise); null: never expires.",
+    )
     rpm_limit = serializers.IntegerField(
         min_value=1, max_value=MAX_POSITIVE_INT, required=False, allow_null=True
     )
