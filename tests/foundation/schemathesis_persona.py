@@ -15,6 +15,9 @@ import threading
 
 import django
 
+# The name of the tokens this module makes (the test tells them from those the run created).
+PERSONA_TOKEN = "schemathesis persona"
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inventiv.settings")
 django.setup()
 
@@ -40,7 +43,7 @@ class PersonaToken:
             )
             if not live:
                 user = User.objects.get(email=os.environ["INVENTIV_SCHEMA_PERSONA"])
-                token, plaintext = access_token_create(user=user, name="schemathesis persona")
+                token, plaintext = access_token_create(user=user, name=PERSONA_TOKEN)
                 self._token = (token.pk, plaintext)
             assert self._token is not None
             return self._token[1]
