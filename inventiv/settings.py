@@ -369,9 +369,12 @@ BOOT_DEADLINE_S = env_float("INVENTIV_BOOT_DEADLINE_S", 600.0, minimum=0.1)
 STARTUP_DEADLINE_S = env_float("INVENTIV_STARTUP_DEADLINE_S", 1800.0, minimum=0.1)
 DRAIN_DEADLINE_S = env_float("INVENTIV_DRAIN_DEADLINE_S", 120.0, minimum=0.1)
 BOOTSTRAP_TOKEN_TTL_S = env_float("INVENTIV_BOOTSTRAP_TOKEN_TTL_S", 900.0, minimum=1)
-# A provision/terminate command not acted upon after this long is re-sent by the reconciler.
-# Longer than a task's time limit (300 s), so that a slow command is never sent twice at once.
-COMMAND_RESEND_AFTER_S = env_float("INVENTIV_COMMAND_RESEND_AFTER_S", 330.0, minimum=0.1)
+# A provision/terminate command nobody took up after this long is re-sent by the reconciler (a
+# lost enqueue; above the tasks' retry backoff, 120 s). A command in progress holds a lease: it
+# is re-sent once the lease lapses, COMMAND_LEASE_S after its worker died; two workers never
+# run one command at once.
+COMMAND_RESEND_AFTER_S = env_float("INVENTIV_COMMAND_RESEND_AFTER_S", 150.0, minimum=0.1)
+COMMAND_LEASE_S = env_float("INVENTIV_COMMAND_LEASE_S", 6.0, minimum=0.1)
 REPLACEMENT_BACKOFF_S = env_float("INVENTIV_REPLACEMENT_BACKOFF_S", 10.0, minimum=0)
 # If at least this share of a fleet (of 3+ instances) misses heartbeats at once, we suspect our
 # own network or database rather than the machines, and do not terminate anything.
