@@ -27,7 +27,7 @@ def pid_alive(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before, or while, we read it
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
