@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from agent.mock_engine import openai_api as api
+from agent.mock_engine import sampling
 from agent.mock_engine.asgi import (
     JSON_HEADERS,
     METRICS_HEADERS,
@@ -36,7 +37,7 @@ from agent.mock_engine.asgi import (
     wait_disconnect,
 )
 from agent.mock_engine.stats import Stats
-from agent.mock_engine.tokens import embedding, seed_of, token_words
+from agent.mock_engine.tokens import embedding
 
 
 @dataclass(frozen=True)
@@ -186,37 +187,48 @@ class MockEngine:
         n = api.max_tokens(req, self.config.default_max_tokens)
         # Before anything is allocated: vLLM refuses what its context cannot hold, too.
         api.check_context(req, prompt_tokens, n, self.config.max_model_len)
-        words = token_words(seed_of(text), n)
+        p = sampling.params(req, chat=chat)
+        id_ = self._next_id("chatcmpl" if chat else "cmpl")
+        choices = sampling.choices(p, text, n, id_)
         stats = self.stats
         stats.running += 1
         try:
             if await self._maybe_hang(receive):
                 return
             if req.get("stream") is True:
-                await self._stream(req, receive, send, chat, words, prompt_tokens)
+                await self._stream(req, receive, send, chat, id_, choices, p, prompt_tokens)
             else:
-                await self._complete(send, chat, words, prompt_tokens)
+                await self._complete(send, chat, id_, choices, p, prompt_tokens)
         finally:
             stats.running -= 1
 
-    async def _complete(self, send: Send, chat: bool, words: list[str], prompt_tokens: int) -> None:
+    async def _complete(
+        self,
+        send: Send,
+        chat: bool,
+        id_: str,
+        choices: list[sampling.Choice],
+        p: sampling.Params,
+        prompt_tokens: int,
+    ) -> None:
         start = time.perf_counter()
         rate = self.config.token_rate
+        generated = sum(len(c.pieces) for c in choices)
         if rate > 0:
-            await asyncio.sleep(len(words) / rate)
+            await asyncio.sleep(max(len(c.pieces) for c in choices) / rate)
         body = api.completion_body(
-            id_=self._next_id("chatcmpl" if chat else "cmpl"),
+            id_=id_,
             model=self.config.served_model_name,
             chat=chat,
-            content="".join(words),
+            choices=choices,
             prompt_tokens=prompt_tokens,
-            completion_tokens=len(words),
+            with_logprobs=p.logprobs is not None,
         )
         await respond(send, 200, body, JSON_HEADERS)
         e2e = time.perf_counter() - start
         ttft = 1 / rate if rate > 0 else e2e
         self.stats.finished(
-            prompt_tokens=prompt_tokens, generation_tokens=len(words), ttft=ttft, e2e=e2e
+            prompt_tokens=prompt_tokens, generation_tokens=generated, ttft=ttft, e2e=e2e
         )
 
     async def _stream(
@@ -225,23 +237,20 @@ class MockEngine:
         receive: Receive,
         send: Send,
         chat: bool,
-        words: list[str],
+        id_: str,
+        choices: list[sampling.Choice],
+        p: sampling.Params,
         prompt_tokens: int,
     ) -> None:
+        """Chunks interleaved across choices, one token each, as vLLM streams ``n`` > 1."""
         start = time.perf_counter()
         rate = self.config.token_rate
         include_usage = api.include_usage(req)
-        base = api.stream_base(
-            id_=self._next_id("chatcmpl" if chat else "cmpl"),
-            model=self.config.served_model_name,
-            chat=chat,
-        )
+        with_logprobs = p.logprobs is not None
+        base = api.stream_base(id_=id_, model=self.config.served_model_name, chat=chat)
 
-        def event(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
-            return api.stream_event(base, choices, usage, include_usage=include_usage)
-
-        def choice(text: str, finish: str | None, first: bool = False) -> dict[str, Any]:
-            return api.stream_choice(text, finish, chat=chat, first=first)
+        def event(chunk: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
+            return api.stream_event(base, chunk, usage, include_usage=include_usage)
 
         disconnected = asyncio.Event()
 
@@ -252,30 +261,34 @@ class MockEngine:
         watcher = asyncio.ensure_future(watch()) if rate > 0 else None
         sent = 0
         ttft = 0.0
+        offsets = [0] * len(choices)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
             if chat:
-                await send(
-                    {
-                        "type": "http.response.body",
-                        "body": event([choice("", None, True)]),
-                        "more_body": True,
-                    }
-                )
-            last = len(words) - 1
-            for i, word in enumerate(words):
+                for c in choices:
+                    body = event([api.stream_first(c)])
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+            steps = max(len(c.pieces) for c in choices)
+            for j in range(steps):
                 if rate > 0:
                     await asyncio.sleep(1 / rate)
                     if disconnected.is_set():
                         return
-                body = event([choice(word, "length" if i == last else None)])
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-                if i == 0:
+                for c in choices:
+                    if j >= len(c.pieces):
+                        continue
+                    chunk = api.stream_choice(
+                        c, j, chat=chat, with_logprobs=with_logprobs, offset=offsets[c.index]
+                    )
+                    offsets[c.index] += len(c.pieces[j])
+                    body = event([chunk])
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    sent += 1
+                if j == 0:
                     ttft = time.perf_counter() - start
-                sent += 1
             tail = api.DONE
             if include_usage:
-                tail = event([], api.usage(prompt_tokens, len(words))) + api.DONE
+                tail = event([], api.usage(prompt_tokens, sent)) + api.DONE
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:
             if watcher is not None:

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from agent.mock_engine.asgi import HttpError
+from agent.mock_engine.sampling import Choice
 from agent.mock_engine.tokens import chat_prompt, completion_prompt
 
 DONE = b"data: [DONE]\n\n"
@@ -72,33 +73,80 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
     }
 
 
+def _bytes(token: str) -> list[int]:
+    return list(token.encode())
+
+
+def chat_logprobs(entries: list[tuple[str, float, list[tuple[str, float]]]]) -> dict[str, Any]:
+    return {
+        "content": [
+            {
+                "token": token,
+                "logprob": lp,
+                "bytes": _bytes(token),
+                "top_logprobs": [{"token": t, "logprob": v, "bytes": _bytes(t)} for t, v in top],
+            }
+            for token, lp, top in entries
+        ]
+    }
+
+
+def text_logprobs(
+    entries: list[tuple[str, float, list[tuple[str, float]]]], offset: int = 0
+) -> dict[str, Any]:
+    offsets = []
+    for token, _, _ in entries:
+        offsets.append(offset)
+        offset += len(token)
+    return {
+        "text_offset": offsets,
+        "token_logprobs": [lp for _, lp, _ in entries],
+        "tokens": [token for token, _, _ in entries],
+        "top_logprobs": [dict(top) for _, _, top in entries],
+    }
+
+
+def tool_call(choice: Choice) -> dict[str, Any]:
+    assert choice.tool_call is not None
+    return {
+        "id": choice.tool_call["id"],
+        "type": "function",
+        "function": {"name": choice.tool_call["name"], "arguments": choice.text},
+    }
+
+
 def completion_body(
-    *, id_: str, model: str, chat: bool, content: str, prompt_tokens: int, completion_tokens: int
+    *,
+    id_: str,
+    model: str,
+    chat: bool,
+    choices: list[Choice],
+    prompt_tokens: int,
+    with_logprobs: bool,
 ) -> bytes:
-    """A non-streamed chat completion or text completion (always ``finish_reason: length``)."""
-    if chat:
-        choice: dict[str, Any] = {
-            "index": 0,
-            "message": {"role": "assistant", "content": content, "tool_calls": []},
-            "logprobs": None,
-            "finish_reason": "length",
-            "stop_reason": None,
-        }
-    else:
-        choice = {
-            "index": 0,
-            "text": content,
-            "logprobs": None,
-            "finish_reason": "length",
-            "stop_reason": None,
-        }
+    """A non-streamed chat completion or text completion with its choices."""
+    out = []
+    for c in choices:
+        logprobs = None
+        if with_logprobs:
+            logprobs = chat_logprobs(c.logprobs) if chat else text_logprobs(c.logprobs)
+        if chat:
+            message: dict[str, Any] = {"role": "assistant", "content": c.text, "tool_calls": []}
+            if c.tool_call is not None:
+                message = {"role": "assistant", "content": None, "tool_calls": [tool_call(c)]}
+            choice: dict[str, Any] = {"index": c.index, "message": message}
+        else:
+            choice = {"index": c.index, "text": c.text}
+        choice.update(logprobs=logprobs, finish_reason=c.finish, stop_reason=c.stop_reason)
+        out.append(choice)
+    completion_tokens = sum(len(c.pieces) for c in choices)
     return orjson.dumps(
         {
             "id": id_,
             "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [choice],
+            "choices": out,
             "usage": usage(prompt_tokens, completion_tokens),
         }
     )
@@ -129,16 +177,51 @@ def stream_event(
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
-def stream_choice(text: str, finish: str | None, *, chat: bool, first: bool) -> dict[str, Any]:
+def stream_first(choice: Choice) -> dict[str, Any]:
+    """A chat choice's first chunk: the role (and, for a tool call, its id and name)."""
+    delta: dict[str, Any] = {"role": "assistant", "content": ""}
+    if choice.tool_call is not None:
+        delta = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": choice.tool_call["id"],
+                    "type": "function",
+                    "function": {"name": choice.tool_call["name"], "arguments": ""},
+                }
+            ],
+        }
+    return {"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": None}
+
+
+def stream_choice(
+    choice: Choice, j: int, *, chat: bool, with_logprobs: bool, offset: int = 0
+) -> dict[str, Any]:
+    """The chunk of a choice's ``j``-th token (the last carries ``finish_reason``)."""
+    piece = choice.pieces[j]
+    finish = choice.finish if j == len(choice.pieces) - 1 else None
+    entries = choice.logprobs[j : j + 1]
+    logprobs = None
+    if with_logprobs:
+        logprobs = chat_logprobs(entries) if chat else text_logprobs(entries, offset)
     if chat:
-        delta = {"role": "assistant", "content": text} if first else {"content": text}
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        delta: dict[str, Any] = {"content": piece}
+        if choice.tool_call is not None:
+            delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+        return {
+            "index": choice.index,
+            "delta": delta,
+            "logprobs": logprobs,
+            "finish_reason": finish,
+        }
     return {
-        "index": 0,
-        "text": text,
-        "logprobs": None,
+        "index": choice.index,
+        "text": piece,
+        "logprobs": logprobs,
         "finish_reason": finish,
-        "stop_reason": None,
+        "stop_reason": choice.stop_reason if finish else None,
     }
 
 
