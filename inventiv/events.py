@@ -72,12 +72,29 @@ class PongEvent(TypedDict):
     worker_at: float
 
 
-EventData = InstanceStatusEvent | ModelStatusEvent | KeyRevokedEvent | PongEvent
+class ScalingDecisionEvent(TypedDict):
+    """``EVENT:SCALING_DECISION``: the autoscaler changed a model code's desired replicas."""
+
+    decision_id: int
+    model_code_id: int
+    organization_id: int
+    model_code: str
+    replicas_before: int
+    replicas_after: int
+    reason: str
+    trigger: str
+    at: str
+
+
+EventData = (
+    InstanceStatusEvent | ModelStatusEvent | KeyRevokedEvent | PongEvent | ScalingDecisionEvent
+)
 
 INSTANCE_EVENT_PREFIX = "EVENT:INSTANCE_"
 MODEL_EVENT_PREFIX = "EVENT:MODEL_"
 KEY_REVOKED = "EVENT:KEY_REVOKED"
 PONG = "EVENT:PONG"
+SCALING_DECISION = "EVENT:SCALING_DECISION"
 
 
 def org_group(organization_id: int) -> str:

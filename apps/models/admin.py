@@ -2,7 +2,8 @@ from typing import Any
 
 from django.contrib import admin
 
-from apps.models.models import LlmModel, ModelCodeEvent
+from apps.models.models import LlmModel, ModelCodeEvent, ScalingDecision, ScalingQuota
+from apps.models.services import scaling_quota_set
 
 
 class ModelCodeEventInline(admin.TabularInline):  # type: ignore[type-arg]
@@ -18,12 +19,54 @@ class ModelCodeEventInline(admin.TabularInline):  # type: ignore[type-arg]
         return False
 
 
+class ScalingDecisionInline(admin.TabularInline):  # type: ignore[type-arg]
+    """The autoscaler's decisions (append-only), newest first."""
+
+    model = ScalingDecision
+    extra = 0
+    can_delete = False
+    max_num = 0
+    fields = ("created_at", "trigger", "replicas_before", "replicas_after", "reason", "inputs")
+    readonly_fields = fields
+    ordering = ("-created_at",)
+
+    def has_add_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ScalingDecision)
+class ScalingDecisionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ["created_at", "model_code", "trigger", "replicas_before", "replicas_after"]
+    list_filter = ["trigger"]
+    search_fields = ["model_code__name", "reason"]
+    readonly_fields = [f.name for f in ScalingDecision._meta.fields]
+
+    def has_add_permission(self, request: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ScalingQuota)
+class ScalingQuotaAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """An organization's ceiling on GPUs and instances; saved through ``scaling_quota_set``."""
+
+    list_display = ["organization", "max_gpus", "max_instances"]
+
+    def save_model(self, request: Any, obj: ScalingQuota, form: Any, change: bool) -> None:
+        saved = scaling_quota_set(
+            organization=obj.organization, max_gpus=obj.max_gpus, max_instances=obj.max_instances
+        )
+        obj.pk = saved.pk
+
+
 @admin.register(LlmModel)
 class LlmModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """Model codes. Deploy, scale and decommission through the REST API or the portal: they go
     through the services that wake the orchestrator."""
 
-    inlines = [ModelCodeEventInline]
+    inlines = [ModelCodeEventInline, ScalingDecisionInline]
 
     list_display = ["name", "organization", "engine", "model_id", "desired_replicas", "status"]
     list_filter = ["status", "engine"]
@@ -32,6 +75,17 @@ class LlmModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "status",
         "status_changed_at",
         "desired_replicas",
+        # The scaling policy changes through PATCH .../scaling/ (validated as a whole).
+        "min_replicas",
+        "max_replicas",
+        "target_load_per_replica",
+        "target_kv_cache_usage",
+        "scale_up_cooldown_s",
+        "scale_down_cooldown_s",
+        "idle_to_zero_s",
+        "scale_schedules",
+        "scale_timezone",
+        "hold_timeout_s",
         "created_at",
         "updated_at",
     ]

@@ -28,6 +28,23 @@ class LlmModel(models.Model):
     dtype = models.CharField(max_length=16, choices=Dtype.choices, default=Dtype.AUTO)
     max_model_len = models.PositiveIntegerField(null=True, blank=True)
     desired_replicas = models.PositiveSmallIntegerField(default=1)
+    # The scaling policy (docs/autoscaling.md). A manual replica count is min = max = replicas;
+    # the autoscaler moves ``desired_replicas`` within [min, max] only when they differ.
+    min_replicas = models.PositiveSmallIntegerField(default=1)
+    max_replicas = models.PositiveSmallIntegerField(default=1)
+    # Waiting + running requests one replica should carry (engines' and gateways' counts).
+    target_load_per_replica = models.PositiveIntegerField(default=8)
+    # Optional: scale up when the engines' mean KV-cache use (0..1) passes it.
+    target_kv_cache_usage = models.FloatField(null=True, blank=True)
+    scale_up_cooldown_s = models.PositiveIntegerField(default=60)
+    scale_down_cooldown_s = models.PositiveIntegerField(default=300)
+    # With min_replicas 0: no request for this long, and the replicas go to zero.
+    idle_to_zero_s = models.PositiveIntegerField(default=900)
+    # [{"days": [0..6 (Monday 0)], "start": "08:00", "end": "19:00", "min_replicas": 2}, ...]
+    scale_schedules = models.JSONField(default=list, blank=True)
+    scale_timezone = models.CharField(max_length=64, default="UTC")
+    # How long the gateway holds a request while a replica wakes from zero (cold starts).
+    hold_timeout_s = models.PositiveIntegerField(default=600)
     routing_policy = models.CharField(
         max_length=32, choices=RoutingPolicy.choices, default=RoutingPolicy.LEAST_OUTSTANDING
     )
@@ -57,6 +74,10 @@ class LlmModel(models.Model):
             models.CheckConstraint(
                 condition=models.Q(engine__in=Engine.values), name="llmmodel_engine_valid"
             ),
+            models.CheckConstraint(
+                condition=models.Q(min_replicas__lte=models.F("max_replicas")),
+                name="llmmodel_min_le_max_replicas",
+            ),
         ]
         indexes = [models.Index(fields=["status"], name="llmmodel_status_idx")]
 
@@ -83,3 +104,39 @@ class ModelCodeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_code_id}: {self.from_status or '-'} -> {self.to_status}"
+
+
+class ScalingQuota(models.Model):
+    """An organization's ceiling that scaling never exceeds (empty: no ceiling)."""
+
+    organization = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, related_name="scaling_quota"
+    )
+    max_gpus = models.PositiveIntegerField(null=True, blank=True)
+    max_instances = models.PositiveIntegerField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"quota of {self.organization_id}"
+
+
+class ScalingDecision(models.Model):
+    """Append-only: one autoscaler decision, with what it saw, before/after and why."""
+
+    model_code = models.ForeignKey(
+        LlmModel, on_delete=models.CASCADE, related_name="scaling_decisions"
+    )
+    trigger = models.CharField(max_length=16)  # periodic, wake (an event: a request at zero)
+    replicas_before = models.PositiveSmallIntegerField()
+    replicas_after = models.PositiveSmallIntegerField()
+    reason = models.CharField(max_length=500)
+    inputs = models.JSONField(default=dict)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["model_code", "-created_at"], name="scalingdecision_model_idx")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_code_id}: {self.replicas_before} -> {self.replicas_after}"

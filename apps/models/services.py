@@ -8,8 +8,10 @@ Every status change is one compare-and-set in ``model_transition`` that appends 
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -18,13 +20,15 @@ from agent.engine_args import validate_engine_args, validate_model_id
 from apps.accounts.models import Organization
 from apps.instances import hosting
 from apps.models.choices import DEPLOYED_STATUSES, Engine, ModelStatus, model_can_transition
-from apps.models.models import LlmModel, ModelCodeEvent
+from apps.models.models import LlmModel, ModelCodeEvent, ScalingDecision, ScalingQuota
 from inventiv.errors import ApplicationError, Conflict
 from inventiv.events import (
     INSTANCE_GROUP,
     MODEL_EVENT_PREFIX,
+    SCALING_DECISION,
     STAFF_GROUP,
     ModelStatusEvent,
+    ScalingDecisionEvent,
     org_group,
     publish_on_commit,
 )
@@ -206,13 +210,18 @@ def model_deploy(*, model: LlmModel, replicas: int | None = None, by: str = "") 
     least 1). Idempotent for a model code already deployed (only the replica count changes)."""
     if model.status in (ModelStatus.DECOMMISSIONING, ModelStatus.DECOMMISSIONED):
         raise Conflict(f"A {model.status} model code cannot be deployed.")
-    wanted = replicas if replicas is not None else max(model.desired_replicas, 1)
+    if replicas is not None:
+        wanted = replicas
+        policy: dict[str, int] = {"min_replicas": wanted, "max_replicas": wanted}
+    else:  # the policy decides: the current count, at least 1, within [min, max]
+        wanted = min(max(model.desired_replicas, model.min_replicas, 1), model.max_replicas)
+        policy = {}
     _check_replicas(wanted)
     hosting.provider_for_model(model)  # fail now, with a clear error, if nothing can host it
     with transaction.atomic():
         locked = _locked(model, {ModelStatus.DRAFT, *DEPLOYED_STATUSES})
         if locked.status in DEPLOYED_STATUSES:
-            LlmModel.objects.filter(id=model.id).update(desired_replicas=wanted)
+            LlmModel.objects.filter(id=model.id).update(desired_replicas=wanted, **policy)
         else:
             model_transition(
                 model=locked,
@@ -220,7 +229,7 @@ def model_deploy(*, model: LlmModel, replicas: int | None = None, by: str = "") 
                 reason=f"deployed with {wanted} replica(s)",
                 by=by or ORCHESTRATOR,
                 expected=ModelStatus(locked.status),
-                fields={"desired_replicas": wanted},
+                fields={"desired_replicas": wanted, **policy},
             )
         model.refresh_from_db()
         _wake(model.id)
@@ -233,12 +242,15 @@ def _check_replicas(replicas: int) -> None:
 
 
 def model_set_replicas(*, model: LlmModel, replicas: int) -> LlmModel:
+    """A manual replica count: the scaling policy becomes min = max = ``replicas``."""
     if model.status not in DEPLOYED_STATUSES:
         raise Conflict("Deploy the model code before scaling it.", code="not_deployed")
     _check_replicas(replicas)
     with transaction.atomic():
         _locked(model, set(DEPLOYED_STATUSES))
-        LlmModel.objects.filter(id=model.id).update(desired_replicas=replicas)
+        LlmModel.objects.filter(id=model.id).update(
+            desired_replicas=replicas, min_replicas=replicas, max_replicas=replicas
+        )
         model.refresh_from_db()
         _wake(model.id)
     return model
@@ -262,3 +274,157 @@ def model_decommission(*, model: LlmModel, by: str = "") -> LlmModel:
             _wake(model.id)
         model.refresh_from_db()
     return model
+
+
+# The scaling policy's fields (docs/autoscaling.md) and their bounds.
+POLICY_FIELDS = (
+    "min_replicas",
+    "max_replicas",
+    "target_load_per_replica",
+    "target_kv_cache_usage",
+    "scale_up_cooldown_s",
+    "scale_down_cooldown_s",
+    "idle_to_zero_s",
+    "scale_schedules",
+    "scale_timezone",
+    "hold_timeout_s",
+)
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+
+def _policy_error(param: str, message: str) -> ApplicationError:
+    return ApplicationError(f"{param}: {message}", param=param)
+
+
+def _validate_schedules(schedules: Any, max_replicas: int) -> list[dict[str, Any]]:
+    if not isinstance(schedules, list) or len(schedules) > 32:
+        raise _policy_error("scale_schedules", "a list of at most 32 schedules.")
+    clean: list[dict[str, Any]] = []
+    for n, item in enumerate(schedules):
+        param = f"scale_schedules[{n}]"
+        if not isinstance(item, dict) or set(item) != {"days", "start", "end", "min_replicas"}:
+            raise _policy_error(param, "needs exactly days, start, end and min_replicas.")
+        days = item["days"]
+        if (
+            not isinstance(days, list)
+            or not days
+            or any(type(d) is not int or not 0 <= d <= 6 for d in days)
+        ):
+            raise _policy_error(f"{param}.days", "a non-empty list of 0 (Monday) .. 6 (Sunday).")
+        for edge in ("start", "end"):
+            if not isinstance(item[edge], str) or not _HHMM.match(item[edge]):
+                raise _policy_error(f"{param}.{edge}", "a time HH:MM (00:00 .. 23:59).")
+        if item["start"] >= item["end"]:
+            raise _policy_error(f"{param}.end", "must be after start (same day).")
+        floor = item["min_replicas"]
+        if type(floor) is not int or not 0 <= floor <= max_replicas:
+            raise _policy_error(f"{param}.min_replicas", f"an integer 0 .. {max_replicas}.")
+        clean.append(
+            {
+                "days": sorted(set(days)),
+                "start": item["start"],
+                "end": item["end"],
+                "min_replicas": floor,
+            }
+        )
+    return clean
+
+
+def model_set_scaling_policy(*, model: LlmModel, **changes: Any) -> LlmModel:
+    """Change the scaling policy (only the given fields), validated as a whole: min <= max <=
+    MAX_REPLICAS, scheduled minimums within max, a known time zone. The desired replica count
+    is clamped into the new bounds at once and the orchestrator woken."""
+    unknown = set(changes) - set(POLICY_FIELDS)
+    if unknown:
+        raise _policy_error(sorted(unknown)[0], "not a scaling policy field.")
+    if model.status in (ModelStatus.DECOMMISSIONING, ModelStatus.DECOMMISSIONED):
+        raise Conflict(f"A {model.status} model code cannot be changed.")
+    values = {name: getattr(model, name) for name in POLICY_FIELDS}
+    values.update(changes)
+    if not 0 <= values["min_replicas"] <= values["max_replicas"] <= MAX_REPLICAS:
+        raise _policy_error(
+            "min_replicas", f"need 0 <= min_replicas <= max_replicas <= {MAX_REPLICAS}."
+        )
+    kv = values["target_kv_cache_usage"]
+    if kv is not None and not 0 < kv <= 1:
+        raise _policy_error("target_kv_cache_usage", "a fraction in (0, 1].")
+    try:
+        ZoneInfo(values["scale_timezone"])
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise _policy_error("scale_timezone", "not a known IANA time zone.") from None
+    values["scale_schedules"] = _validate_schedules(
+        values["scale_schedules"], values["max_replicas"]
+    )
+    fields = [name for name in POLICY_FIELDS if name in changes]
+    with transaction.atomic():
+        locked = LlmModel.objects.select_for_update().get(id=model.id)
+        for name in fields:
+            setattr(locked, name, values[name])
+        clamped = min(max(locked.desired_replicas, locked.min_replicas), locked.max_replicas)
+        if locked.status in DEPLOYED_STATUSES and clamped != locked.desired_replicas:
+            locked.desired_replicas = clamped
+            fields.append("desired_replicas")
+        locked.save(update_fields=[*fields, "updated_at"])
+        if locked.status in DEPLOYED_STATUSES:
+            _wake(locked.id)
+    model.refresh_from_db()
+    return model
+
+
+def scaling_quota_set(
+    *, organization: Organization, max_gpus: int | None, max_instances: int | None
+) -> ScalingQuota:
+    """Set (or clear, with None) an organization's ceiling on GPUs and instances."""
+    for name, value in (("max_gpus", max_gpus), ("max_instances", max_instances)):
+        if value is not None and not 0 <= value <= 100_000:
+            raise _policy_error(name, "an integer 0 .. 100000, or null for no ceiling.")
+    quota, _ = ScalingQuota.objects.update_or_create(
+        organization=organization,
+        defaults={"max_gpus": max_gpus, "max_instances": max_instances},
+    )
+    return quota
+
+
+def model_autoscale(
+    *,
+    model_code_id: int,
+    expected: int,
+    replicas: int,
+    reason: str,
+    trigger: str,
+    inputs: dict[str, Any],
+) -> ScalingDecision | None:
+    """The autoscaler's write: ``desired_replicas`` from ``expected`` to ``replicas`` by
+    compare-and-set (a manual scale or another pass in between wins: None), on a deployed
+    model code only, with the decision row and ``EVENT:SCALING_DECISION`` after commit."""
+    with transaction.atomic():
+        updated = LlmModel.objects.filter(
+            id=model_code_id, desired_replicas=expected, status__in=DEPLOYED_STATUSES
+        ).update(desired_replicas=replicas, updated_at=timezone.now())
+        if not updated:
+            return None
+        model = LlmModel.objects.get(id=model_code_id)
+        decision = ScalingDecision.objects.create(
+            model_code=model,
+            trigger=trigger,
+            replicas_before=expected,
+            replicas_after=replicas,
+            reason=reason[:500],
+            inputs=inputs,
+        )
+        publish_on_commit(
+            [org_group(model.organization_id), STAFF_GROUP],
+            SCALING_DECISION,
+            ScalingDecisionEvent(
+                decision_id=decision.id,
+                model_code_id=model.id,
+                organization_id=model.organization_id,
+                model_code=model.name,
+                replicas_before=expected,
+                replicas_after=replicas,
+                reason=decision.reason,
+                trigger=trigger,
+                at=decision.created_at.isoformat(),
+            ),
+        )
+    return decision

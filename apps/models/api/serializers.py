@@ -3,7 +3,7 @@ from rest_framework import serializers
 from apps.accounts.models import Organization
 from apps.instances.models import InstanceType, Provider
 from apps.models.choices import Dtype, Engine, RoutingPolicy
-from apps.models.models import LlmModel
+from apps.models.models import LlmModel, ScalingDecision
 from inventiv.params import MAX_POSITIVE_INT
 
 
@@ -77,6 +77,16 @@ class ModelCodeOutSerializer(serializers.ModelSerializer):
             "dtype",
             "max_model_len",
             "desired_replicas",
+            "min_replicas",
+            "max_replicas",
+            "target_load_per_replica",
+            "target_kv_cache_usage",
+            "scale_up_cooldown_s",
+            "scale_down_cooldown_s",
+            "idle_to_zero_s",
+            "scale_schedules",
+            "scale_timezone",
+            "hold_timeout_s",
             "routing_policy",
             "provider",
             "instance_type",
@@ -85,5 +95,49 @@ class ModelCodeOutSerializer(serializers.ModelSerializer):
             "status_changed_at",
             "created_at",
             "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class ScheduleSerializer(serializers.Serializer):
+    days = serializers.ListField(
+        child=serializers.IntegerField(min_value=0, max_value=6), min_length=1, max_length=7
+    )
+    start = serializers.RegexField(r"^([01][0-9]|2[0-3]):[0-5][0-9]$", help_text="HH:MM")
+    end = serializers.RegexField(r"^([01][0-9]|2[0-3]):[0-5][0-9]$", help_text="HH:MM")
+    min_replicas = serializers.IntegerField(min_value=0, max_value=64)
+
+
+class ScalingPolicyInSerializer(serializers.Serializer):
+    """Only the fields given change; the whole policy is then validated."""
+
+    min_replicas = serializers.IntegerField(min_value=0, max_value=64, required=False)
+    max_replicas = serializers.IntegerField(min_value=0, max_value=64, required=False)
+    target_load_per_replica = serializers.IntegerField(
+        min_value=1, max_value=10_000, required=False
+    )
+    target_kv_cache_usage = serializers.FloatField(
+        min_value=0.01, max_value=1.0, required=False, allow_null=True
+    )
+    scale_up_cooldown_s = serializers.IntegerField(min_value=0, max_value=86_400, required=False)
+    scale_down_cooldown_s = serializers.IntegerField(min_value=0, max_value=86_400, required=False)
+    idle_to_zero_s = serializers.IntegerField(min_value=0, max_value=7 * 86_400, required=False)
+    scale_schedules = ScheduleSerializer(many=True, required=False)
+    scale_timezone = serializers.CharField(max_length=64, required=False)
+    hold_timeout_s = serializers.IntegerField(min_value=1, max_value=3_600, required=False)
+
+
+class ScalingDecisionOutSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ScalingDecision
+        fields = [
+            "id",
+            "model_code",
+            "trigger",
+            "replicas_before",
+            "replicas_after",
+            "reason",
+            "inputs",
+            "created_at",
         ]
         read_only_fields = fields

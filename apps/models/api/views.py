@@ -17,8 +17,10 @@ from apps.models.api.serializers import (
     ModelCodeOutSerializer,
     ModelCodeUpdateSerializer,
     ReplicasInSerializer,
+    ScalingDecisionOutSerializer,
+    ScalingPolicyInSerializer,
 )
-from apps.models.models import LlmModel
+from apps.models.models import LlmModel, ScalingDecision
 from apps.models.selectors import model_get_for_user, model_list_for_user
 from inventiv.pagination import default_pagination_class, paginated_response
 from inventiv.params import path_id, query_text
@@ -125,3 +127,26 @@ class ModelCodeViewSet(viewsets.ViewSet):
             model=self._get(request, pk, manage=True), by=request_user(request).email
         )
         return Response(ModelCodeOutSerializer(model).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(
+        request=ScalingPolicyInSerializer, responses={200: ModelCodeOutSerializer, **errors(409)}
+    )
+    @action(detail=True, methods=["patch"])
+    def scaling(self, request: Request, pk: Any = None) -> Response:
+        """Change the scaling policy (docs/autoscaling.md); only the fields given change."""
+        model = self._get(request, pk, manage=True)
+        data = ScalingPolicyInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        if "scale_schedules" in values:
+            values["scale_schedules"] = [dict(item) for item in values["scale_schedules"]]
+        model = services.model_set_scaling_policy(model=model, **values)
+        return Response(ModelCodeOutSerializer(model).data)
+
+    @extend_schema(responses={200: ScalingDecisionOutSerializer(many=True)})
+    @action(detail=True, methods=["get"], url_path="scaling-decisions")
+    def scaling_decisions(self, request: Request, pk: Any = None) -> Response:
+        """The autoscaler's decisions for this model code, newest first."""
+        model = self._get(request, pk)
+        queryset = ScalingDecision.objects.filter(model_code=model).order_by("-created_at", "-id")
+        return paginated_response(request, self, queryset, ScalingDecisionOutSerializer)
