@@ -50,3 +50,123 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model_code} {self.total_tokens}"
+
+
+class Price(models.Model):
+    """What a model code costs per million tokens from ``valid_from`` on (history: a new price
+    is a new row; a request is billed at the row in force at its ``started_at``)."""
+
+    model_code = models.ForeignKey(
+        "llm_models.LlmModel", on_delete=models.CASCADE, related_name="+"
+    )
+    currency = models.CharField(max_length=3)
+    input_per_million = models.DecimalField(max_digits=12, decimal_places=6)
+    output_per_million = models.DecimalField(max_digits=12, decimal_places=6)
+    valid_from = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model_code_id", "-valid_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model_code", "valid_from"], name="price_model_code_valid_from_uniq"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(input_per_million__gte=0, output_per_million__gte=0),
+                name="price_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        prices = f"{self.input_per_million}/{self.output_per_million}"
+        return f"{self.model_code_id} {prices} {self.currency}"
+
+
+class UsageRollup(models.Model):
+    """Usage per organization, key, model code and hour, recomputed from ``UsageRecord`` (so a
+    replayed or duplicated record changes nothing). ``spend`` is at the prices in force when
+    each request was served; ``unpriced_requests`` counts those served with no price."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    # 0: no key / no model code (the usage record's null), so that the bucket is a plain key.
+    api_key_id = models.BigIntegerField(default=0)
+    model_code_id = models.BigIntegerField(default=0)
+    model_code = models.CharField(max_length=64)
+    hour = models.DateTimeField()
+    currency = models.CharField(max_length=3, blank=True)
+    requests = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    spend = models.DecimalField(max_digits=18, decimal_places=9, default=0)
+    unpriced_requests = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-hour", "organization_id", "model_code"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "api_key_id", "model_code_id", "model_code", "hour"],
+                name="rollup_bucket_uniq",
+            ),
+        ]
+        indexes = [models.Index(fields=["organization", "hour"], name="rollup_org_hour_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.model_code} {self.hour:%Y-%m-%d %H}h {self.spend}"
+
+
+class Budget(models.Model):
+    """A monthly spending limit (calendar month, UTC) for an organization or one of its keys
+    (``api_key_id`` set). Enforced by the gateways' reservations in Redis and by the billing
+    task's block; warnings at ``warn_at_percent`` and 100 %."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey(
+        "gateway.ApiKey", null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    currency = models.CharField(max_length=3)
+    monthly_limit = models.DecimalField(max_digits=14, decimal_places=6)
+    warn_at_percent = models.PositiveSmallIntegerField(default=80)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["organization_id", "api_key_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization"],
+                condition=models.Q(api_key__isnull=True),
+                name="budget_one_per_organization",
+            ),
+            models.UniqueConstraint(fields=["api_key"], name="budget_one_per_key"),
+            models.CheckConstraint(
+                condition=models.Q(monthly_limit__gte=0), name="budget_not_negative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        scope = f"key {self.api_key_id}" if self.api_key_id else "organization"
+        return f"{self.organization_id} {scope}: {self.monthly_limit} {self.currency}/month"
+
+
+class BudgetAlert(models.Model):
+    """A threshold a budget crossed in a month (one row per budget, month and threshold)."""
+
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    month = models.DateField()
+    percent = models.PositiveSmallIntegerField()
+    spend = models.DecimalField(max_digits=18, decimal_places=9)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["budget", "month", "percent"], name="budget_alert_uniq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"budget {self.budget_id} {self.month:%Y-%m} {self.percent}%"

@@ -8,7 +8,7 @@ from django.db.models import Count, QuerySet, Sum
 
 from apps.accounts.models import User
 from apps.accounts.selectors import organization_ids_for_user
-from apps.billing.models import UsageRecord
+from apps.billing.models import Price, UsageRecord, UsageRollup
 
 
 def usage_list_for_user(
@@ -44,3 +44,32 @@ def usage_summary_for_user(
         .order_by("model_code")
     )
     return list(rows)
+
+
+def price_list_for_user(*, user: User, model_code_id: int | None = None) -> QuerySet[Price]:
+    """Prices (with history, newest first) of the model codes of the user's organizations;
+    every price for staff."""
+    queryset = Price.objects.all()
+    if not user.is_staff:
+        queryset = queryset.filter(
+            model_code__organization_id__in=organization_ids_for_user(user=user)
+        )
+    if model_code_id is not None:
+        queryset = queryset.filter(model_code_id=model_code_id)
+    return queryset.order_by("model_code_id", "-valid_from", "-id")
+
+
+def rollup_list_for_user(
+    *, user: User, filters: dict[str, Any] | None = None
+) -> QuerySet[UsageRollup]:
+    queryset = UsageRollup.objects.filter(organization_id__in=organization_ids_for_user(user=user))
+    filters = filters or {}
+    if filters.get("model_code"):
+        queryset = queryset.filter(model_code=filters["model_code"])
+    if filters.get("api_key"):
+        queryset = queryset.filter(api_key_id=filters["api_key"])
+    if filters.get("since"):
+        queryset = queryset.filter(hour__gte=filters["since"])
+    if filters.get("until"):
+        queryset = queryset.filter(hour__lt=filters["until"])
+    return queryset.order_by("-hour", "organization_id", "model_code", "api_key_id")
