@@ -55,16 +55,12 @@ ENGINE_ARGS: dict[str, dict[str, ArgSpec]] = {
         "tensor_parallel_size": ArgSpec(
             "int", "--tensor-parallel-size", "GPUs to shard the model over", 1, 64
         ),
+        "pipeline_parallel_size": ArgSpec(
+            "int", "--pipeline-parallel-size", "pipeline stages (GPUs per stage: tensor)", 1, 64
+        ),
         "max_model_len": ArgSpec(
             "int", "--max-model-len", "context length in tokens", 16, 10_000_000
         ),
-        "dtype": ArgSpec(
-            "str",
-            "--dtype",
-            "weights and activations dtype",
-            choices=("auto", "half", "float16", "bfloat16", "float", "float32"),
-        ),
-        "quantization": ArgSpec("str", "--quantization", "quantization method, e.g. awq, fp8"),
         "gpu_memory_utilization": ArgSpec(
             "float", "--gpu-memory-utilization", "fraction of GPU memory vLLM may use", 0.05, 1.0
         ),
@@ -94,8 +90,60 @@ ENGINE_ARGS: dict[str, dict[str, ArgSpec]] = {
             "float", "--startup-delay-s", "seconds before /health answers 200", 0, 3600
         ),
         "embedding_dim": ArgSpec("int", "--embedding-dim", "embedding vector size", 1, 65_536),
+        "max_model_len": ArgSpec(
+            "int", "--max-model-len", "context length in tokens", 16, 10_000_000
+        ),
     },
 }
+
+# Precision and weight quantization: two settings of the model code (not engine arguments),
+# validated by both sides. ``DTYPES`` are the values of vLLM's ``--dtype`` this platform offers
+# ("half" and "float" are vLLM's aliases of float16 and float32, not offered twice).
+DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32")
+# ``vllm serve --quantization`` accepts exactly these (vllm/model_executor/layers/quantization/
+# __init__.py, QuantizationMethods, vLLM 0.9-0.10); "" = none, or what the checkpoint declares
+# (vLLM reads its quantization_config). Methods for other accelerators (tpu_int8, neuron_quant,
+# ipex) are left out: the platform runs NVIDIA GPUs.
+VLLM_QUANTIZATIONS: tuple[str, ...] = (
+    "aqlm", "awq", "awq_marlin", "bitblas", "bitsandbytes", "compressed-tensors",
+    "deepspeedfp", "experts_int8", "fbgemm_fp8", "fp8", "gguf", "gptq", "gptq_bitblas",
+    "gptq_marlin", "gptq_marlin_24", "hqq", "marlin", "modelopt", "modelopt_fp4", "moe_wna16",
+    "ptpc_fp8", "qqq", "quark", "torchao", "auto-round",
+)  # fmt: skip
+# Bytes each weight takes once loaded, for sizing (apps/instances/providers/sizing.py). A method
+# whose width depends on the checkpoint (compressed-tensors, quark, torchao) counts 8 bits: the
+# estimate stays on the safe side of a 4-bit checkpoint.
+QUANTIZATION_BYTES_PER_PARAM: dict[str, float] = {
+    "aqlm": 0.25, "awq": 0.5, "awq_marlin": 0.5, "bitblas": 0.5, "bitsandbytes": 0.5,
+    "compressed-tensors": 1.0, "deepspeedfp": 1.0, "experts_int8": 1.0, "fbgemm_fp8": 1.0,
+    "fp8": 1.0, "gguf": 0.5, "gptq": 0.5, "gptq_bitblas": 0.5, "gptq_marlin": 0.5,
+    "gptq_marlin_24": 0.5, "hqq": 0.5, "marlin": 0.5, "modelopt": 1.0, "modelopt_fp4": 0.5,
+    "moe_wna16": 0.5, "ptpc_fp8": 1.0, "qqq": 0.5, "quark": 1.0, "torchao": 1.0,
+    "auto-round": 0.5,
+}  # fmt: skip
+# What TGI's ``text-generation-launcher`` accepts: ``--dtype`` (float16, bfloat16; "auto" =
+# flag left out) and ``--quantize`` (launcher/src/main.rs, enum Quantization, TGI 3.x).
+TGI_DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16")
+TGI_QUANTIZATIONS: tuple[str, ...] = (
+    "awq", "compressed-tensors", "eetq", "exl2", "gptq", "marlin", "bitsandbytes",
+    "bitsandbytes-nf4", "bitsandbytes-fp4", "fp8",
+)  # fmt: skip
+
+
+def validate_precision(engine: str, *, dtype: object, quantization: object) -> tuple[str, str]:
+    """``(dtype, quantization)`` if ``engine`` accepts both; ``ValueError`` naming the field
+    (``dtype: ...`` or ``quantization: ...``) otherwise. ``quantization`` "" means none (or
+    the checkpoint's own). The mock engine takes any valid vLLM value and ignores it."""
+    dtypes, methods = (
+        (TGI_DTYPES, TGI_QUANTIZATIONS) if engine == "tgi" else (DTYPES, VLLM_QUANTIZATIONS)
+    )
+    if not isinstance(dtype, str) or dtype not in dtypes:
+        raise ValueError(f"dtype: must be one of {', '.join(dtypes)} for engine {engine!r}")
+    if not isinstance(quantization, str) or (quantization and quantization not in methods):
+        raise ValueError(
+            f"quantization: must be empty or one of {', '.join(methods)} for engine {engine!r}"
+        )
+    return dtype, quantization
 
 
 def _check_value(engine: str, name: str, spec: ArgSpec, value: object) -> ArgValue:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.engine_args import engine_args_to_argv, validate_model_id
+from agent.engine_args import engine_args_to_argv, validate_model_id, validate_precision
 from agent.protocol import EngineSpec
 
 # Environment variables of the agent that the engine must never see.
@@ -32,17 +32,34 @@ class EngineCommand:
     env: dict[str, str]
 
 
-def _base_env(base: Mapping[str, str] | None) -> dict[str, str]:
+# Where Hugging Face libraries read a token; only the spec's token may reach the engine.
+_HF_TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def _base_env(base: Mapping[str, str] | None, spec: EngineSpec) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
-    for name in _AGENT_SECRETS:
+    for name in (*_AGENT_SECRETS, *_HF_TOKEN_VARS):
         env.pop(name, None)
+    if spec.hf_token:
+        # The organization's token for gated or private models: environment only (argv is
+        # visible to every user of the machine in ``ps``).
+        env["HF_TOKEN"] = spec.hf_token
     return env
+
+
+def _precision_argv(spec: EngineSpec) -> list[str]:
+    dtype, quantization = validate_precision(
+        spec.engine, dtype=spec.dtype, quantization=spec.quantization
+    )
+    argv = [] if dtype == "auto" else ["--dtype", dtype]
+    return argv + (["--quantization", quantization] if quantization else [])
 
 
 def build_vllm_command(
     spec: EngineSpec, base_env: Mapping[str, str] | None = None
 ) -> EngineCommand:
-    """``vllm serve <model_id> ...``; the API key is passed as ``VLLM_API_KEY``."""
+    """``vllm serve <model_id> ...``; the API key is passed as ``VLLM_API_KEY``, the Hugging
+    Face token (if any) as ``HF_TOKEN``. ``--dtype`` is left out for "auto" (vLLM's default)."""
     argv = [
         VLLM_EXECUTABLE,
         "serve",
@@ -53,9 +70,10 @@ def build_vllm_command(
         spec.host,
         "--port",
         str(spec.port),
+        *_precision_argv(spec),
         *engine_args_to_argv("vllm", spec.engine_args),
     ]
-    env = _base_env(base_env)
+    env = _base_env(base_env, spec)
     env["VLLM_API_KEY"] = spec.api_key
     return EngineCommand(argv=argv, env=env)
 
@@ -78,7 +96,8 @@ def build_mock_command(
         spec.model_id,
         *engine_args_to_argv("mock", spec.engine_args),
     ]
-    env = _base_env(base_env)
+    validate_precision("mock", dtype=spec.dtype, quantization=spec.quantization)
+    env = _base_env(base_env, spec)
     env["MOCK_ENGINE_API_KEY"] = spec.api_key
     # The child must import this very package, however the agent itself was started.
     package_root = str(Path(__file__).resolve().parent.parent)

@@ -52,13 +52,24 @@ class GpuInfo(_Message):
 
 
 class EngineSpec(_Message):
-    """What the engine must serve. ``api_key`` is the per-instance engine secret."""
+    """What the engine must serve. ``api_key`` is the per-instance engine secret.
+
+    ``dtype`` and ``quantization`` are the model code's precision and weight quantization
+    (validated by ``agent.engine_args.validate_precision``; "" = none or the checkpoint's own).
+    ``hf_token`` is the organization's Hugging Face token for gated or private models ("" =
+    none): it reaches the engine through its environment only and never appears in a repr,
+    a log line or argv. Tensor and pipeline parallelism and the context length travel in
+    ``engine_args`` (``tensor_parallel_size``, ``pipeline_parallel_size``, ``max_model_len``),
+    filled in by the control plane from the machine the instance landed on."""
 
     engine: Literal["vllm", "mock"]
     model_id: str
     served_model_name: str
     engine_args: dict[str, Any] = Field(default_factory=dict)
-    api_key: str
+    api_key: str = Field(repr=False)
+    dtype: str = "auto"
+    quantization: str = ""
+    hf_token: str = Field(default="", repr=False)
     host: str = "0.0.0.0"
     port: int = Field(ge=1, le=65535)
 

@@ -1,5 +1,7 @@
 from django.db import models
 
+from agent.engine_args import TGI_QUANTIZATIONS, VLLM_QUANTIZATIONS
+
 
 class Engine(models.TextChoices):
     VLLM = "vllm", "vLLM"  # the production engine, on GPU machines
@@ -39,10 +41,18 @@ class RoutingPolicy(models.TextChoices):
 
 
 class Dtype(models.TextChoices):
-    AUTO = "auto", "auto"
+    """Precision of weights and activations: the engine's ``--dtype`` (agent.engine_args.DTYPES).
+    Weight quantization is the separate ``quantization`` setting."""
+
+    AUTO = "auto", "auto"  # the checkpoint's own (16-bit as saved)
     FLOAT16 = "float16", "float16"
     BFLOAT16 = "bfloat16", "bfloat16"
     FLOAT32 = "float32", "float32"
-    FP8 = "fp8", "fp8"
-    INT8 = "int8", "int8"
-    INT4 = "int4", "int4"
+
+
+# Weight quantization: "" (none, or what the checkpoint declares) or a method of vLLM's
+# ``--quantization`` or TGI's ``--quantize``; which engine takes which is checked by
+# ``agent.engine_args.validate_precision``.
+QUANTIZATION_CHOICES: list[tuple[str, str]] = [("", "none (or the checkpoint's own)")] + [
+    (method, method) for method in sorted({*VLLM_QUANTIZATIONS, *TGI_QUANTIZATIONS})
+]

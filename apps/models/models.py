@@ -4,7 +4,13 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from apps.accounts.models import Organization
-from apps.models.choices import Dtype, Engine, ModelStatus, RoutingPolicy
+from apps.models.choices import (
+    QUANTIZATION_CHOICES,
+    Dtype,
+    Engine,
+    ModelStatus,
+    RoutingPolicy,
+)
 
 
 class LlmModel(models.Model):
@@ -26,6 +32,10 @@ class LlmModel(models.Model):
         max_digits=8, decimal_places=2, null=True, blank=True, help_text="Billions."
     )
     dtype = models.CharField(max_length=16, choices=Dtype.choices, default=Dtype.AUTO)
+    # Weight quantization, separate from the precision above ("" = none or the checkpoint's).
+    quantization = models.CharField(
+        max_length=32, choices=QUANTIZATION_CHOICES, default="", blank=True
+    )
     max_model_len = models.PositiveIntegerField(null=True, blank=True)
     desired_replicas = models.PositiveSmallIntegerField(default=1)
     # The scaling policy (docs/autoscaling.md). A manual replica count is min = max = replicas;

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from agent.engine_args import validate_engine_args, validate_model_id
+from agent.engine_args import validate_engine_args, validate_model_id, validate_precision
 from apps.accounts.models import Organization
 from apps.instances import hosting
 from apps.models.choices import DEPLOYED_STATUSES, Engine, ModelStatus, model_can_transition
@@ -44,6 +44,7 @@ EDITABLE = (
     "vram_per_gpu_gb",
     "parameter_count_b",
     "dtype",
+    "quantization",
     "max_model_len",
     "routing_policy",
     "provider",
@@ -113,6 +114,12 @@ def _validate(values: dict[str, Any]) -> dict[str, Any]:
         if "model_id" in values:
             values["model_id"] = validate_model_id(values["model_id"])
         values["engine_args"] = validate_engine_args(engine, values.get("engine_args") or {})
+        if "dtype" in values or "quantization" in values:
+            validate_precision(
+                engine,
+                dtype=values.get("dtype", "auto"),
+                quantization=values.get("quantization", ""),
+            )
     except ValueError as exc:
         field, _, _ = str(exc).partition(":")
         raise ApplicationError(str(exc), param=field or "engine_args") from None

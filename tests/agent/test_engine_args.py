@@ -29,8 +29,7 @@ def test_it_builds_the_vllm_command_with_the_key_in_the_environment() -> None:
         spec(
             tensor_parallel_size=2,
             max_model_len=8192,
-            dtype="bfloat16",
-            quantization="awq",
+            pipeline_parallel_size=2,
             gpu_memory_utilization=0.9,
             enable_prefix_caching=True,
             max_num_seqs=128,
@@ -43,13 +42,12 @@ def test_it_builds_the_vllm_command_with_the_key_in_the_environment() -> None:
     assert command.argv == [
         "vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct",
         "--served-model-name", "llama-8b", "--host", "0.0.0.0", "--port", "8001",
-        "--dtype", "bfloat16",
         "--enable-prefix-caching",
         "--gpu-memory-utilization", "0.9",
         "--kv-cache-dtype", "fp8",
         "--max-model-len", "8192",
         "--max-num-seqs", "128",
-        "--quantization", "awq",
+        "--pipeline-parallel-size", "2",
         "--tensor-parallel-size", "2",
         "--trust-remote-code",
     ]  # fmt: skip
@@ -88,8 +86,10 @@ def test_it_builds_the_mock_command() -> None:
             {"gpu_memory_utilization": float("nan")},
             "gpu_memory_utilization: must be finite",
         ),
-        ("vllm", {"dtype": "int4"}, "engine_args.dtype: must be one of"),
-        ("vllm", {"quantization": "--api-key=x"}, "engine_args.quantization: must be a short"),
+        # precision and quantization are settings of their own, not engine arguments
+        ("vllm", {"dtype": "bfloat16"}, "engine_args.dtype: unknown argument"),
+        ("vllm", {"quantization": "awq"}, "engine_args.quantization: unknown argument"),
+        ("vllm", {"pipeline_parallel_size": 0}, "engine_args.pipeline_parallel_size: must be >="),
         ("vllm", {"kv_cache_dtype": "fp8 --x"}, "engine_args.kv_cache_dtype: must be a short"),
         ("vllm", {"enforce_eager": "yes"}, "engine_args.enforce_eager: must be a boolean"),
         ("mock", {"token_rate": -1}, "engine_args.token_rate: must be >= 0"),

@@ -29,7 +29,7 @@ def test_it_estimates_vram_from_parameters_dtype_and_context() -> None:
     assert 20 <= estimate_vram_gb(parameter_count_b=8, dtype="bfloat16") <= 24
     # 70B in 16 bits needs well over one 80 GB GPU; in int4 it fits one
     assert estimate_vram_gb(parameter_count_b=70, dtype="bfloat16") > 80
-    assert estimate_vram_gb(parameter_count_b=70, dtype="int4") <= 80
+    assert estimate_vram_gb(parameter_count_b=70, quantization="awq") <= 80
     # a longer context needs more
     assert estimate_vram_gb(parameter_count_b=8, max_model_len=131072) > estimate_vram_gb(
         parameter_count_b=8
@@ -61,7 +61,7 @@ def test_it_matches_an_estimate_over_several_gpus(
 ) -> None:
     # given a 70B model in fp8 (about 90 GB) and the catalog
     catalog_sync(provider_id=scw_provider.id)
-    model = model_code(owner_org, parameter_count_b=Decimal("70"), dtype="fp8")
+    model = model_code(owner_org, parameter_count_b=Decimal("70"), quantization="fp8")
     # when
     codes = {o.instance_type_code for o in offers_for_model(model)}
     # then only 2×80 GB fits

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -27,7 +28,8 @@ from agent.protocol import (
 )
 from apps.instances.agents.versions import CONTROL_PLANE_VERSION, agent_version_mismatch
 from apps.instances.choices import InstanceStatus, ProviderKind
-from apps.instances.models import Instance
+from apps.instances.models import Instance, OnPremAssignment
+from apps.instances.providers.sizing import TENSOR_PARALLEL_SIZES
 from apps.instances.services import instance_request_termination, instance_transition
 from inventiv import crypto
 from inventiv.errors import ApplicationError
@@ -44,18 +46,60 @@ class AgentAuthError(ApplicationError):
     code = "invalid_agent_credentials"
 
 
+def machine_gpu_count(instance: Instance) -> int:
+    """GPUs of the machine the instance landed on: its instance type's, else its on-premise
+    assignment's, else (no placement recorded: a local machine) what the model code asks."""
+    if instance.instance_type is not None and instance.instance_type.gpu_count:
+        return int(instance.instance_type.gpu_count)
+    if instance.provider.kind == ProviderKind.ONPREM:
+        assignment = (
+            OnPremAssignment.objects.filter(instance_id=instance.id)
+            .exclude(state=OnPremAssignment.State.STOPPED)
+            .order_by("-id")
+            .values_list("gpu_indices", flat=True)
+            .first()
+        )
+        if assignment:
+            return len(assignment)
+    return max(int(instance.llm_model.gpu_count), 1)
+
+
+def parallelism_for(*, gpus: int, engine_args: dict[str, Any]) -> dict[str, int]:
+    """``tensor_parallel_size`` (and ``pipeline_parallel_size`` when asked) for a machine of
+    ``gpus`` GPUs: explicit values are kept; otherwise tensor parallelism takes the largest
+    supported size (1, 2, 4, 8, 16: attention heads divide by these) that fits the GPUs of one
+    pipeline stage, so a model whose needs were estimated shards over the whole machine."""
+    pipeline = int(engine_args.get("pipeline_parallel_size") or 1)
+    explicit = engine_args.get("tensor_parallel_size")
+    if explicit is not None:
+        tensor = int(explicit)
+    else:
+        per_stage = max(gpus // pipeline, 1)
+        tensor = max(size for size in TENSOR_PARALLEL_SIZES if size <= per_stage)
+    out = {"tensor_parallel_size": tensor}
+    if pipeline > 1:
+        out["pipeline_parallel_size"] = pipeline
+    return out
+
+
 def engine_spec_for(instance: Instance) -> EngineSpec:
+    """The engine the agent must run. For vLLM: parallelism from the machine's GPUs, the model
+    code's context length as ``max_model_len`` (engine arguments may override it), its
+    precision and quantization; the organization's Hugging Face token if it has one."""
     model = instance.llm_model
     args = dict(model.engine_args)
-    if model.engine == "vllm" and model.gpu_count > 1:
-        # Shard over every GPU asked for unless the model code says otherwise.
-        args.setdefault("tensor_parallel_size", model.gpu_count)
+    if model.engine == "vllm":
+        args.update(parallelism_for(gpus=machine_gpu_count(instance), engine_args=args))
+    if model.max_model_len and "max_model_len" not in args:
+        args["max_model_len"] = int(model.max_model_len)
     return EngineSpec(
         engine=model.engine,  # type: ignore[arg-type]
         model_id=model.model_id,
         served_model_name=model.name,
         engine_args=args,
         api_key=crypto.decrypt(instance.engine_secret_encrypted),
+        dtype=model.dtype,
+        quantization=model.quantization,
         host="127.0.0.1" if instance.provider.kind == ProviderKind.LOCAL else "0.0.0.0",
         port=instance.engine_port,
     )
@@ -89,7 +133,7 @@ def agent_register(*, request: RegisterRequest) -> RegisterResponse:
     """Exchange a one-time bootstrap token for a per-instance credential. The token is
     consumed atomically: of two concurrent registrations with it, one wins."""
     instance = (
-        Instance.objects.select_related("llm_model", "provider")
+        Instance.objects.select_related("llm_model", "provider", "instance_type")
         .filter(bootstrap_token_hash=crypto.token_hash(request.bootstrap_token))
         .first()
     )
@@ -152,7 +196,7 @@ def agent_register(*, request: RegisterRequest) -> RegisterResponse:
 
 def agent_authenticate(*, credential: str) -> Instance:
     instance = (
-        Instance.objects.select_related("llm_model", "provider")
+        Instance.objects.select_related("llm_model", "provider", "instance_type")
         .filter(credential_hash=crypto.token_hash(credential))
         .exclude(credential_hash="")
         .first()

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from agent.engine_args import QUANTIZATION_BYTES_PER_PARAM
+
 if TYPE_CHECKING:
     from apps.models.models import LlmModel
 
@@ -21,9 +23,6 @@ BYTES_PER_PARAM: dict[str, float] = {
     "float16": 2.0,
     "bfloat16": 2.0,
     "float32": 4.0,
-    "fp8": 1.0,
-    "int8": 1.0,
-    "int4": 0.5,
 }
 DEFAULT_CONTEXT = 8192
 GPU_MEMORY_UTILIZATION = 0.9
@@ -41,14 +40,26 @@ def kv_cache_gb(parameter_count_b: float, context: int, bytes_per_value: float) 
     return mb_per_token * context / 1024.0
 
 
+def bytes_per_param(*, dtype: str = "auto", quantization: str = "") -> float:
+    """Bytes one weight takes once loaded: the quantization method's width when there is one
+    (agent.engine_args.QUANTIZATION_BYTES_PER_PARAM), else the precision's."""
+    if quantization:
+        return QUANTIZATION_BYTES_PER_PARAM.get(quantization, 1.0)
+    return BYTES_PER_PARAM.get(dtype, 2.0)
+
+
 def estimate_vram_gb(
-    *, parameter_count_b: float | Decimal, dtype: str = "auto", max_model_len: int | None = None
+    *,
+    parameter_count_b: float | Decimal,
+    dtype: str = "auto",
+    quantization: str = "",
+    max_model_len: int | None = None,
 ) -> int:
     """Total GPU memory (GB, rounded up) to serve the model with one full-length sequence."""
     params = float(parameter_count_b)
-    bytes_per_param = BYTES_PER_PARAM.get(dtype, 2.0)
-    weights = params * bytes_per_param
-    kv = kv_cache_gb(params, max_model_len or DEFAULT_CONTEXT, max(bytes_per_param, 1.0))
+    bytes_per_param_ = bytes_per_param(dtype=dtype, quantization=quantization)
+    weights = params * bytes_per_param_
+    kv = kv_cache_gb(params, max_model_len or DEFAULT_CONTEXT, max(bytes_per_param_, 1.0))
     needed = (weights * 1.1 + kv + RUNTIME_OVERHEAD_GB) / GPU_MEMORY_UTILIZATION
     return math.ceil(needed)
 
@@ -93,6 +104,7 @@ def needs_for_model(llm_model: LlmModel) -> GpuNeeds:
         total = estimate_vram_gb(
             parameter_count_b=llm_model.parameter_count_b,
             dtype=llm_model.dtype,
+            quantization=llm_model.quantization,
             max_model_len=llm_model.max_model_len,
         )
         return GpuNeeds(
@@ -100,7 +112,8 @@ def needs_for_model(llm_model: LlmModel) -> GpuNeeds:
             total_vram_gb=total,
             explanation=(
                 f"≥{total} GB in total (estimated: {llm_model.parameter_count_b}B parameters, "
-                f"{llm_model.dtype}, context {llm_model.max_model_len or DEFAULT_CONTEXT})"
+                f"{llm_model.quantization or llm_model.dtype}, "
+                f"context {llm_model.max_model_len or DEFAULT_CONTEXT})"
             ),
         )
     return GpuNeeds(min_gpu_count=count, explanation=f"{count}× GPU of any size")

@@ -2,7 +2,7 @@ from rest_framework import serializers
 
 from apps.accounts.models import Organization
 from apps.instances.models import InstanceType, Provider
-from apps.models.choices import Dtype, Engine, RoutingPolicy
+from apps.models.choices import QUANTIZATION_CHOICES, Dtype, Engine, RoutingPolicy
 from apps.models.models import LlmModel, ScalingDecision
 from inventiv.params import MAX_POSITIVE_INT
 
@@ -21,6 +21,9 @@ class ModelCodeInSerializer(serializers.Serializer):
         max_digits=8, decimal_places=2, required=False, allow_null=True
     )
     dtype = serializers.ChoiceField(choices=Dtype.choices, default=Dtype.AUTO)
+    quantization = serializers.ChoiceField(
+        choices=QUANTIZATION_CHOICES, default="", allow_blank=True
+    )
     max_model_len = serializers.IntegerField(
         min_value=16, max_value=MAX_POSITIVE_INT, required=False, allow_null=True
     )
@@ -75,6 +78,7 @@ class ModelCodeOutSerializer(serializers.ModelSerializer):
             "vram_per_gpu_gb",
             "parameter_count_b",
             "dtype",
+            "quantization",
             "max_model_len",
             "desired_replicas",
             "min_replicas",
