@@ -6,6 +6,9 @@
   invitation naming an address admits only that address, taken as verified;
 * ``closed``: nobody; the sign-up page answers 403.
 
+An organization's invitation (docs/teams.md) is such an invitation too: signing up with it (in
+the ``invite`` or ``open`` mode) also makes the new user a member with its role.
+
 The refusal is a 403 page saying why, for the form's GET and POST alike.
 """
 
@@ -47,6 +50,9 @@ class AccountAdapter(DefaultAccountAdapter):
     def is_open_for_signup(self, request: HttpRequest) -> bool:
         mode = SignupMode(settings.SIGNUP_MODE)
         if mode == SignupMode.OPEN:
+            # An organization's invitation is honoured in the open mode too (at save).
+            if token := request.GET.get(INVITATION_PARAM):
+                request.session[INVITATION_SESSION_KEY] = token
             return True
         if mode == SignupMode.CLOSED:
             raise ImmediateHttpResponse(
@@ -77,10 +83,10 @@ class AccountAdapter(DefaultAccountAdapter):
             with transaction.atomic():
                 user = super().save_user(request, user, form, commit=True)
                 organization_ensure_personal(user=user)
-                if settings.SIGNUP_MODE == SignupMode.INVITE:
-                    invitation_accept(
-                        token=request.session.pop(INVITATION_SESSION_KEY, None), user=user
-                    )
+                token = request.session.pop(INVITATION_SESSION_KEY, None)
+                if settings.SIGNUP_MODE == SignupMode.INVITE or token:
+                    # Also joins the invitation's organization with its role, if it has one.
+                    invitation_accept(token=token, user=user)
         except InvitationRefused as exc:
             raise ImmediateHttpResponse(signup_refused(request, exc.message)) from None
         return user

@@ -5,7 +5,14 @@ from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.utils import timezone
 
-from apps.accounts.models import Invitation, Membership, Organization, PersonalAccessToken, User
+from apps.accounts.models import (
+    AuditEntry,
+    Invitation,
+    Membership,
+    Organization,
+    PersonalAccessToken,
+    User,
+)
 from apps.accounts.services import (
     INVITATION_TTL,
     access_token_revoke,
@@ -101,3 +108,32 @@ class InvitationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         messages.warning(
             request, f"Invitation link (shown once, valid once): {invitation_link(token=token)}"
         )
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """The audit trail, for operators: read-only (append-only in the database too)."""
+
+    list_display = [
+        "created_at",
+        "organization_slug",
+        "actor_email",
+        "action",
+        "target_label",
+        "ip",
+    ]
+    list_filter = ["action"]
+    search_fields = ["organization_slug", "actor_email", "action", "target_label", "ip"]
+    date_hierarchy = "created_at"
+
+    def get_readonly_fields(self, request: Any, obj: Any = None) -> list[str]:
+        return [f.name for f in AuditEntry._meta.fields]
+
+    def has_add_permission(self, request: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
+        return False

@@ -7,6 +7,7 @@ from django.http import HttpRequest
 from rest_framework.exceptions import NotAuthenticated
 from rest_framework.request import Request
 
+from apps.accounts.audit import audit_context_set_actor
 from apps.accounts.models import User
 
 
@@ -16,6 +17,7 @@ def request_user(request: Request) -> User:
     user = request.user
     if not isinstance(user, User):
         raise NotAuthenticated()
+    audit_context_set_actor(user)  # the actor of the audit entries this request writes
     return user
 
 

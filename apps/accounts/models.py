@@ -39,6 +39,10 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_staff = models.BooleanField(default=False)
     is_active = models.BooleanField(default=True)
     date_joined = models.DateTimeField(default=timezone.now)
+    # The organization creates go to when none is named; null: their own personal one.
+    default_organization = models.ForeignKey(
+        "Organization", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     objects = UserManager()
 
@@ -112,10 +116,11 @@ class PersonalAccessToken(models.Model):
 
 
 class Invitation(models.Model):
-    """A one-time, expiring invitation to sign up (``INVENTIV_SIGNUP=invite``), created by staff
-    in the admin or with ``manage.py invite``. Stored as a keyed hash with a public lookup id;
-    the link is shown once. Small on purpose: organizations and roles come with the teams
-    feature (a nullable ``organization``/``role`` pair would extend it)."""
+    """A one-time, expiring invitation, stored as a keyed hash with a public lookup id; the link
+    is shown once. Without ``organization``: an invitation to sign up (``INVENTIV_SIGNUP=invite``),
+    created by staff in the admin or with ``manage.py invite``. With one: an invitation to join
+    that organization with ``role``, sent by e-mail by its owners or admins, accepted by an
+    existing account or while signing up (it also admits the sign-up), revocable."""
 
     lookup_id = models.CharField(max_length=16, unique=True)
     secret_hash = models.CharField(max_length=64)
@@ -130,6 +135,66 @@ class Invitation(models.Model):
     used_by = models.ForeignKey(
         User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    organization = models.ForeignKey(
+        Organization,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="invitations",
+    )
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(role__in=Role.values), name="invitation_role_valid"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"invitation {self.lookup_id}" + (f" for {self.email}" if self.email else "")
+
+
+class AuditQuerySet(models.QuerySet["AuditEntry"]):
+    def update(self, **kwargs: Any) -> int:
+        raise ValueError("Audit entries are append-only.")
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        raise ValueError("Audit entries are append-only.")
+
+
+class AuditEntry(models.Model):
+    """Who did what, when and from where. Append-only: the model refuses updates and deletes,
+    and on PostgreSQL a trigger refuses them too. No foreign keys on purpose: an entry outlives
+    the user, organization or object it names (their ids and a label are copied)."""
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    organization_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    organization_slug = models.CharField(max_length=60, blank=True)
+    actor_id = models.BigIntegerField(null=True, blank=True)
+    actor_email = models.CharField(max_length=254, blank=True)
+    action = models.CharField(max_length=64, db_index=True)
+    target_type = models.CharField(max_length=64, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    target_label = models.CharField(max_length=200, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+
+    objects = AuditQuerySet.as_manager()
+
+    class Meta:
+        verbose_name_plural = "audit entries"
+        indexes = [models.Index(fields=["organization_id", "-id"], name="audit_org_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_email or '-'} {self.action}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None:
+            raise ValueError("Audit entries are append-only.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError("Audit entries are append-only.")

@@ -9,7 +9,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.accounts.auth import request_user
-from apps.accounts.selectors import organization_check_manager, organization_get_for_user
+from apps.accounts.permissions import Capability
+from apps.accounts.selectors import organization_check, organization_get_for_user
 from apps.gateway import services
 from apps.gateway.api.serializers import (
     ApiKeyCreatedOutSerializer,
@@ -36,7 +37,9 @@ class ApiKeyViewSet(viewsets.ViewSet):
         user = request_user(request)
         key = api_key_get_for_user(user=user, key_id=path_id(pk, message="No such API key."))
         if manage:
-            organization_check_manager(user=user, organization_id=key.organization_id)
+            organization_check(
+                user=user, organization_id=key.organization_id, capability=Capability.KEYS_MANAGE
+            )
         return key
 
     @extend_schema(
@@ -62,7 +65,7 @@ class ApiKeyViewSet(viewsets.ViewSet):
         values = dict(data.validated_data)
         user = request_user(request)
         org = organization_get_for_user(
-            user=user, slug=values.pop("organization", None), manage=True
+            user=user, slug=values.pop("organization", None), capability=Capability.KEYS_MANAGE
         )
         ids = set(values.pop("model_codes"))
         models = list(LlmModel.objects.filter(organization=org, pk__in=ids))

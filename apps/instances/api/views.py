@@ -11,7 +11,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.auth import request_user
-from apps.accounts.selectors import organization_check_manager
+from apps.accounts.permissions import Capability
+from apps.accounts.selectors import organization_check
 from apps.instances.api.serializers import InstanceDetailOutSerializer, InstanceOutSerializer
 from apps.instances.models import Instance
 from apps.instances.orchestrator import cluster_status
@@ -45,8 +46,10 @@ class InstanceViewSet(viewsets.ViewSet):
     def _get(self, request: Request, pk: Any, *, manage: bool = False) -> Instance:
         instance = instance_get_for_user(user=request_user(request), instance_id=str(pk))
         if manage:
-            organization_check_manager(
-                user=request_user(request), organization_id=instance.organization_id
+            organization_check(
+                user=request_user(request),
+                organization_id=instance.organization_id,
+                capability=Capability.DEPLOYMENTS_MANAGE,
             )
         return instance
 

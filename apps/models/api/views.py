@@ -9,7 +9,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.accounts.auth import request_user
-from apps.accounts.selectors import organization_check_manager, organization_get_for_user
+from apps.accounts.permissions import Capability
+from apps.accounts.selectors import organization_check, organization_get_for_user
 from apps.models import services
 from apps.models.api.serializers import (
     DeployInSerializer,
@@ -34,13 +35,26 @@ class ModelCodeViewSet(viewsets.ViewSet):
     queryset = LlmModel.objects.none()  # for the schema only; reads go through selectors
     pagination_class = default_pagination_class()  # for the schema: lists are paginated
 
+    # The capability a write needs (apps/accounts/permissions.py): deploying and scaling are
+    # deployments; the rest changes the model code itself.
+    capabilities: dict[str, Capability] = {
+        "deploy": Capability.DEPLOYMENTS_MANAGE,
+        "replicas": Capability.DEPLOYMENTS_MANAGE,
+        "decommission": Capability.DEPLOYMENTS_MANAGE,
+        "scaling": Capability.DEPLOYMENTS_MANAGE,
+    }
+
     def _get(self, request: Request, pk: Any, *, manage: bool = False) -> LlmModel:
         user = request_user(request)
         model = model_get_for_user(
             user=user, model_code_id=path_id(pk, message="No such model code.")
         )
         if manage:
-            organization_check_manager(user=user, organization_id=model.organization_id)
+            organization_check(
+                user=user,
+                organization_id=model.organization_id,
+                capability=self.capabilities.get(self.action, Capability.MODELS_MANAGE),
+            )
         return model
 
     @extend_schema(
@@ -70,7 +84,9 @@ class ModelCodeViewSet(viewsets.ViewSet):
         data.is_valid(raise_exception=True)
         values = dict(data.validated_data)
         org = organization_get_for_user(
-            user=request_user(request), slug=values.pop("organization", None), manage=True
+            user=request_user(request),
+            slug=values.pop("organization", None),
+            capability=Capability.MODELS_MANAGE,
         )
         model = services.model_create(organization=org, **values)
         return Response(ModelCodeOutSerializer(model).data, status=status.HTTP_201_CREATED)
