@@ -476,6 +476,12 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": env_float("USAGE_FLUSH_INTERVAL_S", 2.0, minimum=0.05),
         "options": {"expires": 10},
     },
+    # Billing: rollups, prices and budgets to the gateways, blocks keys/organizations over budget.
+    "budgets-enforce": {
+        "task": "apps.billing.tasks.budgets_enforce_task",
+        "schedule": env_float("INVENTIV_BUDGETS_ENFORCE_INTERVAL_S", 10.0, minimum=0.5),
+        "options": {"expires": 20},
+    },
 }
 
 # --- Providers: Scaleway, AWS, on-premise; catalog, sweeper, bootstrap -----------------------
@@ -534,6 +540,14 @@ GATEWAY_ROUTING_REFRESH_S = env_float("GATEWAY_ROUTING_REFRESH_S", 10.0, minimum
 # with Retry-After: GATEWAY_RETRY_AFTER_S.
 GATEWAY_CAPACITY_WAIT_S = env_float("GATEWAY_CAPACITY_WAIT_S", 0.0, minimum=0)
 GATEWAY_RETRY_AFTER_S = env_int("GATEWAY_RETRY_AFTER_S", 5, minimum=1)
+# Autoscaling (docs/autoscaling.md): gateways publish their in-flight and held counts per model
+# code every GATEWAY_LOAD_PUBLISH_S, kept GATEWAY_LOAD_TTL_S; a model code at zero holds at most
+# GATEWAY_HOLD_QUEUE_MAX requests per gateway process (429 beyond), streams get an SSE comment
+# every GATEWAY_HOLD_COMMENT_S while held.
+GATEWAY_LOAD_PUBLISH_S = env_float("GATEWAY_LOAD_PUBLISH_S", 1.0, minimum=0.05)
+GATEWAY_LOAD_TTL_S = env_float("GATEWAY_LOAD_TTL_S", 5.0, minimum=0.1)
+GATEWAY_HOLD_QUEUE_MAX = env_int("GATEWAY_HOLD_QUEUE_MAX", 100, minimum=0)
+GATEWAY_HOLD_COMMENT_S = env_float("GATEWAY_HOLD_COMMENT_S", 5.0, minimum=0.1)
 # Routing: the header carrying the session for session affinity; prefix-aware routing hashes
 # this many characters of the prompt and allows an instance this factor above the mean load.
 GATEWAY_SESSION_HEADER = (env_str("GATEWAY_SESSION_HEADER", "x-session-id") or "").lower()

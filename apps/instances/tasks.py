@@ -11,6 +11,7 @@ from typing import Any
 from celery import shared_task
 
 from apps.instances import orchestrator
+from apps.instances.orchestrator.autoscaler import WAKE, autoscale_model_code
 from apps.instances.providers.base import ProviderError
 from inventiv.events import PONG, STAFF_GROUP, PongEvent, org_group, publish_now
 
@@ -68,6 +69,15 @@ def reconcile_model_task(*, model_code_id: int) -> dict[str, Any]:
     result = orchestrator.model_code_converge(model_code_id=model_code_id)
     orchestrator.model_code_finish_decommission(model_code_id=model_code_id)
     return {"created": result.created, "drained": result.drained}
+
+
+@shared_task(acks_late=True, soft_time_limit=120, time_limit=150, expires=600)
+def autoscale_wake_task(*, model_code_id: int) -> dict[str, Any]:
+    """A gateway holds a request for this model code (sent once per wake, docs/autoscaling.md):
+    evaluate it now (from zero: no cooldown) and converge. Safe twice: a second run finds
+    the count already raised."""
+    decision = autoscale_model_code(model_code_id=model_code_id, trigger=WAKE)
+    return {"decision_id": decision.id if decision is not None else None}
 
 
 @shared_task(acks_late=True, soft_time_limit=120, time_limit=150)

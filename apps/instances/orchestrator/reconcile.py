@@ -17,6 +17,7 @@ from django.utils import timezone
 from apps.instances import commands
 from apps.instances.choices import FAILED, HOLDS_MACHINE, InstanceStatus
 from apps.instances.models import Instance, OrchestratorLock
+from apps.instances.orchestrator.autoscaler import autoscale_all
 from apps.instances.orchestrator.leases import commands_with_dead_holders, lease_forget
 from apps.instances.orchestrator.scaling import (
     model_code_converge,
@@ -64,6 +65,10 @@ def reconcile() -> dict[str, Any]:
         summary.update(_enforce_deadlines())
         summary.update(_check_heartbeats())
         summary.update(_resend_lost_commands())
+        try:
+            summary["autoscaled"] = autoscale_all()
+        except Exception:  # the autoscaler must never stop the reconciler's other duties
+            logger.exception("autoscaling failed")
         created = drained = 0
         for model_code_id in LlmModel.objects.filter(
             status__in=[*DEPLOYED_STATUSES, ModelStatus.DECOMMISSIONING]

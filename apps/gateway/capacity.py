@@ -1,0 +1,316 @@
+"""Load signals shared by the gateways, and holding requests for a model code at zero.
+
+Guarantees:
+
+* **Signals**: every gateway process counts, per model code, its requests in flight (between
+  the model lookup and the end of the answer) and its held requests (waiting for a first ready
+  instance). It publishes them every ``GATEWAY_LOAD_PUBLISH_S`` to a board: in Redis one hash
+  per gateway process with a TTL of ``GATEWAY_LOAD_TTL_S`` (a dead gateway's counts vanish),
+  plus the time of the last request per model code (idle-to-zero); in-process in the embedded
+  mode (gateway and worker share the process). The autoscaler reads the sums (``load_board``).
+* **Exactly one wake**: the first held request for a model code takes a wake key (Redis
+  ``SET NX`` with a TTL, or the in-process equivalent) and only its taker sends the wake
+  command, however many gateway processes hold requests at once. The autoscaler also sees the
+  held count on its next pass, so a lost command delays the wake, never loses it.
+* **Holding**: at most ``GATEWAY_HOLD_QUEUE_MAX`` requests per model code per process wait
+  (beyond: 429 ``hold_queue_full`` with ``Retry-After``), each for at most the model code's
+  ``hold_timeout_s`` (then 503 ``model_unavailable`` with ``Retry-After``). A streaming client
+  gets the answer's head at once and an SSE comment line (``: waking <model> (<status>)``)
+  every ``GATEWAY_HOLD_COMMENT_S``, carrying the furthest instance's status, so proxies keep
+  the connection and a person sees why. A client that disconnects while held leaves the queue
+  at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+logger = logging.getLogger("apps.gateway.capacity")
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """What the gateways report for one model code."""
+
+    inflight: int = 0
+    held: int = 0
+    last_request_at: float | None = None  # unix time, any gateway
+
+
+class LoadBoard(Protocol):
+    async def publish(
+        self, *, gateway_id: str, counts: dict[int, tuple[int, int]], requested: set[int]
+    ) -> None:
+        """Replace this gateway's counts ``{model_code_id: (inflight, held)}``; ``requested``:
+        the model codes that received a request since the last publish."""
+
+    async def take_wake(self, *, model_code_id: int, ttl_s: float) -> bool:
+        """True for exactly one caller per model code until the key expires or is cleared."""
+
+    def read(self, *, model_code_id: int) -> Load:
+        """The sums over live gateways (sync: the worker's side)."""
+
+    def clear_wake(self, *, model_code_id: int) -> None:
+        """Once the model code has a ready instance: the next time at zero wakes again."""
+
+
+# --- Redis -----------------------------------------------------------------------------------
+
+
+class RedisLoadBoard:
+    """Clients are created on first use: the async one in the gateway's loop, the sync one in
+    the worker."""
+
+    def __init__(self, url: str | None = None) -> None:
+        found = url or settings.REDIS_URL
+        assert found, "the Redis board is picked only when REDIS_URL is set"
+        self._url: str = found
+        prefix = settings.REDIS_PREFIX + "gw:load:"
+        self._gateway = prefix + "gw:"
+        self._last = prefix + "last:"
+        self._wake = prefix + "wake:"
+        self._ttl_ms = int(settings.GATEWAY_LOAD_TTL_S * 1000)
+        self._async: aioredis.Redis | None = None
+        self._sync: redis.Redis | None = None
+
+    def _aclient(self) -> aioredis.Redis:
+        if self._async is None:
+            self._async = aioredis.Redis.from_url(
+                self._url, max_connections=8, socket_timeout=5, socket_connect_timeout=2
+            )
+        return self._async
+
+    def _client(self) -> redis.Redis:
+        if self._sync is None:
+            self._sync = redis.Redis.from_url(self._url, socket_timeout=5, socket_connect_timeout=2)
+        return self._sync
+
+    async def publish(
+        self, *, gateway_id: str, counts: dict[int, tuple[int, int]], requested: set[int]
+    ) -> None:
+        key = self._gateway + gateway_id
+        now = str(time.time())
+        async with self._aclient().pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            if counts:
+                pipe.hset(key, mapping={str(m): f"{i} {h}" for m, (i, h) in counts.items()})
+                pipe.pexpire(key, self._ttl_ms)
+            for model_code_id in requested:
+                pipe.set(self._last + str(model_code_id), now, ex=30 * 86_400)
+            await pipe.execute()
+
+    async def take_wake(self, *, model_code_id: int, ttl_s: float) -> bool:
+        taken = await self._aclient().set(
+            self._wake + str(model_code_id), b"1", nx=True, px=max(1, int(ttl_s * 1000))
+        )
+        return bool(taken)
+
+    def read(self, *, model_code_id: int) -> Load:
+        client = self._client()
+        field = str(model_code_id)
+        inflight = held = 0
+        for key in client.scan_iter(match=self._gateway + "*", count=200):
+            raw = client.hget(key, field)
+            if raw:
+                i, h = raw.split()
+                inflight, held = inflight + int(i), held + int(h)
+        last = client.get(self._last + field)
+        return Load(inflight, held, float(last) if last else None)
+
+    def clear_wake(self, *, model_code_id: int) -> None:
+        self._client().delete(self._wake + str(model_code_id))
+
+
+# --- in-process (embedded mode) ------------------------------------------------------------
+
+
+class InProcessLoadBoard:
+    """The same semantics in memory; thread-safe (the worker's threads read it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._gateways: dict[str, tuple[float, dict[int, tuple[int, int]]]] = {}
+        self._last: dict[int, float] = {}
+        self._wakes: dict[int, float] = {}
+
+    async def publish(
+        self, *, gateway_id: str, counts: dict[int, tuple[int, int]], requested: set[int]
+    ) -> None:
+        now = time.time()
+        with self._lock:
+            self._gateways[gateway_id] = (now + settings.GATEWAY_LOAD_TTL_S, dict(counts))
+            for model_code_id in requested:
+                self._last[model_code_id] = now
+
+    async def take_wake(self, *, model_code_id: int, ttl_s: float) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if self._wakes.get(model_code_id, 0.0) > now:
+                return False
+            self._wakes[model_code_id] = now + ttl_s
+            return True
+
+    def read(self, *, model_code_id: int) -> Load:
+        now = time.time()
+        inflight = held = 0
+        with self._lock:
+            for expires, counts in self._gateways.values():
+                if expires > now and model_code_id in counts:
+                    i, h = counts[model_code_id]
+                    inflight, held = inflight + i, held + h
+            return Load(inflight, held, self._last.get(model_code_id))
+
+    def clear_wake(self, *, model_code_id: int) -> None:
+        with self._lock:
+            self._wakes.pop(model_code_id, None)
+
+
+_in_process_board = InProcessLoadBoard()
+_redis_board: RedisLoadBoard | None = None
+
+
+def load_board() -> LoadBoard:
+    """The worker's board (one per process), or the process's own in the embedded mode."""
+    global _redis_board
+    if not settings.REDIS_URL:
+        return _in_process_board
+    if _redis_board is None:
+        _redis_board = RedisLoadBoard()
+    return _redis_board
+
+
+def new_gateway_board() -> LoadBoard:
+    """A gateway's board: a new Redis client set per event loop, or the process's own."""
+    return RedisLoadBoard() if settings.REDIS_URL else _in_process_board
+
+
+# --- the gateway's side ------------------------------------------------------------------
+
+
+class HoldRefused(Exception):
+    """A held request refused: ``code`` is ``hold_queue_full`` or ``model_unavailable``."""
+
+    def __init__(self, code: str, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.code, self.message, self.retry_after_s = code, message, retry_after_s
+
+
+Wake = Callable[[int], Awaitable[None]]
+Progress = Callable[[int], Awaitable[str]]
+Ready = Callable[[], bool]
+
+
+class Capacity:
+    """One per gateway process: counts, the publisher loop, holds."""
+
+    def __init__(self, gateway_id: str, wake: Wake, progress: Progress) -> None:
+        self.gateway_id = gateway_id
+        self.board: LoadBoard | None = None
+        self._wake = wake
+        self._progress = progress
+        self._inflight: dict[int, int] = {}
+        self._held: dict[int, int] = {}
+        self._requested: set[int] = set()
+        self.queue_max = settings.GATEWAY_HOLD_QUEUE_MAX
+        self.comment_s = settings.GATEWAY_HOLD_COMMENT_S
+        self.retry_after_s = float(settings.GATEWAY_RETRY_AFTER_S)
+
+    def _board(self) -> LoadBoard:
+        if self.board is None:
+            self.board = new_gateway_board()
+        return self.board
+
+    @contextlib.contextmanager
+    def counting(self, model_code_id: int) -> Any:
+        """Counts one request in flight for the model code while the block runs."""
+        self._inflight[model_code_id] = self._inflight.get(model_code_id, 0) + 1
+        self._requested.add(model_code_id)
+        try:
+            yield
+        finally:
+            self._inflight[model_code_id] -= 1
+            if not self._inflight[model_code_id]:
+                del self._inflight[model_code_id]
+
+    def counts(self) -> dict[int, tuple[int, int]]:
+        ids = set(self._inflight) | set(self._held)
+        return {m: (self._inflight.get(m, 0), self._held.get(m, 0)) for m in ids}
+
+    async def publish(self) -> None:
+        requested, self._requested = self._requested, set()
+        await self._board().publish(
+            gateway_id=self.gateway_id, counts=self.counts(), requested=requested
+        )
+
+    async def run(self) -> None:
+        """Publish every ``GATEWAY_LOAD_PUBLISH_S`` (the board's TTL covers a dead process)."""
+        while True:
+            try:
+                await self.publish()
+            except Exception:  # the board is a signal: the next round retries
+                logger.warning("could not publish gateway load", exc_info=True)
+            await asyncio.sleep(settings.GATEWAY_LOAD_PUBLISH_S)
+
+    async def hold(
+        self,
+        *,
+        model_code_id: int,
+        model_name: str,
+        timeout_s: float,
+        ready: Ready,
+        comment: Callable[[bytes], Awaitable[None]] | None,
+        disconnected: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Wait until ``ready()`` (an instance is routable), waking the model code once.
+        Raises ``HoldRefused``; returns early (``asyncio.CancelledError`` propagates) if the
+        client leaves: ``disconnected`` completes when it does."""
+        if self._held.get(model_code_id, 0) >= self.queue_max:
+            raise HoldRefused(
+                "hold_queue_full",
+                f"Too many requests are waiting for `{model_name}` to wake; retry later.",
+                self.retry_after_s,
+            )
+        self._held[model_code_id] = self._held.get(model_code_id, 0) + 1
+        self._requested.add(model_code_id)
+        gone = asyncio.ensure_future(disconnected())
+        try:
+            with contextlib.suppress(Exception):
+                await self.publish()  # the autoscaler sees the held request at once
+            try:
+                if await self._board().take_wake(model_code_id=model_code_id, ttl_s=timeout_s):
+                    await self._wake(model_code_id)
+            except Exception:  # the held count on the board wakes it on the next pass
+                logger.warning("could not send the wake of %s", model_code_id, exc_info=True)
+            deadline = time.monotonic() + timeout_s
+            next_comment = time.monotonic()
+            while not ready():
+                now = time.monotonic()
+                if now >= deadline:
+                    raise HoldRefused(
+                        "model_unavailable",
+                        f"The model `{model_name}` did not wake within {timeout_s:.0f}s.",
+                        self.retry_after_s,
+                    )
+                if comment is not None and now >= next_comment:
+                    status = await self._progress(model_code_id)
+                    await comment(f": waking {model_name} ({status})\n\n".encode())
+                    next_comment = now + self.comment_s
+                await asyncio.wait({gone}, timeout=min(0.1, deadline - now))
+                if gone.done():
+                    raise asyncio.CancelledError("the client left while held")
+        finally:
+            gone.cancel()
+            self._held[model_code_id] -= 1
+            if not self._held[model_code_id]:
+                del self._held[model_code_id]
