@@ -1,9 +1,11 @@
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 
-from apps.models.models import LlmModel, ModelCodeEvent, ScalingDecision, ScalingQuota
-from apps.models.services import scaling_quota_set
+from apps.models.models import HubToken, LlmModel, ModelCodeEvent, ScalingDecision, ScalingQuota
+from apps.models.services import hub_token_set, hub_token_validate, scaling_quota_set
+from inventiv.errors import ApplicationError
 
 
 class ModelCodeEventInline(admin.TabularInline):  # type: ignore[type-arg]
@@ -89,3 +91,40 @@ class LlmModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "created_at",
         "updated_at",
     ]
+
+
+class HubTokenForm(forms.ModelForm):  # type: ignore[type-arg]
+    """Write-only: the token field is always empty; the stored token is never rendered."""
+
+    token = forms.CharField(
+        widget=forms.PasswordInput(render_value=False),
+        strip=False,
+        help_text="Replaces the stored token. It is never shown again.",
+    )
+
+    class Meta:
+        model = HubToken
+        fields = ["organization"]
+
+    def clean_token(self) -> str:
+        try:
+            return hub_token_validate(self.cleaned_data.get("token"))
+        except ApplicationError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+@admin.register(HubToken)
+class HubTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """An organization's Hugging Face token (gated and private models), write-only."""
+
+    form = HubTokenForm
+    list_display = ["organization", "hint", "updated_by", "updated_at"]
+    readonly_fields = ["hint", "updated_by", "updated_at"]
+
+    def save_model(self, request: Any, obj: HubToken, form: Any, change: bool) -> None:
+        saved = hub_token_set(
+            organization=form.cleaned_data["organization"],
+            token=form.cleaned_data["token"],
+            by=getattr(request.user, "email", ""),
+        )
+        obj.pk = saved.pk

@@ -150,3 +150,22 @@ class ScalingDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_code_id}: {self.replicas_before} -> {self.replicas_after}"
+
+
+class HubToken(models.Model):
+    """An organization's Hugging Face token, for gated and private models: encrypted at rest
+    (inventiv/crypto.py), written through ``hub_token_set`` and never shown again (the REST API
+    and the admin are write-only). It reaches engines only through the agent's authenticated
+    desired state and the engine's environment (``HF_TOKEN``)."""
+
+    organization = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, related_name="hub_token"
+    )
+    token_encrypted = models.TextField()
+    # The last four characters, so that an operator can tell which token is set.
+    hint = models.CharField(max_length=8, blank=True)
+    updated_by = models.CharField(max_length=254, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"Hugging Face token of {self.organization_id}"

@@ -31,6 +31,7 @@ from apps.instances.choices import InstanceStatus, ProviderKind
 from apps.instances.models import Instance, OnPremAssignment
 from apps.instances.providers.sizing import TENSOR_PARALLEL_SIZES
 from apps.instances.services import instance_request_termination, instance_transition
+from apps.models.models import HubToken
 from inventiv import crypto
 from inventiv.errors import ApplicationError
 
@@ -82,6 +83,17 @@ def parallelism_for(*, gpus: int, engine_args: dict[str, Any]) -> dict[str, int]
     return out
 
 
+def _hub_token(organization_id: int) -> str:
+    """The organization's Hugging Face token in clear ("" when it has none): it travels only in
+    the authenticated answer to its agent's register/heartbeat."""
+    encrypted = (
+        HubToken.objects.filter(organization_id=organization_id)
+        .values_list("token_encrypted", flat=True)
+        .first()
+    )
+    return crypto.decrypt(encrypted) if encrypted else ""
+
+
 def engine_spec_for(instance: Instance) -> EngineSpec:
     """The engine the agent must run. For vLLM: parallelism from the machine's GPUs, the model
     code's context length as ``max_model_len`` (engine arguments may override it), its
@@ -100,6 +112,7 @@ def engine_spec_for(instance: Instance) -> EngineSpec:
         api_key=crypto.decrypt(instance.engine_secret_encrypted),
         dtype=model.dtype,
         quantization=model.quantization,
+        hf_token=_hub_token(model.organization_id),
         host="127.0.0.1" if instance.provider.kind == ProviderKind.LOCAL else "0.0.0.0",
         port=instance.engine_port,
     )
