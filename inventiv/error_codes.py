@@ -206,6 +206,13 @@ CODES: dict[str, ErrorCode] = {
             ("gateway",),
         ),
         ErrorCode(
+            "insufficient_quota",
+            429,
+            "The API key's or organization's monthly budget is spent (or would be by this "
+            "request's worst case), or billing blocked it; raise the budget or wait for the month.",
+            ("gateway",),
+        ),
+        ErrorCode(
             "server_error",
             500,
             "An unexpected failure on our side; retry later, with backoff.",

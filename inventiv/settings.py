@@ -476,6 +476,12 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": env_float("USAGE_FLUSH_INTERVAL_S", 2.0, minimum=0.05),
         "options": {"expires": 10},
     },
+    # Billing: rollups, prices and budgets to the gateways, blocks keys/organizations over budget.
+    "budgets-enforce": {
+        "task": "apps.billing.tasks.budgets_enforce_task",
+        "schedule": env_float("INVENTIV_BUDGETS_ENFORCE_INTERVAL_S", 10.0, minimum=0.5),
+        "options": {"expires": 20},
+    },
 }
 
 # --- Providers: Scaleway, AWS, on-premise; catalog, sweeper, bootstrap -----------------------

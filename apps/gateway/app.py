@@ -50,6 +50,7 @@ from apps.gateway.body import (
     read_body,
     shown,
 )
+from apps.gateway.budget import SpendGate, worst_case_tokens
 from apps.gateway.directory import Directory
 from apps.gateway.errors import GatewayError, retry_after, unauthorized
 from apps.gateway.key_cache import KeyCache
@@ -97,6 +98,7 @@ class Gateway:
         self.usage = UsageRecorder()
         self.listener = EventListener(self.directory, self.keys)
         self.limiter: Any = None
+        self.spend = SpendGate()  # monthly budgets: reserve before forwarding, settle after
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -116,6 +118,7 @@ class Gateway:
                 return
             self.proxy.open()
             self.limiter = rate_limiter()
+            self.spend.open()
             await self.directory.reload()
             self._tasks = [
                 asyncio.ensure_future(self.directory.run()),
@@ -300,6 +303,17 @@ class Gateway:
                     headers=retry_after(decision.retry_after_s),
                 )
             req.limited = True
+        # Budgets (apps.gateway.budget): the worst case is reserved, or 429 insufficient_quota.
+        await self.spend.admit(
+            key_id=key.id,
+            org_id=key.organization_id,
+            model_code_id=route.snapshot.id,
+            request_id=req.request_id,
+            body_bytes=len(body),
+            completion_tokens=worst_case_tokens(
+                data, route.snapshot.max_model_len or self.default_context, req.endpoint
+            ),
+        )
         # Streams: ask the engine for usage; strip it on the way back unless the client asked.
         client_usage = True
         if stream:
@@ -332,6 +346,10 @@ class Gateway:
                 )
             except Exception:
                 logger.exception("could not release rate limit of %s", req.request_id)
+        try:
+            await self.spend.settle(req.request_id, req.prompt_tokens, req.completion_tokens)
+        except Exception:
+            logger.exception("could not settle the budget reservation of %s", req.request_id)
         elapsed = time.perf_counter() - req.start
         metrics.REQUESTS.labels(label, req.endpoint, str(req.status)).inc()
         metrics.LATENCY.labels(label, req.endpoint).observe(elapsed)

@@ -1,0 +1,488 @@
+"""Monthly budgets (per API key and per organization), enforced before forwarding: the gateway
+*reserves* a request's worst-case cost atomically, and *settles* it to the real cost after the
+answer. Two implementations behind one small interface, like ``ratelimit``:
+
+* Redis (production): one Lua script per reserve and per settle, atomic across every gateway.
+* In-process (embedded mode only, ``REDIS_URL`` unset): the same semantics in memory.
+
+Amounts are integers of pico-currency (1e-12): a price per million tokens of ``p`` is ``p``
+micro-currency per token, so a request of ``t`` tokens costs ``t * round(p * 1e6)`` pico, exactly
+(prices have at most 6 decimal places). The database stays the ledger (``apps.billing``);
+these counters are the gateways' fast view of the month, fed by the billing task
+(``BudgetControl``): prices, limits, a spend floor from the rollups, and blocks.
+
+Guarantee: a request is forwarded only if ``spent + reserved + worst <= limit`` for its key's
+and its organization's budget, and its ``worst`` stays reserved until it settles, so that
+concurrent requests cannot all pass the edge together: spend ends at most the limit plus the
+amount by which one request's real cost exceeded its estimate (its prompt estimate is its body
+size in bytes, an upper bound for byte-level tokenizers; its completion is ``max_tokens``, else
+the model code's context length). A gateway that dies holding reservations frees them after
+``LEASE_S``. A key or an organization blocked by the billing task is refused at once by every
+gateway (the block is read on each reserve). Months are calendar months, UTC: at the turn, the
+new month's counters start empty and the old month's blocks no longer apply.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Protocol
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+from apps.gateway.errors import GatewayError
+
+# A reservation outlives its request by at most this long if its gateway dies mid-request.
+LEASE_S = 900
+# Period counters outlive their month by this long (for the billing task's reconciliation).
+_PERIOD_TTL_S = 40 * 86400
+PICO = Decimal(10) ** 12
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    allowed: bool
+    # Who refused ("key", "organization") and why ("blocked" by the billing task, "exhausted").
+    scope: str = ""
+    reason: str = ""
+    # The amount reserved (pico); 0 when the model code has no price (nothing to settle).
+    worst: int = 0
+
+
+def period_of(moment: float | None = None) -> str:
+    """The budget period (``YYYYMM``, UTC) of a POSIX time (default now)."""
+    return time.strftime("%Y%m", time.gmtime(time.time() if moment is None else moment))
+
+
+def to_pico(amount: Decimal) -> int:
+    return int((amount * PICO).to_integral_value())
+
+
+def per_token_pico(price_per_million: Decimal) -> int:
+    """A price per million tokens as pico-currency per token (exact to 6 decimal places)."""
+    return int((price_per_million * 1_000_000).to_integral_value())
+
+
+class BudgetGuard(Protocol):
+    """What the gateway calls on the hot path."""
+
+    async def reserve(
+        self,
+        *,
+        key_id: int,
+        org_id: int,
+        model_code_id: int,
+        request_id: str,
+        prompt_estimate: int,
+        max_tokens: int,
+    ) -> Reservation: ...
+
+    async def settle(
+        self,
+        *,
+        key_id: int,
+        org_id: int,
+        model_code_id: int,
+        request_id: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None: ...
+
+
+class BudgetControl(Protocol):
+    """What the billing task calls (synchronously) to feed and steer the gateways."""
+
+    def set_price(self, model_code_id: int, input_pico: int, output_pico: int) -> None: ...
+
+    def set_limit(self, scope: str, scope_id: int, limit_pico: int | None) -> None: ...
+
+    def raise_spent(self, scope: str, scope_id: int, period: str, spent_pico: int) -> None: ...
+
+    def set_blocked(self, scope: str, scope_id: int, period: str, blocked: bool) -> None: ...
+
+    def spent(self, scope: str, scope_id: int, period: str) -> tuple[int, int]: ...
+
+
+# --- Redis ---------------------------------------------------------------------------------------
+
+# Numbers go back to Redis through string.format('%.0f'): Lua's default conversion keeps only
+# 14 significant digits. KEYS: price, then per scope (key, organization): limit, counters,
+# amounts, deadlines, block.
+# ARGV: request id, prompt estimate, max tokens, lease seconds, period TTL seconds.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+if redis.call('EXISTS', KEYS[6]) == 1 then return {1, 0, 0} end
+if redis.call('EXISTS', KEYS[11]) == 1 then return {2, 0, 0} end
+local p = redis.call('HMGET', KEYS[1], 'in', 'out')
+local worst = (tonumber(p[1]) or 0) * tonumber(ARGV[2]) + (tonumber(p[2]) or 0) * tonumber(ARGV[3])
+if worst <= 0 then return {0, 0, 0} end
+local limited = {}
+for i, b in ipairs({2, 7}) do
+  local lim = tonumber(redis.call('GET', KEYS[b]))
+  if lim then
+    local s, r, d = KEYS[b + 1], KEYS[b + 2], KEYS[b + 3]
+    local old = redis.call('ZRANGEBYSCORE', d, '-inf', now)
+    for _, id in ipairs(old) do
+      local a = tonumber(redis.call('HGET', r, id)) or 0
+      redis.call('HINCRBYFLOAT', s, 'reserved', string.format('%.0f', -a))
+      redis.call('HDEL', r, id)
+    end
+    if #old > 0 then redis.call('ZREMRANGEBYSCORE', d, '-inf', now) end
+    local h = redis.call('HMGET', s, 'spent', 'reserved')
+    if (tonumber(h[1]) or 0) + (tonumber(h[2]) or 0) + worst > lim then return {i, 1, 0} end
+    limited[#limited + 1] = b
+  end
+end
+for _, b in ipairs(limited) do
+  local s, r, d = KEYS[b + 1], KEYS[b + 2], KEYS[b + 3]
+  redis.call('HINCRBYFLOAT', s, 'reserved', string.format('%.0f', worst))
+  redis.call('HSET', r, ARGV[1], string.format('%.0f', worst))
+  redis.call('ZADD', d, now + tonumber(ARGV[4]), ARGV[1])
+  for _, k in ipairs({s, r, d}) do redis.call('EXPIRE', k, ARGV[5]) end
+end
+return {0, 0, worst}
+"""
+
+# KEYS: price, then per scope: counters, amounts, deadlines. ARGV: request id, prompt and
+# completion tokens, period TTL seconds.
+_SETTLE = """
+local p = redis.call('HMGET', KEYS[1], 'in', 'out')
+local cost = (tonumber(p[1]) or 0) * tonumber(ARGV[2]) + (tonumber(p[2]) or 0) * tonumber(ARGV[3])
+for _, b in ipairs({2, 5}) do
+  local s, r, d = KEYS[b], KEYS[b + 1], KEYS[b + 2]
+  local held = tonumber(redis.call('HGET', r, ARGV[1]))
+  if held then
+    redis.call('HINCRBYFLOAT', s, 'reserved', string.format('%.0f', -held))
+    redis.call('HDEL', r, ARGV[1])
+    redis.call('ZREM', d, ARGV[1])
+  end
+  if cost > 0 then redis.call('HINCRBYFLOAT', s, 'spent', string.format('%.0f', cost)) end
+  redis.call('EXPIRE', s, ARGV[4])
+end
+return 0
+"""
+
+# The billing task's spend floor: the database's month-to-date spend never lowers the counter
+# (settled requests not yet rolled up are in it), but raises it (a dead gateway's requests).
+_RAISE_SPENT = """
+local v = tonumber(redis.call('HGET', KEYS[1], 'spent')) or 0
+if tonumber(ARGV[1]) > v then redis.call('HSET', KEYS[1], 'spent', ARGV[1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 0
+"""
+
+
+def _prefix() -> str:
+    return settings.REDIS_PREFIX + "gw:bud:"
+
+
+def _names(prefix: str, scope: str, scope_id: int, period: str) -> list[str]:
+    base = f"{prefix}{scope[0]}:{scope_id}"
+    return [
+        f"{base}:lim",
+        f"{base}:{period}:s",
+        f"{base}:{period}:r",
+        f"{base}:{period}:d",
+        f"{base}:{period}:blk",
+    ]
+
+
+class RedisBudgetGuard:
+    def __init__(self) -> None:
+        url = settings.REDIS_URL
+        assert url, "the Redis implementation is picked only when REDIS_URL is set"
+        self._redis = aioredis.Redis.from_url(url, max_connections=64)
+        self._prefix = _prefix()
+        self._reserve = self._redis.register_script(_RESERVE)
+        self._settle = self._redis.register_script(_SETTLE)
+
+    async def reserve(
+        self,
+        *,
+        key_id: int,
+        org_id: int,
+        model_code_id: int,
+        request_id: str,
+        prompt_estimate: int,
+        max_tokens: int,
+    ) -> Reservation:
+        period = period_of()
+        keys = [f"{self._prefix}price:{model_code_id}"]
+        keys += _names(self._prefix, "key", key_id, period)
+        keys += _names(self._prefix, "organization", org_id, period)
+        scope, exhausted, worst = await self._reserve(
+            keys=keys,
+            args=[request_id, prompt_estimate, max_tokens, LEASE_S, _PERIOD_TTL_S],
+        )
+        if int(scope):
+            return Reservation(
+                False,
+                "key" if int(scope) == 1 else "organization",
+                "exhausted" if int(exhausted) else "blocked",
+            )
+        return Reservation(True, worst=int(worst))
+
+    async def settle(
+        self,
+        *,
+        key_id: int,
+        org_id: int,
+        model_code_id: int,
+        request_id: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        period = period_of()
+        keys = [f"{self._prefix}price:{model_code_id}"]
+        keys += _names(self._prefix, "key", key_id, period)[1:4]
+        keys += _names(self._prefix, "organization", org_id, period)[1:4]
+        await self._settle(
+            keys=keys, args=[request_id, prompt_tokens, completion_tokens, _PERIOD_TTL_S]
+        )
+
+
+class RedisBudgetControl:
+    def __init__(self) -> None:
+        url = settings.REDIS_URL
+        assert url, "the Redis implementation is picked only when REDIS_URL is set"
+        self._redis = redis.Redis.from_url(url)
+        self._prefix = _prefix()
+        self._raise = self._redis.register_script(_RAISE_SPENT)
+
+    def set_price(self, model_code_id: int, input_pico: int, output_pico: int) -> None:
+        self._redis.hset(
+            f"{self._prefix}price:{model_code_id}", mapping={"in": input_pico, "out": output_pico}
+        )
+
+    def set_limit(self, scope: str, scope_id: int, limit_pico: int | None) -> None:
+        name = _names(self._prefix, scope, scope_id, "")[0]
+        if limit_pico is None:
+            self._redis.delete(name)
+        else:
+            self._redis.set(name, limit_pico)
+
+    def raise_spent(self, scope: str, scope_id: int, period: str, spent_pico: int) -> None:
+        name = _names(self._prefix, scope, scope_id, period)[1]
+        self._raise(keys=[name], args=[spent_pico, _PERIOD_TTL_S])
+
+    def set_blocked(self, scope: str, scope_id: int, period: str, blocked: bool) -> None:
+        name = _names(self._prefix, scope, scope_id, period)[4]
+        if blocked:
+            self._redis.set(name, 1, ex=_PERIOD_TTL_S)
+        else:
+            self._redis.delete(name)
+
+    def spent(self, scope: str, scope_id: int, period: str) -> tuple[int, int]:
+        values = self._redis.hmget(
+            _names(self._prefix, scope, scope_id, period)[1], ["spent", "reserved"]
+        )
+        return tuple(int(float(v or 0)) for v in values)  # type: ignore[return-value]
+
+
+# --- In-process (embedded mode) ----------------------------------------------------------------
+
+
+@dataclass
+class _Counters:
+    spent: int = 0
+    reserved: int = 0
+    holds: dict[str, tuple[int, float]] = field(default_factory=dict)  # id -> (amount, deadline)
+
+
+@dataclass
+class InProcessBudgets:
+    """Both interfaces, for one process (the embedded mode runs gateway and worker together).
+    Mutated only under ``_lock``; same semantics as the scripts."""
+
+    _prices: dict[int, tuple[int, int]] = field(default_factory=dict)
+    _limits: dict[tuple[str, int], int] = field(default_factory=dict)
+    _counters: dict[tuple[str, int, str], _Counters] = field(default_factory=dict)
+    _blocked: set[tuple[str, int, str]] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _of(self, scope: str, scope_id: int, period: str) -> _Counters:
+        return self._counters.setdefault((scope, scope_id, period), _Counters())
+
+    async def reserve(
+        self,
+        *,
+        key_id: int,
+        org_id: int,
+        model_code_id: int,
+        request_id: str,
+        prompt_estimate: int,
+        max_tokens: int,
+    ) -> Reservation:
+        period, now = period_of(), time.monotonic()
+        scopes = [("key", key_id), ("organization", org_id)]
+        with self._lock:
+            for scope, scope_id in scopes:
+                if (scope, scope_id, period) in self._blocked:
+                    return Reservation(False, scope, "blocked")
+            pin, pout = self._prices.get(model_code_id, (0, 0))
+            worst = pin * prompt_estimate + pout * max_tokens
+            if worst <= 0:
+                return Reservation(True)
+            limited = []
+            for scope, scope_id in scopes:
+                limit = self._limits.get((scope, scope_id))
+                if limit is None:
+                    continue
+                counters = self._of(scope, scope_id, period)
+                for rid in [r for r, (_, d) in counters.holds.items() if d <= now]:
+                    counters.reserved -= counters.holds.pop(rid)[0]
+                if counters.spent + counters.reserved + worst > limit:
+                    return Reservation(False, scope, "exhausted")
+                limited.append(counters)
+            for counters in limited:
+                counters.reserved += worst
+                counters.holds[request_id] = (worst, now + LEASE_S)
+        return Reservation(True, worst=worst)
+
+    async def settle(
+        self,
+        *,
+        key_id: int,
+        org_id: int,
+        model_code_id: int,
+        request_id: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        period = period_of()
+        with self._lock:
+            pin, pout = self._prices.get(model_code_id, (0, 0))
+            cost = pin * prompt_tokens + pout * completion_tokens
+            for scope, scope_id in (("key", key_id), ("organization", org_id)):
+                counters = self._of(scope, scope_id, period)
+                held = counters.holds.pop(request_id, None)
+                if held is not None:
+                    counters.reserved -= held[0]
+                counters.spent += max(0, cost)
+
+    def set_price(self, model_code_id: int, input_pico: int, output_pico: int) -> None:
+        with self._lock:
+            self._prices[model_code_id] = (input_pico, output_pico)
+
+    def set_limit(self, scope: str, scope_id: int, limit_pico: int | None) -> None:
+        with self._lock:
+            if limit_pico is None:
+                self._limits.pop((scope, scope_id), None)
+            else:
+                self._limits[(scope, scope_id)] = limit_pico
+
+    def raise_spent(self, scope: str, scope_id: int, period: str, spent_pico: int) -> None:
+        with self._lock:
+            counters = self._of(scope, scope_id, period)
+            counters.spent = max(counters.spent, spent_pico)
+
+    def set_blocked(self, scope: str, scope_id: int, period: str, blocked: bool) -> None:
+        with self._lock:
+            if blocked:
+                self._blocked.add((scope, scope_id, period))
+            else:
+                self._blocked.discard((scope, scope_id, period))
+
+    def spent(self, scope: str, scope_id: int, period: str) -> tuple[int, int]:
+        with self._lock:
+            counters = self._of(scope, scope_id, period)
+            return counters.spent, counters.reserved
+
+
+_in_process = InProcessBudgets()
+
+
+def budget_guard() -> BudgetGuard:
+    """A new Redis guard (one per gateway process and event loop), or the process's own."""
+    if settings.REDIS_URL:
+        return RedisBudgetGuard()
+    return _in_process
+
+
+def budget_control() -> BudgetControl:
+    """The billing task's handle on the same counters."""
+    if settings.REDIS_URL:
+        return RedisBudgetControl()
+    return _in_process
+
+
+# --- The gateway's side ------------------------------------------------------------------------
+
+
+def worst_case_tokens(data: dict[str, object], context: int, endpoint: str) -> int:
+    """The completion tokens a request may be billed for: its ``max_tokens`` (or
+    ``max_completion_tokens``, checked already), else the model code's context length; none
+    for embeddings."""
+    if endpoint == "embeddings":
+        return 0
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = data.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return context
+
+
+class SpendGate:
+    """One per gateway process: reserve before forwarding, settle once the request ends."""
+
+    def __init__(self) -> None:
+        self.guard: BudgetGuard | None = None
+        # Requests holding a reservation or to be counted: id -> (key, organization, model code).
+        self._pending: dict[str, tuple[int, int, int]] = {}
+
+    def open(self) -> None:
+        self.guard = budget_guard()
+
+    async def admit(
+        self,
+        *,
+        key_id: int,
+        org_id: int,
+        model_code_id: int,
+        request_id: str,
+        body_bytes: int,
+        completion_tokens: int,
+    ) -> None:
+        """Reserve the request's worst case, or raise ``GatewayError("insufficient_quota")``."""
+        assert self.guard is not None
+        reservation = await self.guard.reserve(
+            key_id=key_id,
+            org_id=org_id,
+            model_code_id=model_code_id,
+            request_id=request_id,
+            prompt_estimate=body_bytes,
+            max_tokens=completion_tokens,
+        )
+        if not reservation.allowed:
+            whose = "API key's" if reservation.scope == "key" else "organization's"
+            why = (
+                "is blocked by billing"
+                if reservation.reason == "blocked"
+                else "cannot cover this request"
+            )
+            raise GatewayError(
+                "insufficient_quota",
+                f"This {whose} monthly budget {why}. Raise the budget or wait for next month.",
+            )
+        if reservation.worst:
+            self._pending[request_id] = (key_id, org_id, model_code_id)
+
+    async def settle(self, request_id: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """Count the real cost and free the reservation (nothing for an unpriced request)."""
+        held = self._pending.pop(request_id, None)
+        if held is None or self.guard is None:
+            return
+        key_id, org_id, model_code_id = held
+        await self.guard.settle(
+            key_id=key_id,
+            org_id=org_id,
+            model_code_id=model_code_id,
+            request_id=request_id,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
