@@ -57,6 +57,13 @@ CODES: dict[str, ErrorCode] = {
         ),
         ErrorCode("invalid_json", 400, "The body is not JSON, or not a JSON object.", _ALL),
         ErrorCode(
+            "previous_response_not_supported",
+            400,
+            "`/v1/responses` is stateless: `previous_response_id` is refused; send the "
+            "conversation in `input`.",
+            ("gateway",),
+        ),
+        ErrorCode(
             "invalid_request",
             400,
             "The request is malformed outside its fields (a bad `Content-Length`), or a 4xx "

@@ -553,6 +553,9 @@ GATEWAY_HOLD_COMMENT_S = env_float("GATEWAY_HOLD_COMMENT_S", 5.0, minimum=0.1)
 GATEWAY_SESSION_HEADER = (env_str("GATEWAY_SESSION_HEADER", "x-session-id") or "").lower()
 GATEWAY_PREFIX_CHARS = env_int("GATEWAY_PREFIX_CHARS", 256, minimum=1)
 GATEWAY_PREFIX_LOAD_FACTOR = env_float("GATEWAY_PREFIX_LOAD_FACTOR", 1.25, minimum=1.0)
+# Engines whose own POST /v1/responses the gateway passes through (vLLM >= 0.10, the mock);
+# for any other engine it translates the Responses API onto chat completions (docs/gateway.md).
+GATEWAY_RESPONSES_ENGINES = env_list("GATEWAY_RESPONSES_ENGINES", ["vllm", "mock"])
 # A client that leaves mid-stream: the gateway keeps reading the engine's answer this long to
 # record exactly what was generated (0: stop at once, counting the chunks already received).
 GATEWAY_DISCONNECT_DRAIN_S = env_float("GATEWAY_DISCONNECT_DRAIN_S", 60.0, minimum=0)

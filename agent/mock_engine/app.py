@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from agent.mock_engine import openai_api as api
-from agent.mock_engine import sampling
+from agent.mock_engine import responses, sampling
 from agent.mock_engine.asgi import (
     JSON_HEADERS,
     METRICS_HEADERS,
@@ -83,6 +83,7 @@ class MockEngine:
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._completions,
             ("POST", "/v1/embeddings"): self._embeddings,
+            ("POST", "/v1/responses"): self._responses,
             ("GET", "/v1/models"): self._models,
             ("POST", "/mock/control"): self._control,
             ("GET", "/mock/last_request"): self._last_request,
@@ -298,6 +299,71 @@ class MockEngine:
             generation_tokens=sent,
             ttft=ttft,
             e2e=time.perf_counter() - start,
+        )
+
+    async def _responses(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v1/responses`` as vLLM serves it (stateless: ``store`` is answered false)."""
+        data = await self._parse(receive)
+        if data.get("previous_response_id") is not None:
+            raise HttpError(
+                400,
+                "previous_response_id needs a stored response",
+                "invalid_value",
+                "previous_response_id",
+            )
+        try:
+            req = responses.to_chat(data)
+        except responses.ResponsesError as exc:
+            raise HttpError(400, str(exc), "invalid_value", exc.param) from None
+        text, prompt_tokens = api.prompt(req, chat=True)
+        n = api.max_tokens(req, self.config.default_max_tokens)
+        api.check_context(req, prompt_tokens, n, self.config.max_model_len)
+        p = sampling.params(req, chat=True)
+        id_ = self._next_id("chatcmpl")
+        choice = sampling.choices(p, text, n, id_)[0]
+        generated = len(choice.pieces)
+        start = time.perf_counter()
+        rate = self.config.token_rate
+        self.stats.running += 1
+        try:
+            if await self._maybe_hang(receive):
+                return
+            if data.get("stream") is not True:
+                if rate > 0:
+                    await asyncio.sleep(generated / rate)
+                chat = orjson.loads(
+                    api.completion_body(
+                        id_=id_,
+                        model=self.config.served_model_name,
+                        chat=True,
+                        choices=[choice],
+                        prompt_tokens=prompt_tokens,
+                        with_logprobs=False,
+                    )
+                )
+                body = orjson.dumps(responses.to_response(data, chat))
+                await respond(send, 200, body, JSON_HEADERS)
+            else:
+                out = responses.StreamTranslator(data)
+                await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+
+                async def emit(events: list[dict[str, Any]], more: bool = True) -> None:
+                    body = b"".join(responses.sse(e) for e in events)
+                    await send({"type": "http.response.body", "body": body, "more_body": more})
+
+                await emit(out.start() + out.feed({"choices": [api.stream_first(choice)]}))
+                for j in range(generated):
+                    if rate > 0:
+                        await asyncio.sleep(1 / rate)
+                    chunk = api.stream_choice(choice, j, chat=True, with_logprobs=False)
+                    await emit(out.feed({"choices": [chunk]}))
+                out.feed({"choices": [], "usage": api.usage(prompt_tokens, generated)})
+                await emit(out.end(), more=False)
+        finally:
+            self.stats.running -= 1
+        e2e = time.perf_counter() - start
+        self.stats.finished(
+            prompt_tokens=prompt_tokens, generation_tokens=generated, ttft=e2e, e2e=e2e
         )
 
     async def _embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:

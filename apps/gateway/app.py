@@ -41,7 +41,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 
-from apps.gateway import metrics
+from apps.gateway import metrics, responses
 from apps.gateway.body import (
     ask_for_usage,
     check_max_tokens,
@@ -72,6 +72,7 @@ ENDPOINTS = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
+    "/v1/responses": "responses",
 }
 
 
@@ -316,7 +317,12 @@ class Gateway:
         )
         # Streams: ask the engine for usage; strip it on the way back unless the client asked.
         client_usage = True
-        if stream:
+        if req.endpoint == "responses":
+            # Passed through, or translated onto chat for engines without it (issue 17).
+            path, body, translate = responses.prepare(data, route.snapshot.engine)
+            send = responses.ResponsesSend(send, req, data, translate)
+            scope = {**scope, "path": path}
+        elif stream:
             body, client_usage = ask_for_usage(data, body)
         session = prefix = None
         policy = route.snapshot.routing_policy

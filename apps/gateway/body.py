@@ -28,7 +28,7 @@ from apps.gateway.stream import INJECT_USAGE
 MAX_MODEL_NAME = 256
 # How much of a client-supplied value an error message echoes.
 _ECHO = 64
-TOKEN_PARAMS = ("max_tokens", "max_completion_tokens")
+TOKEN_PARAMS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
 def too_large(limit: int) -> GatewayError:
@@ -111,7 +111,7 @@ def parse_body(body: bytes, endpoint: str) -> dict[str, Any]:
             )
     elif endpoint == "completions" and "prompt" not in data:
         raise GatewayError("invalid_value", "`prompt` is required.", param="prompt")
-    elif endpoint == "embeddings" and "input" not in data:
+    elif endpoint in ("embeddings", "responses") and "input" not in data:
         raise GatewayError("invalid_value", "`input` is required.", param="input")
     options = data.get("stream_options")
     if options is not None and not isinstance(options, dict):

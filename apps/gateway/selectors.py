@@ -111,6 +111,7 @@ def routing_snapshot(
             created=int(m.created_at.timestamp()),
             instances=tuple(sorted(instances.get(m.pk, []), key=lambda i: i.id)),
             max_model_len=_context_length(m),
+            engine=m.engine,
         )
         for m in model_list
     ]

@@ -39,3 +39,6 @@ class ModelSnapshot:
     # Context length in tokens (the engine's ``max_model_len``, else the model code's); None:
     # not declared (the gateway then applies ``GATEWAY_DEFAULT_MAX_MODEL_LEN``).
     max_model_len: int | None = None
+    # The model code's engine (``apps.models.choices.Engine``): which endpoints it serves
+    # natively (``apps.gateway.capabilities``).
+    engine: str = "vllm"
