@@ -10,8 +10,9 @@ from django.core.exceptions import ValidationError
 from django.forms import ModelForm
 from django.http import HttpRequest
 
-from apps.billing.models import BudgetAlert, Price, UsageRecord, UsageRollup
+from apps.billing.models import Budget, BudgetAlert, Price, UsageRecord, UsageRollup
 from apps.billing.services import price_set
+from apps.billing.services.budgets import budget_delete, budget_set
 from apps.billing.services.prices import price_validate
 from inventiv.errors import ApplicationError
 
@@ -93,3 +94,36 @@ class UsageRollupAdmin(_ReadOnly):
 @admin.register(BudgetAlert)
 class BudgetAlertAdmin(_ReadOnly):
     list_display = ["budget", "month", "percent", "spend", "created_at"]
+
+
+class BudgetForm(ModelForm):  # type: ignore[type-arg]
+    class Meta:
+        model = Budget
+        fields = ["organization", "api_key", "currency", "monthly_limit", "warn_at_percent"]
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Budgets are written by ``budget_set`` (so that the gateways get them at once); the
+    limit and threshold are editable in the list."""
+
+    form = BudgetForm
+    list_display = ["id", "organization", "api_key", "currency", "monthly_limit", "warn_at_percent"]
+    list_editable = ["monthly_limit", "warn_at_percent"]
+    list_filter = ["currency"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["organization", "api_key"] if obj is not None else []
+
+    def save_model(self, request: HttpRequest, obj: Budget, form: Any, change: bool) -> None:
+        saved = budget_set(
+            organization=obj.organization,
+            api_key=obj.api_key,
+            currency=obj.currency,
+            monthly_limit=obj.monthly_limit,
+            warn_at_percent=obj.warn_at_percent,
+        )
+        obj.pk = saved.pk
+
+    def delete_model(self, request: HttpRequest, obj: Budget) -> None:
+        budget_delete(budget=obj)

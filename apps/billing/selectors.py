@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, F, QuerySet, Sum
 
 from apps.accounts.models import User
 from apps.accounts.selectors import organization_ids_for_user
-from apps.billing.models import Price, UsageRecord, UsageRollup
+from apps.billing.models import Budget, Price, UsageRecord, UsageRollup
+from inventiv.errors import NotFound
 
 
 def usage_list_for_user(
@@ -73,3 +74,19 @@ def rollup_list_for_user(
     if filters.get("until"):
         queryset = queryset.filter(hour__lt=filters["until"])
     return queryset.order_by("-hour", "organization_id", "model_code", "api_key_id")
+
+
+def budget_list_for_user(*, user: User) -> QuerySet[Budget]:
+    return (
+        Budget.objects.filter(organization_id__in=organization_ids_for_user(user=user))
+        .select_related("organization")
+        .order_by("organization_id", F("api_key_id").asc(nulls_first=True), "id")
+    )
+
+
+def budget_get_for_user(*, user: User, budget_id: int) -> Budget:
+    """The budget, if the user belongs to its organization; the same 404 otherwise."""
+    budget = budget_list_for_user(user=user).filter(id=budget_id).first()
+    if budget is None:
+        raise NotFound("No such budget.")
+    return budget

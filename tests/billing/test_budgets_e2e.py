@@ -12,7 +12,7 @@ import httpx
 from django.utils import timezone
 
 from apps.billing.models import BudgetAlert, Price
-from apps.billing.services.budgets import budget_set, budgets_enforce
+from apps.billing.services.budgets import budget_set, budgets_enforce, prices_publish
 from tests.gateway.conftest import flushed_usage
 
 IN, OUT = Decimal("1"), Decimal("1000")  # per million tokens: 0.000001 and 0.001 a token
@@ -24,6 +24,7 @@ def _price(code) -> None:  # type: ignore[no-untyped-def]
         model_code=code, currency="EUR", input_per_million=IN, output_per_million=OUT,
         valid_from=timezone.now() - timedelta(days=1),
     )  # fmt: skip
+    prices_publish()  # what the billing pass does every INVENTIV_BUDGETS_ENFORCE_INTERVAL_S
 
 
 def _ask(url: str, key: str, i: int) -> tuple[int, str, int]:

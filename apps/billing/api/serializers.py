@@ -58,3 +58,25 @@ class RollupOutSerializer(serializers.ModelSerializer):
             "organization", "api_key_id", "model_code_id", "model_code", "hour", "currency",
             "requests", "prompt_tokens", "completion_tokens", "spend", "unpriced_requests",
         ]  # fmt: skip
+
+
+class BudgetInSerializer(serializers.Serializer):
+    organization = serializers.SlugField(required=False, help_text="Default: yours.")
+    api_key = IdField(required=False, help_text="A key of the organization; none: all of it.")
+    currency = serializers.CharField(max_length=3)
+    monthly_limit = serializers.DecimalField(max_digits=14, decimal_places=6, min_value=0)
+    warn_at_percent = serializers.IntegerField(min_value=1, max_value=100, default=80)
+
+
+class BudgetOutSerializer(serializers.Serializer):
+    id = serializers.IntegerField(source="budget.id")
+    organization = serializers.CharField(source="budget.organization.slug")
+    api_key_id = serializers.IntegerField(source="budget.api_key_id", allow_null=True)
+    currency = serializers.CharField(source="budget.currency")
+    monthly_limit = serializers.DecimalField(
+        source="budget.monthly_limit", max_digits=14, decimal_places=6
+    )
+    warn_at_percent = serializers.IntegerField(source="budget.warn_at_percent")
+    month_to_date_spend = serializers.DecimalField(source="spend", max_digits=18, decimal_places=9)
+    blocked = serializers.BooleanField()
+    alerts = serializers.ListField(child=serializers.IntegerField(), help_text="Percents crossed.")

@@ -1,6 +1,8 @@
 from django.urls import path
 
 from apps.billing.api.views import (
+    BudgetDetailView,
+    BudgetListView,
     PriceListView,
     RollupListView,
     UsageListView,
@@ -12,4 +14,6 @@ urlpatterns = [
     path("usage/summary/", UsageSummaryView.as_view(), name="usage-summary"),
     path("usage/rollups/", RollupListView.as_view(), name="usage-rollups"),
     path("prices/", PriceListView.as_view(), name="price-list"),
+    path("budgets/", BudgetListView.as_view(), name="budget-list"),
+    path("budgets/<str:budget_id>/", BudgetDetailView.as_view(), name="budget-detail"),
 ]

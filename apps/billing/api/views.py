@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework.permissions import BasePermission, IsAdminUser, IsAuthenticated
 from rest_framework.request import Request
@@ -7,7 +9,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.auth import request_user
+from apps.accounts.permissions import Capability
+from apps.accounts.selectors import organization_check, organization_get_for_user
 from apps.billing.api.serializers import (
+    BudgetInSerializer,
+    BudgetOutSerializer,
     PriceFilterSerializer,
     PriceInSerializer,
     PriceOutSerializer,
@@ -16,16 +22,22 @@ from apps.billing.api.serializers import (
     UsageRecordOutSerializer,
     UsageSummaryOutSerializer,
 )
+from apps.billing.models import Budget, BudgetAlert
 from apps.billing.selectors import (
+    budget_get_for_user,
+    budget_list_for_user,
     price_list_for_user,
     rollup_list_for_user,
     usage_list_for_user,
     usage_summary_for_user,
 )
 from apps.billing.services import price_set
+from apps.billing.services.budgets import budget_delete, budget_set, budget_spend, month_start
+from apps.gateway.models import ApiKey
 from apps.models.models import LlmModel
 from inventiv.errors import NotFound
 from inventiv.pagination import default_pagination_class, paginated_response
+from inventiv.params import path_id
 from inventiv.schema import errors
 
 
@@ -115,3 +127,63 @@ class RollupListView(APIView):
         filters.is_valid(raise_exception=True)
         queryset = rollup_list_for_user(user=request_user(request), filters=filters.validated_data)
         return paginated_response(request, self, queryset, RollupOutSerializer)
+
+
+def _budget_out(budget: Budget) -> dict[str, Any]:
+    spend = budget_spend(budget=budget)
+    alerts = sorted(
+        BudgetAlert.objects.filter(budget=budget, month=month_start().date()).values_list(
+            "percent", flat=True
+        )
+    )
+    state = {"budget": budget, "spend": spend, "blocked": spend >= budget.monthly_limit}
+    return dict(BudgetOutSerializer({**state, "alerts": alerts}).data)
+
+
+class BudgetListView(APIView):
+    """Monthly budgets (UTC calendar months) of your organizations and their keys, with the
+    month's spend, whether billing blocks them, and the warning thresholds crossed. Owners
+    set them (``billing.manage``); the gateways refuse past them with 429 insufficient_quota."""
+
+    @extend_schema(
+        responses={200: inline_serializer("BudgetList", {"data": BudgetOutSerializer(many=True)})}
+    )
+    def get(self, request: Request) -> Response:
+        budgets = budget_list_for_user(user=request_user(request))
+        return Response({"data": [_budget_out(b) for b in budgets]})
+
+    @extend_schema(
+        request=BudgetInSerializer, responses={201: BudgetOutSerializer, **errors(400, 404)}
+    )
+    def post(self, request: Request) -> Response:
+        data = BudgetInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        organization = organization_get_for_user(
+            user=request_user(request),
+            slug=values.pop("organization", None),
+            capability=Capability.BILLING_MANAGE,
+        )
+        api_key = None
+        if "api_key" in values:
+            api_key = ApiKey.objects.filter(
+                id=values.pop("api_key"), organization=organization
+            ).first()
+            if api_key is None:
+                raise NotFound("No such API key.", param="api_key")
+        budget = budget_set(organization=organization, api_key=api_key, **values)
+        return Response(_budget_out(budget), status=201)
+
+
+class BudgetDetailView(APIView):
+    @extend_schema(responses={204: None, **errors(404)})
+    def delete(self, request: Request, budget_id: str) -> Response:
+        user = request_user(request)
+        budget = budget_get_for_user(
+            user=user, budget_id=path_id(budget_id, message="No such budget.")
+        )
+        organization_check(
+            user=user, organization_id=budget.organization_id, capability=Capability.BILLING_MANAGE
+        )
+        budget_delete(budget=budget)
+        return Response(status=204)

@@ -75,7 +75,7 @@ def budget_set(
             )
     except IntegrityError:
         raise Conflict("This budget was just created by someone else; retry.") from None
-    transaction.on_commit(lambda: budgets_enforce(rollup=False))
+    transaction.on_commit(lambda: budget_publish(budget=budget))
     return budget
 
 
@@ -153,32 +153,42 @@ def budgets_enforce(
     if rollup:
         usage_rollup()
     prices_publish(control=control)
-    period = period_of()
     start = month_start()
     month = date(start.year, start.month, 1)
     states = []
     for budget in Budget.objects.order_by("id"):
-        scope, scope_id = _scope(budget)
-        limit = to_pico(budget.monthly_limit)
-        spend = budget_spend(budget=budget, since=start)
-        control.set_limit(scope, scope_id, limit)
-        control.raise_spent(scope, scope_id, period, to_pico(spend))
-        live, _ = control.spent(scope, scope_id, period)
-        spend = max(spend, Decimal(live) / PICO)
-        blocked = spend >= budget.monthly_limit
-        control.set_blocked(scope, scope_id, period, blocked)
-        if budget.monthly_limit > 0:
-            percent = spend * 100 / budget.monthly_limit
-            for threshold in sorted({budget.warn_at_percent, 100}):
-                if percent >= threshold:
-                    _, created = BudgetAlert.objects.get_or_create(
-                        budget=budget, month=month, percent=threshold, defaults={"spend": spend}
-                    )
-                    if created:
-                        logger.warning(
-                            "budget %s (%s %s) at %s%% of %s %s",
-                            budget.id, scope, scope_id, threshold, budget.monthly_limit,
-                            budget.currency,
-                        )  # fmt: skip
-        states.append(BudgetState(budget, spend, blocked))
+        states.append(budget_publish(budget=budget, control=control, month=month))
     return states
+
+
+def budget_publish(
+    *, budget: Budget, control: BudgetControl | None = None, month: date | None = None
+) -> BudgetState:
+    """One budget to the gateways: its limit, its spend floor, its block for this month (set
+    once spend reaches the limit, lifted once the limit is above it), and its alerts."""
+    control = control or budget_control()
+    start = month_start()
+    month = month or date(start.year, start.month, 1)
+    period = period_of()
+    scope, scope_id = _scope(budget)
+    spend = budget_spend(budget=budget, since=start)
+    control.set_limit(scope, scope_id, to_pico(budget.monthly_limit))
+    control.raise_spent(scope, scope_id, period, to_pico(spend))
+    live, _ = control.spent(scope, scope_id, period)
+    spend = max(spend, Decimal(live) / PICO)
+    blocked = spend >= budget.monthly_limit
+    control.set_blocked(scope, scope_id, period, blocked)
+    if budget.monthly_limit > 0:
+        percent = spend * 100 / budget.monthly_limit
+        for threshold in sorted({budget.warn_at_percent, 100}):
+            if percent >= threshold:
+                _, created = BudgetAlert.objects.get_or_create(
+                    budget=budget, month=month, percent=threshold, defaults={"spend": spend}
+                )
+                if created:
+                    logger.warning(
+                        "budget %s (%s %s) at %s%% of %s %s",
+                        budget.id, scope, scope_id, threshold, budget.monthly_limit,
+                        budget.currency,
+                    )  # fmt: skip
+    return BudgetState(budget, spend, blocked)

@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.billing.models import Price
+from apps.gateway.budget import budget_control, per_token_pico
 from apps.models.models import LlmModel
 from inventiv.errors import ApplicationError, Conflict
 
@@ -76,7 +77,7 @@ def price_set(
     )
     try:
         with transaction.atomic():
-            return Price.objects.create(
+            price = Price.objects.create(
                 model_code=model_code,
                 currency=currency,
                 input_per_million=inp,
@@ -85,3 +86,11 @@ def price_set(
             )
     except IntegrityError:
         raise Conflict("A price of this model code already starts then.") from None
+    if start <= timezone.now():
+        # The gateways reserve at it from now on (a later start: the billing pass publishes it).
+        transaction.on_commit(
+            lambda: budget_control().set_price(
+                model_code.id, per_token_pico(inp), per_token_pico(out)
+            )
+        )
+    return price

@@ -1,0 +1,81 @@
+"""Budgets over REST: owners set them for their organization or a key; others see or touch
+nothing; the state shows the month's spend, the block and the alerts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+from django.utils import timezone
+
+from apps.billing.models import Price
+from apps.billing.services import usage_records_upsert
+from apps.billing.services.budgets import budgets_enforce
+from apps.gateway.budget import budget_control, period_of
+from apps.gateway.services import api_key_create
+from apps.gateway.usage_record import FINAL_SEQ, UsageRecordData
+from apps.models.models import LlmModel
+
+
+def test_it_sets_shows_and_deletes_budgets_for_owners_only(api, owner_org, stranger_api):
+    key, _ = api_key_create(organization=owner_org, name="ci")
+    bot = LlmModel.objects.create(organization=owner_org, name="sales-bot", model_id="m")
+    Price.objects.create(
+        model_code=bot, currency="EUR", input_per_million=Decimal("1"),
+        output_per_million=Decimal("2"), valid_from=timezone.now() - timedelta(days=1),
+    )  # fmt: skip
+    usage_records_upsert(
+        records=[
+            UsageRecordData(
+                request_id="r1",
+                organization_id=owner_org.id,
+                api_key_id=key.id,
+                model_code_id=bot.id,
+                model_code=bot.name,
+                instance_id=None,
+                endpoint="chat",
+                stream=False,
+                prompt_tokens=500_000,
+                completion_tokens=500_000,
+                status_code=200,
+                error_code="",
+                attempts=1,
+                latency_ms=1,
+                ttft_ms=None,
+                started_at=timezone.now().timestamp(),
+                seq=FINAL_SEQ,
+            )
+        ]
+    )
+
+    bad = api.post("/api/v1/budgets/", {"currency": "EUR", "monthly_limit": "-1"}, format="json")
+    theirs = stranger_api.post(
+        "/api/v1/budgets/", {"currency": "EUR", "monthly_limit": "1", "api_key": key.id},
+        format="json",
+    )  # fmt: skip
+    org_budget = api.post(
+        "/api/v1/budgets/", {"currency": "EUR", "monthly_limit": "10"}, format="json"
+    )
+    key_budget = api.post(
+        "/api/v1/budgets/",
+        {"currency": "EUR", "monthly_limit": "1.5", "api_key": key.id, "warn_at_percent": 50},
+        format="json",
+    )
+    budgets_enforce()  # spend 1.5 EUR: the key's budget is reached, the organization's is not
+    listed = api.get("/api/v1/budgets/").json()["data"]
+
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "monthly_limit"
+    assert theirs.status_code == 404 and theirs.json()["error"]["param"] == "api_key"
+    assert org_budget.status_code == 201 and key_budget.status_code == 201
+    states = [
+        (b["api_key_id"], b["month_to_date_spend"], b["blocked"], b["alerts"]) for b in listed
+    ]
+    assert states == [
+        (None, "1.500000000", False, []),
+        (key.id, "1.500000000", True, [50, 100]),
+    ]  # fmt: skip
+    assert stranger_api.get("/api/v1/budgets/").json()["data"] == []
+    assert stranger_api.delete(f"/api/v1/budgets/{listed[1]['id']}/").status_code == 404
+
+    assert api.delete(f"/api/v1/budgets/{listed[1]['id']}/").status_code == 204
+    assert budget_control().spent("key", key.id, period_of())[0] == 1_500_000_000_000
