@@ -57,6 +57,13 @@ CODES: dict[str, ErrorCode] = {
         ),
         ErrorCode("invalid_json", 400, "The body is not JSON, or not a JSON object.", _ALL),
         ErrorCode(
+            "endpoint_not_supported",
+            400,
+            "The model code's engine does not serve this endpoint (rerank, score, tokenize: see "
+            "docs/gateway.md).",
+            ("gateway",),
+        ),
+        ErrorCode(
             "previous_response_not_supported",
             400,
             "`/v1/responses` is stateless: `previous_response_id` is refused; send the "

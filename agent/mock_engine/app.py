@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from agent.mock_engine import openai_api as api
-from agent.mock_engine import responses, sampling
+from agent.mock_engine import pooling, responses, sampling
 from agent.mock_engine.asgi import (
     JSON_HEADERS,
     METRICS_HEADERS,
@@ -84,6 +84,13 @@ class MockEngine:
             ("POST", "/v1/completions"): self._completions,
             ("POST", "/v1/embeddings"): self._embeddings,
             ("POST", "/v1/responses"): self._responses,
+            ("POST", "/v1/rerank"): self._rerank,
+            ("POST", "/rerank"): self._rerank,
+            ("POST", "/v2/rerank"): self._rerank,
+            ("POST", "/v1/score"): self._score,
+            ("POST", "/score"): self._score,
+            ("POST", "/tokenize"): self._tokenize,
+            ("POST", "/detokenize"): self._detokenize,
             ("GET", "/v1/models"): self._models,
             ("POST", "/mock/control"): self._control,
             ("GET", "/mock/last_request"): self._last_request,
@@ -365,6 +372,44 @@ class MockEngine:
         self.stats.finished(
             prompt_tokens=prompt_tokens, generation_tokens=generated, ttft=e2e, e2e=e2e
         )
+
+    async def _pooled(self, receive: Receive, send: Send, kind: str) -> None:
+        """Rerank or score: one forward pass over the pairs, usage as prompt tokens."""
+        req = await self._parse(receive)
+        model = self.config.served_model_name
+        self.stats.running += 1
+        try:
+            if await self._maybe_hang(receive):
+                return
+            start = time.perf_counter()
+            if kind == "rerank":
+                body = pooling.rerank_body(req, id_=self._next_id("rerank"), model=model)
+                tokens = orjson.loads(body)["usage"]["total_tokens"]
+            else:
+                body = pooling.score_body(req, id_=self._next_id("score"), model=model)
+                tokens = orjson.loads(body)["usage"]["prompt_tokens"]
+            await respond(send, 200, body, JSON_HEADERS)
+            e2e = time.perf_counter() - start
+            self.stats.finished(
+                prompt_tokens=tokens, generation_tokens=0, ttft=e2e, e2e=e2e, reason="stop"
+            )
+        finally:
+            self.stats.running -= 1
+
+    async def _rerank(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._pooled(receive, send, "rerank")
+
+    async def _score(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._pooled(receive, send, "score")
+
+    async def _tokenize(self, scope: Scope, receive: Receive, send: Send) -> None:
+        req = await self._parse(receive)
+        body = pooling.tokenize_body(req, max_model_len=self.config.max_model_len)
+        await respond(send, 200, body, JSON_HEADERS)
+
+    async def _detokenize(self, scope: Scope, receive: Receive, send: Send) -> None:
+        req = await self._parse(receive)
+        await respond(send, 200, pooling.detokenize_body(req), JSON_HEADERS)
 
     async def _embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
         req = await self._parse(receive)

@@ -41,7 +41,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 
-from apps.gateway import metrics, responses
+from apps.gateway import metrics, pooling, responses
 from apps.gateway.body import (
     ask_for_usage,
     check_max_tokens,
@@ -73,6 +73,15 @@ ENDPOINTS = {
     "/v1/completions": "completions",
     "/v1/embeddings": "embeddings",
     "/v1/responses": "responses",
+    "/v1/rerank": "rerank",
+    "/rerank": "rerank",
+    "/v2/rerank": "rerank",
+    "/v1/score": "score",
+    "/score": "score",
+    "/tokenize": "tokenize",
+    "/v1/tokenize": "tokenize",
+    "/detokenize": "detokenize",
+    "/v1/detokenize": "detokenize",
 }
 
 
@@ -321,6 +330,11 @@ class Gateway:
             # Passed through, or translated onto chat for engines without it (issue 17).
             path, body, translate = responses.prepare(data, route.snapshot.engine)
             send = responses.ResponsesSend(send, req, data, translate)
+            scope = {**scope, "path": path}
+        elif req.endpoint in pooling.ENGINE_PATHS:
+            req.stream = False  # rerank, score, tokenize, detokenize: plain JSON answers
+            path = pooling.prepare(data, req.endpoint, route.snapshot.engine)
+            send = pooling.PooledSend(send, req)
             scope = {**scope, "path": path}
         elif stream:
             body, client_usage = ask_for_usage(data, body)
