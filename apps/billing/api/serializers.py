@@ -80,3 +80,45 @@ class BudgetOutSerializer(serializers.Serializer):
     month_to_date_spend = serializers.DecimalField(source="spend", max_digits=18, decimal_places=9)
     blocked = serializers.BooleanField()
     alerts = serializers.ListField(child=serializers.IntegerField(), help_text="Percents crossed.")
+
+
+class CostFilterSerializer(serializers.Serializer):
+    since = serializers.DateTimeField(required=False, help_text="Default: the month's start.")
+    until = serializers.DateTimeField(required=False, help_text="Default: now.")
+
+
+class InstanceCostOutSerializer(serializers.Serializer):
+    instance_id = serializers.CharField()
+    organization_id = serializers.IntegerField()
+    model_code_id = serializers.IntegerField()
+    model_code = serializers.CharField()
+    currency = serializers.CharField()
+    hourly_price = serializers.DecimalField(max_digits=10, decimal_places=4)
+    minutes = serializers.IntegerField()
+    cost = serializers.DecimalField(max_digits=18, decimal_places=6)
+
+
+class MarginOutSerializer(serializers.Serializer):
+    model_code_id = serializers.IntegerField()
+    model_code = serializers.CharField()
+    organization_id = serializers.IntegerField()
+    currency = serializers.CharField()
+    machine_minutes = serializers.IntegerField()
+    cost = serializers.DecimalField(max_digits=18, decimal_places=6)
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    revenue = serializers.DecimalField(max_digits=18, decimal_places=6)
+    cost_per_million_tokens = serializers.DecimalField(
+        max_digits=18, decimal_places=6, allow_null=True
+    )
+    margin = serializers.DecimalField(max_digits=18, decimal_places=6)
+
+
+class CostsOutSerializer(serializers.Serializer):
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField()
+    instances = InstanceCostOutSerializer(many=True)
+    model_codes = MarginOutSerializer(many=True)
+    month_to_date_cost = serializers.DecimalField(max_digits=18, decimal_places=6)
+    hourly_burn = serializers.DecimalField(max_digits=18, decimal_places=6)
+    forecast = serializers.DecimalField(max_digits=18, decimal_places=6)

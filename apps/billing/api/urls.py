@@ -3,6 +3,7 @@ from django.urls import path
 from apps.billing.api.views import (
     BudgetDetailView,
     BudgetListView,
+    CostsView,
     PriceListView,
     RollupListView,
     UsageListView,
@@ -15,5 +16,6 @@ urlpatterns = [
     path("usage/rollups/", RollupListView.as_view(), name="usage-rollups"),
     path("prices/", PriceListView.as_view(), name="price-list"),
     path("budgets/", BudgetListView.as_view(), name="budget-list"),
+    path("billing/costs/", CostsView.as_view(), name="billing-costs"),
     path("budgets/<str:budget_id>/", BudgetDetailView.as_view(), name="budget-detail"),
 ]

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework.permissions import BasePermission, IsAdminUser, IsAuthenticated
 from rest_framework.request import Request
@@ -14,6 +16,8 @@ from apps.accounts.selectors import organization_check, organization_get_for_use
 from apps.billing.api.serializers import (
     BudgetInSerializer,
     BudgetOutSerializer,
+    CostFilterSerializer,
+    CostsOutSerializer,
     PriceFilterSerializer,
     PriceInSerializer,
     PriceOutSerializer,
@@ -22,6 +26,7 @@ from apps.billing.api.serializers import (
     UsageRecordOutSerializer,
     UsageSummaryOutSerializer,
 )
+from apps.billing.costs import cost_forecast, instance_costs, model_code_margins
 from apps.billing.models import Budget, BudgetAlert
 from apps.billing.selectors import (
     budget_get_for_user,
@@ -35,7 +40,7 @@ from apps.billing.services import price_set
 from apps.billing.services.budgets import budget_delete, budget_set, budget_spend, month_start
 from apps.gateway.models import ApiKey
 from apps.models.models import LlmModel
-from inventiv.errors import NotFound
+from inventiv.errors import ApplicationError, NotFound
 from inventiv.pagination import default_pagination_class, paginated_response
 from inventiv.params import path_id
 from inventiv.schema import errors
@@ -187,3 +192,33 @@ class BudgetDetailView(APIView):
         )
         budget_delete(budget=budget)
         return Response(status=204)
+
+
+class CostsView(APIView):
+    """For operators (staff): machine cost per instance and model code over a window (default:
+    this month to now), revenue at the model codes' prices, cost per million tokens, margin,
+    and the month's forecast. See docs/billing.md for how cost accrues."""
+
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        parameters=[CostFilterSerializer], responses={200: CostsOutSerializer, **errors(400)}
+    )
+    def get(self, request: Request) -> Response:
+        filters = CostFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        now = timezone.now()
+        start = month_start(now)
+        end = (start + timedelta(days=32)).replace(day=1)
+        since = filters.validated_data.get("since", start)
+        until = filters.validated_data.get("until", now)
+        if until <= since:
+            raise ApplicationError("until must be after since.", param="until")
+        body = {
+            "since": since,
+            "until": until,
+            "instances": instance_costs(since=since, until=until),
+            "model_codes": model_code_margins(since=since, until=until),
+            **cost_forecast(now=now, month_start=start, month_end=end),
+        }
+        return Response(CostsOutSerializer(body).data)
