@@ -220,6 +220,13 @@ CODES: dict[str, ErrorCode] = {
             ("gateway",),
         ),
         ErrorCode(
+            "hold_queue_full",
+            429,
+            "Too many requests already wait for this model code to wake from zero "
+            "(`GATEWAY_HOLD_QUEUE_MAX`); see `Retry-After`.",
+            ("gateway",),
+        ),
+        ErrorCode(
             "insufficient_quota",
             429,
             "The API key's or organization's monthly budget is spent (or would be by this "

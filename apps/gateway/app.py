@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
+from celery import current_app
 from django.conf import settings
 
 from apps.gateway import metrics, pooling, responses
@@ -51,6 +52,7 @@ from apps.gateway.body import (
     shown,
 )
 from apps.gateway.budget import SpendGate, worst_case_tokens
+from apps.gateway.capacity import Capacity, HeldStreamSend, wake_progress
 from apps.gateway.directory import Directory
 from apps.gateway.errors import GatewayError, retry_after, unauthorized
 from apps.gateway.key_cache import KeyCache
@@ -116,6 +118,8 @@ class Gateway:
         self._id_prefix = os.urandom(6).hex()
         self._active = 0  # inference requests in flight (shutdown waits for their usage)
         self._idle: asyncio.Event | None = None  # set when the last one ends, during shutdown
+        # Load signals for the autoscaler, and holding requests at zero (docs/autoscaling.md).
+        self.capacity = Capacity(self._id_prefix, self._send_wake, self._wake_progress)
 
     # --- lifecycle -------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -135,6 +139,7 @@ class Gateway:
                 asyncio.ensure_future(self.keys.run()),
                 asyncio.ensure_future(self.usage.run()),
                 asyncio.ensure_future(self.listener.run()),
+                asyncio.ensure_future(self.capacity.run()),
             ]
             self._started = True
 
@@ -348,9 +353,58 @@ class Gateway:
         label = route.label
         metrics.IN_FLIGHT.labels(label).inc()
         try:
-            await self.proxy.forward(scope, receive, send, req, body, session, prefix, client_usage)
+            with self.capacity.counting(route.snapshot.id):
+                if not route.instances and route.snapshot.holds_at_zero:
+                    send = await self._hold(receive, send, req)
+                await self.proxy.forward(
+                    scope, receive, send, req, body, session, prefix, client_usage
+                )
         finally:
             metrics.IN_FLIGHT.labels(label).dec()
+
+    # --- scale from zero (apps.gateway.capacity, docs/autoscaling.md) -------------------------
+    async def _hold(self, receive: Receive, send: Send, req: Request) -> Send:
+        """Hold a request for a model code with no ready instance until one is routable (the
+        model code woken once across gateways); refusals raise ``GatewayError``. A stream gets
+        its head and SSE comments with the wake's progress while it waits."""
+        route, key = req.route, req.key
+        assert route is not None and key is not None
+        name = route.snapshot.name
+
+        def ready() -> bool:
+            found = self.table.get(key.organization_id, name)
+            return found is not None and bool(found.instances)
+
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        held = HeldStreamSend(send) if req.stream else None
+        await self.capacity.hold(
+            model_code_id=route.snapshot.id,
+            model_name=name,
+            timeout_s=route.snapshot.hold_timeout_s,
+            ready=ready,
+            comment=held.comment if held is not None else None,
+            disconnected=disconnected,
+        )
+        req.route = self.table.get(key.organization_id, name) or route
+        return held if held is not None else send
+
+    async def _send_wake(self, model_code_id: int) -> None:
+        """The wake command (``autoscale_wake_task``), sent by name off the event loop."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self._executor,
+            lambda: current_app.send_task(
+                "apps.instances.tasks.autoscale_wake_task",
+                kwargs={"model_code_id": model_code_id},
+            ),
+        )
+
+    async def _wake_progress(self, model_code_id: int) -> str:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, wake_progress, model_code_id)
 
     # --- accounting --------------------------------------------------------------------------
     async def _finish(self, req: Request, accounted: AccountedSend) -> None:

@@ -28,13 +28,17 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+
+from apps.gateway.errors import GatewayError, retry_after
+from apps.gateway.request import Send
+from apps.instances.models import Instance
 
 logger = logging.getLogger("apps.gateway.capacity")
 
@@ -198,14 +202,6 @@ def new_gateway_board() -> LoadBoard:
 # --- the gateway's side ------------------------------------------------------------------
 
 
-class HoldRefused(Exception):
-    """A held request refused: ``code`` is ``hold_queue_full`` or ``model_unavailable``."""
-
-    def __init__(self, code: str, message: str, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.code, self.message, self.retry_after_s = code, message, retry_after_s
-
-
 Wake = Callable[[int], Awaitable[None]]
 Progress = Callable[[int], Awaitable[str]]
 Ready = Callable[[], bool]
@@ -273,13 +269,13 @@ class Capacity:
         disconnected: Callable[[], Awaitable[None]],
     ) -> None:
         """Wait until ``ready()`` (an instance is routable), waking the model code once.
-        Raises ``HoldRefused``; returns early (``asyncio.CancelledError`` propagates) if the
-        client leaves: ``disconnected`` completes when it does."""
+        Raises ``GatewayError`` (``hold_queue_full``, ``model_unavailable``), or
+        ``asyncio.CancelledError`` when the client leaves (``disconnected`` completes)."""
         if self._held.get(model_code_id, 0) >= self.queue_max:
-            raise HoldRefused(
+            raise GatewayError(
                 "hold_queue_full",
                 f"Too many requests are waiting for `{model_name}` to wake; retry later.",
-                self.retry_after_s,
+                headers=retry_after(self.retry_after_s),
             )
         self._held[model_code_id] = self._held.get(model_code_id, 0) + 1
         self._requested.add(model_code_id)
@@ -297,10 +293,10 @@ class Capacity:
             while not ready():
                 now = time.monotonic()
                 if now >= deadline:
-                    raise HoldRefused(
+                    raise GatewayError(
                         "model_unavailable",
                         f"The model `{model_name}` did not wake within {timeout_s:.0f}s.",
-                        self.retry_after_s,
+                        headers=retry_after(self.retry_after_s),
                     )
                 if comment is not None and now >= next_comment:
                     status = await self._progress(model_code_id)
@@ -314,3 +310,65 @@ class Capacity:
             self._held[model_code_id] -= 1
             if not self._held[model_code_id]:
                 del self._held[model_code_id]
+
+
+class HeldStreamSend:
+    """Wraps a held streaming request's ``send``: the answer's head (200, SSE) goes out at once
+    so comment lines can follow; a later head is absorbed, and a later error answer (a refusal,
+    an engine failure) is sent as one SSE ``data:`` event carrying the envelope."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+        self._as_event = False
+
+    async def start(self) -> None:
+        if not self.started:
+            self.started = True
+            await self._send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"text/event-stream"),
+                        (b"cache-control", b"no-cache"),
+                    ],
+                }
+            )
+
+    async def comment(self, line: bytes) -> None:
+        await self.start()
+        await self._send({"type": "http.response.body", "body": line, "more_body": True})
+
+    async def __call__(self, message: MutableMapping[str, Any]) -> None:
+        if not self.started:
+            await self._send(message)
+            if message["type"] == "http.response.start":
+                self.started = True
+            return
+        if message["type"] == "http.response.start":
+            self._as_event = message.get("status", 200) >= 400
+            return
+        if self._as_event and message["type"] == "http.response.body":
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            if body:
+                body = b"data: " + body.strip() + b"\n\n"
+            await self._send({"type": "http.response.body", "body": body, "more_body": more})
+            return
+        await self._send(message)
+
+
+def wake_progress(model_code_id: int) -> str:
+    """The furthest status of the model code's instances on their way to ready (sync, ORM: run
+    it off the event loop)."""
+    order = ["provisioning", "booting", "starting", "unavailable", "ready"]
+    statuses = set(
+        Instance.objects.filter(llm_model_id=model_code_id, status__in=order).values_list(
+            "status", flat=True
+        )
+    )
+    for status in reversed(order):
+        if status in statuses:
+            return status
+    return "waiting for an instance"

@@ -111,6 +111,8 @@ def routing_snapshot(
             created=int(m.created_at.timestamp()),
             instances=tuple(sorted(instances.get(m.pk, []), key=lambda i: i.id)),
             max_model_len=_context_length(m),
+            hold_timeout_s=float(m.hold_timeout_s),
+            holds_at_zero=m.min_replicas == 0 and m.max_replicas > 0,
             engine=m.engine,
         )
         for m in model_list

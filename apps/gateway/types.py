@@ -42,3 +42,7 @@ class ModelSnapshot:
     # The model code's engine (``apps.models.choices.Engine``): which endpoints it serves
     # natively (``apps.gateway.capabilities``).
     engine: str = "vllm"
+    # How long a request is held while the model code wakes from zero (its scaling policy).
+    hold_timeout_s: float = 600.0
+    # Its policy scales to zero (min 0, max > 0): a request with no ready instance is held.
+    holds_at_zero: bool = False

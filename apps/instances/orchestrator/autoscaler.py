@@ -8,7 +8,7 @@ and the gateways' in-flight and held counts and last request time (``apps.gatewa
 
 The rule (docs/autoscaling.md):
 
-* load = max(engines' running + waiting, gateways' in flight) + held;
+* load = max(engines' running + waiting, gateways' in flight less held) + held;
   wanted = ceil(load / target_load_per_replica), one more than ready when the mean KV-cache use
   passes ``target_kv_cache_usage``;
 * the floor is ``min_replicas`` raised by the schedules active now in ``scale_timezone``;
@@ -105,8 +105,9 @@ def autoscale_evaluate(
     """The replica count the policy wants now, why, and the inputs (no writes)."""
     current = model.desired_replicas
     engine = _engine_signals(model, now, fresh_s=30.0)
-    total = max(engine["engine_running"] + engine["engine_waiting"], float(load.inflight))
-    total += load.held
+    # The gateways' in-flight count includes their held requests: those count once.
+    passed = float(max(load.inflight - load.held, 0))
+    total = max(engine["engine_running"] + engine["engine_waiting"], passed) + load.held
     wanted = math.ceil(total / max(model.target_load_per_replica, 1))
     reasons = [f"load {total:g} / target {model.target_load_per_replica} per replica"]
     kv = engine["kv_cache_mean"]
