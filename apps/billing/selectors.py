@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 from django.db.models import Count, F, QuerySet, Sum
+from django.db.models.functions import TruncDate
 
 from apps.accounts.models import User
 from apps.accounts.selectors import organization_ids_for_user
@@ -90,3 +92,20 @@ def budget_get_for_user(*, user: User, budget_id: int) -> Budget:
     if budget is None:
         raise NotFound("No such budget.")
     return budget
+
+
+def usage_daily_for_user(*, user: User, filters: dict[str, Any] | None = None) -> QuerySet[Any]:
+    """Rollups summed per day (UTC), organization, key, model code and currency."""
+    return (
+        rollup_list_for_user(user=user, filters=filters)
+        .order_by()
+        .annotate(day=TruncDate("hour", tzinfo=UTC))
+        .values("day", "organization__slug", "api_key_id", "model_code", "currency")
+        .annotate(
+            requests=Sum("requests"),
+            prompt_tokens=Sum("prompt_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+            spend=Sum("spend"),
+        )
+        .order_by("day", "organization__slug", "model_code", "api_key_id", "currency")
+    )

@@ -135,3 +135,30 @@ def test_it_lets_operators_set_prices_over_rest_and_owners_only_read_theirs(
     assert past.status_code == 400 and past.json()["error"]["param"] == "valid_from"
     assert [p["id"] for p in api.get("/api/v1/prices/").json()["results"]] == [created.json()["id"]]
     assert stranger_api.get("/api/v1/prices/").json()["results"] == []
+
+
+def test_it_exports_usage_per_day_key_and_model_code_as_csv(api, owner_org, bot, stranger_api):
+    _price(bot, "1", "1", HOUR - timedelta(days=1))
+    usage_records_upsert(
+        records=[
+            _record(owner_org, bot, "d1", 100, 100, HOUR),
+            _record(owner_org, bot, "d2", 100, 300, HOUR + timedelta(hours=3)),
+            _record(owner_org, bot, "d3", 5, 5, HOUR + timedelta(days=1)),
+        ]
+    )
+    for hour in (HOUR, HOUR + timedelta(hours=3), HOUR + timedelta(days=1)):
+        usage_rollup_hour(hour=hour)
+
+    response = api.get("/api/v1/usage/export.csv?model_code=sales-bot")
+    theirs = stranger_api.get("/api/v1/usage/export.csv")
+
+    assert response["Content-Type"].startswith("text/csv")
+    lines = response.content.decode().splitlines()
+    slug = owner_org.slug
+    assert lines == [
+        "day,organization,api_key_id,model_code,currency,requests,prompt_tokens,"
+        "completion_tokens,spend",
+        f"2026-03-02,{slug},7,sales-bot,EUR,2,200,400,0.000600000",
+        f"2026-03-03,{slug},7,sales-bot,EUR,1,5,5,0.000010000",
+    ]
+    assert theirs.content.decode().splitlines()[1:] == []

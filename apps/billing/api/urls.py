@@ -6,6 +6,7 @@ from apps.billing.api.views import (
     CostsView,
     PriceListView,
     RollupListView,
+    UsageExportView,
     UsageListView,
     UsageSummaryView,
 )
@@ -14,6 +15,7 @@ urlpatterns = [
     path("usage/", UsageListView.as_view(), name="usage-list"),
     path("usage/summary/", UsageSummaryView.as_view(), name="usage-summary"),
     path("usage/rollups/", RollupListView.as_view(), name="usage-rollups"),
+    path("usage/export.csv", UsageExportView.as_view(), name="usage-export"),
     path("prices/", PriceListView.as_view(), name="price-list"),
     path("budgets/", BudgetListView.as_view(), name="budget-list"),
     path("billing/costs/", CostsView.as_view(), name="billing-costs"),

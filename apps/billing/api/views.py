@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import csv
 from datetime import timedelta
 from typing import Any
 
+from django.http import HttpResponse
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework.permissions import BasePermission, IsAdminUser, IsAuthenticated
 from rest_framework.request import Request
@@ -33,6 +36,7 @@ from apps.billing.selectors import (
     budget_list_for_user,
     price_list_for_user,
     rollup_list_for_user,
+    usage_daily_for_user,
     usage_list_for_user,
     usage_summary_for_user,
 )
@@ -222,3 +226,42 @@ class CostsView(APIView):
             **cost_forecast(now=now, month_start=start, month_end=end),
         }
         return Response(CostsOutSerializer(body).data)
+
+
+CSV_COLUMNS = [
+    "day", "organization", "api_key_id", "model_code", "currency", "requests", "prompt_tokens",
+    "completion_tokens", "spend",
+]  # fmt: skip
+
+
+class UsageExportView(APIView):
+    """Usage per day (UTC), key and model code of your organizations, as CSV (one row per
+    day, organization, key, model code and currency; filters as for the rollups)."""
+
+    @extend_schema(
+        parameters=[UsageFilterSerializer],
+        responses={(200, "text/csv"): OpenApiTypes.STR, **errors(400)},
+    )
+    def get(self, request: Request) -> HttpResponse:
+        filters = UsageFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        rows = usage_daily_for_user(user=request_user(request), filters=filters.validated_data)
+        response = HttpResponse(content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="usage.csv"'
+        writer = csv.writer(response)
+        writer.writerow(CSV_COLUMNS)
+        for row in rows.iterator():
+            writer.writerow(
+                [
+                    row["day"].isoformat(),
+                    row["organization__slug"],
+                    row["api_key_id"] or "",
+                    row["model_code"],
+                    row["currency"],
+                    row["requests"],
+                    row["prompt_tokens"],
+                    row["completion_tokens"],
+                    row["spend"],
+                ]
+            )
+        return response

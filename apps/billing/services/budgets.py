@@ -13,6 +13,7 @@ from django.db.models import OuterRef, Subquery, Sum
 from django.utils import timezone
 
 from apps.accounts.models import Organization
+from apps.accounts.services import audit_record
 from apps.billing.models import Budget, BudgetAlert, Price, UsageRollup
 from apps.billing.services.prices import _CURRENCY
 from apps.billing.services.rollups import usage_rollup
@@ -73,6 +74,17 @@ def budget_set(
                     "warn_at_percent": warn_at_percent,
                 },
             )
+            audit_record(
+                action="budget.set",
+                organization=organization,
+                target=budget,
+                data={
+                    "api_key": api_key.pk if api_key else None,
+                    "currency": currency,
+                    "monthly_limit": str(limit),
+                    "warn_at_percent": warn_at_percent,
+                },
+            )
     except IntegrityError:
         raise Conflict("This budget was just created by someone else; retry.") from None
     transaction.on_commit(lambda: budget_publish(budget=budget))
@@ -81,6 +93,7 @@ def budget_set(
 
 def budget_delete(*, budget: Budget) -> None:
     scope, scope_id = _scope(budget)
+    audit_record(action="budget.delete", organization_id=budget.organization_id, target=budget)
     budget.delete()
     control = budget_control()
 

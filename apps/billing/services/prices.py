@@ -9,6 +9,7 @@ from decimal import Decimal, InvalidOperation
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from apps.accounts.services import audit_record
 from apps.billing.models import Price
 from apps.gateway.budget import budget_control, per_token_pico
 from apps.models.models import LlmModel
@@ -83,6 +84,17 @@ def price_set(
                 input_per_million=inp,
                 output_per_million=out,
                 valid_from=start,
+            )
+            audit_record(
+                action="price.set",
+                organization_id=model_code.organization_id,
+                target=model_code,
+                data={
+                    "currency": currency,
+                    "input_per_million": str(inp),
+                    "output_per_million": str(out),
+                    "valid_from": start.isoformat(),
+                },
             )
     except IntegrityError:
         raise Conflict("A price of this model code already starts then.") from None
