@@ -9,11 +9,13 @@ request (a task, a command) the actor is whoever the caller names, or none.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any
 
+from django.core.serializers.json import DjangoJSONEncoder
 from django.http import HttpRequest, HttpResponse
 
 from apps.accounts.models import AuditEntry, Organization, User
@@ -96,7 +98,7 @@ def audit_record(
         target_type=target_type,
         target_id=str(target_id or ""),
         target_label=target_label[:200],
-        data=data or {},
+        data=json.loads(json.dumps(data or {}, cls=DjangoJSONEncoder)),
         ip=ip if ip is not None else context.ip,
         user_agent=(user_agent if user_agent is not None else context.user_agent)[:300],
     )

@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.accounts.models import Organization, User
+from apps.accounts.services import audit_record
 from apps.gateway.keys import new_key, parse_lookup_id
 from apps.gateway.models import ApiKey
 from apps.models.choices import ModelStatus
@@ -60,6 +61,13 @@ def api_key_create(
     )
     if model_codes:
         key.model_codes.set(model_codes)
+    audit_record(
+        action="api_key.rotate" if rotated_from else "api_key.create",
+        organization=organization,
+        target=key,
+        actor=created_by,
+        data={"model_codes": [m.pk for m in model_codes], "prefix": lookup_id},
+    )
     return key, plaintext
 
 
@@ -70,6 +78,7 @@ def api_key_revoke(*, key: ApiKey) -> ApiKey:
     changed = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=now)
     key.refresh_from_db(fields=["revoked_at"])
     if changed:
+        audit_record(action="api_key.revoke", organization_id=key.organization_id, target=key)
         publish_on_commit(
             [KEYS_GROUP],
             KEY_REVOKED,

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from agent.engine_args import validate_engine_args, validate_model_id, validate_precision
 from apps.accounts.models import Organization
+from apps.accounts.services import audit_record
 from apps.instances import hosting
 from apps.models.choices import DEPLOYED_STATUSES, Engine, ModelStatus, model_can_transition
 from apps.models.models import (
@@ -245,6 +246,12 @@ def model_deploy(*, model: LlmModel, replicas: int | None = None, by: str = "") 
                 expected=ModelStatus(locked.status),
                 fields={"desired_replicas": wanted, **policy},
             )
+        audit_record(
+            action="model_code.deploy",
+            organization_id=model.organization_id,
+            target=model,
+            data={"replicas": wanted},
+        )
         model.refresh_from_db()
         _wake(model.id)
     return model
@@ -265,6 +272,12 @@ def model_set_replicas(*, model: LlmModel, replicas: int) -> LlmModel:
         LlmModel.objects.filter(id=model.id).update(
             desired_replicas=replicas, min_replicas=replicas, max_replicas=replicas
         )
+        audit_record(
+            action="model_code.replicas",
+            organization_id=model.organization_id,
+            target=model,
+            data={"from": model.desired_replicas, "to": replicas},
+        )
         model.refresh_from_db()
         _wake(model.id)
     return model
@@ -284,6 +297,11 @@ def model_decommission(*, model: LlmModel, by: str = "") -> LlmModel:
                 by=by or ORCHESTRATOR,
                 expected=ModelStatus(locked.status),
                 fields={"desired_replicas": 0},
+            )
+            audit_record(
+                action="model_code.decommission",
+                organization_id=model.organization_id,
+                target=model,
             )
             _wake(model.id)
         model.refresh_from_db()
@@ -379,6 +397,12 @@ def model_set_scaling_policy(*, model: LlmModel, **changes: Any) -> LlmModel:
             locked.desired_replicas = clamped
             fields.append("desired_replicas")
         locked.save(update_fields=[*fields, "updated_at"])
+        audit_record(
+            action="model_code.scaling_policy",
+            organization_id=locked.organization_id,
+            target=locked,
+            data={name: changes[name] for name in changes if name != "scale_schedules"},
+        )
         if locked.status in DEPLOYED_STATUSES:
             _wake(locked.id)
     model.refresh_from_db()

@@ -28,6 +28,7 @@ from apps.accounts.services import (
     organization_create,
     user_create,
 )
+from apps.billing.services.budgets import budget_set
 from apps.gateway.services import api_key_create
 from apps.instances.choices import InstanceStatus, ProviderKind
 from apps.instances.models import Provider
@@ -95,6 +96,11 @@ ENDPOINTS: dict[tuple[str, str], str | Capability] = {
     ("price-list", "get"): C.READ,
     ("ops-ping", "post"): STAFF,
     ("price-list", "post"): STAFF,  # prices are set by operators
+    ("usage-export", "get"): C.READ,
+    ("budget-list", "get"): C.READ,
+    ("budget-list", "post"): C.BILLING_MANAGE,
+    ("budget-detail", "delete"): C.BILLING_MANAGE,
+    ("billing-costs", "get"): STAFF,
     ("cluster-status", "get"): STAFF,
 }
 
@@ -157,6 +163,7 @@ class World:
         self.invitation, _ = invitation_create(
             created_by=self.owner, email="new@example.com", organization=self.org
         )
+        self.budget = budget_set(organization=self.org, currency="EUR", monthly_limit="10")
         self.victim = user_create(email="v@example.com", password=None)
         membership_set(organization=self.org, user=self.victim, role=Role.MEMBER)
 
@@ -174,10 +181,12 @@ class World:
                 "access-token": self.token_of(caller),
                 "organization-member": self.victim.pk,
                 "organization-invitation": self.invitation.pk,
+                "budget": self.budget.pk,
             },
             "slug": self.org.slug,
             "organization_slug": self.org.slug,
             "model_code_id": self.model.pk,
+            "budget_id": self.budget.pk,
         }
 
         def fill(match: re.Match[str]) -> str:
@@ -211,6 +220,7 @@ class World:
             "access-token-list": {"name": "t2"},
             "invitation-accept": {"token": "ivi_nothing_here"},
             "hub-token": {"token": "hf_x"},
+            "budget-list": {"organization": self.org.slug, "currency": "EUR", "monthly_limit": "5"},
         }.get(name, {})
 
 
@@ -270,12 +280,13 @@ def test_endpoint_as_persona(endpoint: tuple[str, str], persona: str) -> None:
 
 def _is_detail(url: str, world: World) -> bool:
     return world.org.slug in url or any(
-        f"/{v}/" in url for v in (world.model.pk, world.key.pk, world.instance.pk)
+        f"/{v}/" in url for v in (world.model.pk, world.key.pk, world.instance.pk, world.budget.pk)
     )
 
 
 def _snapshot(world: World) -> tuple[Any, ...]:
     from apps.accounts.models import Membership
+    from apps.billing.models import Budget
     from apps.gateway.models import ApiKey
     from apps.instances.models import Instance
 
@@ -286,4 +297,5 @@ def _snapshot(world: World) -> tuple[Any, ...]:
         tuple(LlmModel.objects.order_by("id").values_list("id", "status", "desired_replicas")),
         tuple(ApiKey.objects.order_by("id").values_list("id", "revoked_at")),
         tuple(Instance.objects.order_by("id").values_list("id", "status")),
+        tuple(Budget.objects.order_by("id").values_list("id", "monthly_limit")),
     )

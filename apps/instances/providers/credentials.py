@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from apps.accounts.services import audit_record
 from apps.instances.models import Provider
 from inventiv import crypto
 from inventiv.errors import ApplicationError
@@ -44,3 +45,5 @@ def provider_set_credentials(*, provider: Provider, credentials: dict[str, str])
             raise ApplicationError(f"The credential {key!r} is required.", param=key)
     provider.credentials_encrypted = crypto.encrypt(json.dumps(cleaned)) if cleaned else ""
     provider.save(update_fields=["credentials_encrypted"])
+    # The keys that were set, never a value.
+    audit_record(action="provider.credentials", target=provider, data={"keys": sorted(cleaned)})
