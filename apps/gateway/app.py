@@ -349,7 +349,8 @@ class Gateway:
             raw = headers.get(self.session_header)
             session = raw.decode("latin-1") if raw else None
         elif policy == PREFIX_AWARE:
-            prefix = prompt_prefix(data, self.prefix_chars)
+            view = responses.prefix_view(data) if req.endpoint == "responses" else data
+            prefix = prompt_prefix(view, self.prefix_chars)
         label = route.label
         metrics.IN_FLIGHT.labels(label).inc()
         try:

@@ -184,3 +184,12 @@ class ResponsesSend:
                 continue
             out.extend(self.out.feed(chunk))
         return b"".join(sse(e) for e in out)
+
+
+def prefix_view(data: dict[str, Any]) -> dict[str, Any]:
+    """What prefix-aware routing hashes for a Responses request: its chat messages (the
+    instructions first), so that conversations sharing a start share an instance."""
+    try:
+        return {"messages": to_chat(data)["messages"]}
+    except (ResponsesError, KeyError):
+        return {}

@@ -150,3 +150,31 @@ def test_rate_limits_apply_as_to_chat(owner_org, start_engine, start_gateway, ne
     client.responses.create(model="sales-bot", input="hi", max_output_tokens=2)
     with pytest.raises(openai.RateLimitError):
         client.responses.create(model="sales-bot", input="hi", max_output_tokens=2)
+
+
+def test_prefix_aware_routing_hashes_the_conversation(
+    owner_org, start_engine, start_gateway, new_key
+):
+    # Given a prefix-aware model code on two instances
+    from apps.models.choices import RoutingPolicy
+
+    model = make_model_code(owner_org, "sales-bot", routing_policy=RoutingPolicy.PREFIX_AWARE)
+    engines = [start_engine(model), start_engine(model)]
+    client = start_gateway().client(new_key()[1])
+
+    def served_by() -> int:
+        before = [e.generated()[1] for e in engines]
+        client.responses.create(model="sales-bot", input=prompt, max_output_tokens=1)
+        after = [e.generated()[1] for e in engines]
+        return next(n for n in range(2) if after[n] > before[n])
+
+    # When conversations with different starts arrive, each twice
+    pairs = []
+    for i in range(12):
+        prompt = f"topic {i}: tell me more"
+        pairs.append((served_by(), served_by()))
+
+    # Then a conversation's repeat goes where it went first (the prefix is the conversation,
+    # not empty), and different conversations spread over both instances
+    assert all(a == b for a, b in pairs), pairs
+    assert {a for a, _ in pairs} == {0, 1}
