@@ -27,6 +27,7 @@ from inventiv.env import (
     env_float,
     env_int,
     env_list,
+    env_required,
     env_str,
     env_url,
     url_host,
@@ -131,6 +132,9 @@ INSTALLED_APPS = [
     "csp",
     "allauth",
     "allauth.account",
+    # Single sign-on: OpenID Connect through allauth (INVENTIV_OIDC_*, docs/teams.md).
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.openid_connect",
     "axes",
     "apps.accounts",
     "apps.models",
@@ -249,6 +253,36 @@ AXES_HTTP_RESPONSE_CODE = 429
 # One counter of failed logins on every login surface: axes'. allauth keeps its other limits
 # (sign-ups, logins and password resets per address...).
 ACCOUNT_RATE_LIMITS = {"login_failed": None}
+# Single sign-on (docs/teams.md): one OpenID Connect provider, configured here, none when
+# INVENTIV_OIDC_ISSUER is empty. The login page offers it at /accounts/oidc/sso/login/. The
+# provider's e-mail is taken as verified and signs in the account of that address;
+# INVENTIV_OIDC_SIGNUP (default on) lets its users get an account whatever INVENTIV_SIGNUP says.
+OIDC_ISSUER = env_str("INVENTIV_OIDC_ISSUER", "") or ""
+OIDC_SIGNUP = env_bool("INVENTIV_OIDC_SIGNUP", True)
+SOCIALACCOUNT_PROVIDERS = {
+    "openid_connect": {
+        "APPS": (
+            [
+                {
+                    "provider_id": "sso",
+                    "name": env_str("INVENTIV_OIDC_NAME", "Single sign-on"),
+                    "client_id": env_required("INVENTIV_OIDC_CLIENT_ID"),
+                    "secret": env_str("INVENTIV_OIDC_CLIENT_SECRET", "") or "",
+                    "settings": {"server_url": OIDC_ISSUER},
+                }
+            ]
+            if OIDC_ISSUER
+            else []
+        ),
+        "OAUTH_PKCE_ENABLED": True,
+    }
+}
+SOCIALACCOUNT_ADAPTER = "apps.accounts.adapters.SocialAccountAdapter"
+SOCIALACCOUNT_EMAIL_VERIFICATION = "none"
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = True
+SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = True
+SOCIALACCOUNT_AUTO_SIGNUP = True
+SOCIALACCOUNT_STORE_TOKENS = False
 # Reverse proxies in front of the web role whose X-Forwarded-For is trusted (0: none, the
 # client is REMOTE_ADDR). Counted from the right, so a client cannot forge its address.
 TRUSTED_PROXY_COUNT = env_int("INVENTIV_TRUSTED_PROXY_COUNT", 0, minimum=0)

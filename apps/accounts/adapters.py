@@ -18,6 +18,7 @@ from typing import Any
 
 from allauth.account.adapter import DefaultAccountAdapter
 from allauth.core.exceptions import ImmediateHttpResponse
+from allauth.socialaccount.adapter import DefaultSocialAccountAdapter
 from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
@@ -89,4 +90,18 @@ class AccountAdapter(DefaultAccountAdapter):
                     invitation_accept(token=token, user=user)
         except InvitationRefused as exc:
             raise ImmediateHttpResponse(signup_refused(request, exc.message)) from None
+        return user
+
+
+class SocialAccountAdapter(DefaultSocialAccountAdapter):
+    """Single sign-on (OpenID Connect): its users may get an account when INVENTIV_OIDC_SIGNUP
+    is on (the identity provider decides who they are), and get a personal organization."""
+
+    def is_open_for_signup(self, request: HttpRequest, sociallogin: Any) -> bool:
+        return bool(settings.OIDC_SIGNUP)
+
+    def save_user(self, request: HttpRequest, sociallogin: Any, form: Any = None) -> Any:
+        with transaction.atomic():
+            user = super().save_user(request, sociallogin, form)
+            organization_ensure_personal(user=user)
         return user

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from allauth.account.signals import user_logged_in as allauth_logged_in
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 from django.dispatch import receiver
 
@@ -40,3 +41,16 @@ def _login_failed(sender: Any, credentials: Any, request: Any = None, **kwargs: 
     audit_record(
         action="auth.login_failed", target_type="user", target_label=name[:200], **_where(request)
     )
+
+
+@receiver(allauth_logged_in, dispatch_uid="inventiv_audit_sso_login")
+def _sso_logged_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+    sociallogin = kwargs.get("sociallogin")
+    if sociallogin is not None and isinstance(user, User):
+        audit_record(
+            action="auth.sso_login",
+            actor=user,
+            target=user,
+            data={"provider": sociallogin.account.provider},
+            **_where(request),
+        )

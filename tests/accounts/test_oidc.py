@@ -1,0 +1,149 @@
+"""Single sign-on through allauth's OpenID Connect provider, against a local OIDC provider the
+test starts (real HTTP: discovery, token and userinfo endpoints; an HS256-signed id_token)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import jwt
+import pytest
+from django.test import Client
+
+from apps.accounts.models import AuditEntry, Membership, User
+from apps.accounts.services import user_create
+
+pytestmark = pytest.mark.django_db
+
+CLIENT_ID = "inventiv-test"
+SECRET = "a-client-secret-long-enough-for-hs256"
+
+
+class FakeOidc:
+    """The identity provider: the user it signs in is ``self.user``."""
+
+    def __init__(self) -> None:
+        self.user = {"sub": "u-1", "email": "ines@corp.example", "email_verified": True}
+        self.token_requests: list[dict[str, list[str]]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _json(self, body: dict[str, Any], status: int = 200) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path == "/.well-known/openid-configuration":
+                    self._json(
+                        {
+                            "issuer": outer.issuer,
+                            "authorization_endpoint": f"{outer.issuer}/authorize",
+                            "token_endpoint": f"{outer.issuer}/token",
+                            "userinfo_endpoint": f"{outer.issuer}/userinfo",
+                            "jwks_uri": f"{outer.issuer}/jwks",
+                            "token_endpoint_auth_methods_supported": ["client_secret_post"],
+                        }
+                    )
+                elif self.path == "/userinfo":
+                    if self.headers.get("Authorization") != "Bearer at-1":
+                        self._json({"error": "invalid_token"}, 401)
+                    else:
+                        self._json(outer.user)
+                else:
+                    self._json({"error": "not_found"}, 404)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                form = parse_qs(self.rfile.read(length).decode())
+                outer.token_requests.append(form)
+                if form.get("code") != ["good-code"] or form.get("client_secret") != [SECRET]:
+                    self._json({"error": "invalid_grant"}, 400)
+                    return
+                now = int(time.time())
+                claims = {"iss": outer.issuer, "aud": CLIENT_ID, "iat": now, "exp": now + 300}
+                id_token = jwt.encode(claims | outer.user, SECRET, algorithm="HS256")
+                self._json({"access_token": "at-1", "token_type": "Bearer", "id_token": id_token})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.issuer = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def idp(settings: Any) -> Iterator[FakeOidc]:
+    fake = FakeOidc()
+    settings.SOCIALACCOUNT_PROVIDERS = {
+        "openid_connect": {
+            "APPS": [
+                {
+                    "provider_id": "sso",
+                    "name": "Corp SSO",
+                    "client_id": CLIENT_ID,
+                    "secret": SECRET,
+                    "settings": {"server_url": fake.issuer},
+                }
+            ],
+            "OAUTH_PKCE_ENABLED": True,
+        }
+    }
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+def sso_login(client: Client, idp: FakeOidc, code: str = "good-code") -> Any:
+    started = client.post("/accounts/oidc/sso/login/")
+    assert started.status_code == 302, started.content[:300]
+    location = urlparse(started["Location"])
+    assert f"{location.scheme}://{location.netloc}{location.path}" == f"{idp.issuer}/authorize"
+    query = parse_qs(location.query)
+    assert query["client_id"] == [CLIENT_ID] and "code_challenge" in query
+    return client.get(
+        "/accounts/oidc/sso/login/callback/", {"code": code, "state": query["state"][0]}
+    )
+
+
+def test_oidc_login_round_trip_creates_the_account(idp: FakeOidc, settings: Any) -> None:
+    settings.SIGNUP_MODE = "closed"  # SSO users still get an account (INVENTIV_OIDC_SIGNUP)
+    client = Client()
+    done = sso_login(client, idp)
+    assert done.status_code == 302 and done["Location"] == "/", done.content[:500]
+    user = User.objects.get(email="ines@corp.example")
+    assert Membership.objects.filter(user=user, organization__personal_user=user).exists()
+    assert client.get("/api/v1/me/").json()["email"] == "ines@corp.example"
+    assert idp.token_requests[0]["code_verifier"]  # PKCE
+    assert AuditEntry.objects.filter(action="auth.sso_login", actor_id=user.pk).exists()
+
+
+def test_oidc_signs_in_the_existing_account_of_that_address(idp: FakeOidc) -> None:
+    existing = user_create(email="ines@corp.example", password="correct-horse-9")
+    client = Client()
+    assert sso_login(client, idp).status_code == 302
+    assert User.objects.filter(email="ines@corp.example").count() == 1
+    assert client.get("/api/v1/me/").json()["email"] == existing.email
+
+
+def test_a_refused_code_signs_nobody_in(idp: FakeOidc) -> None:
+    client = Client()
+    answer = sso_login(client, idp, code="stolen")
+    assert answer.status_code in (200, 400, 401)  # allauth's authentication error page
+    assert not User.objects.filter(email="ines@corp.example").exists()
+    assert client.get("/api/v1/me/").status_code in (401, 403)
