@@ -147,7 +147,13 @@ CODES: dict[str, ErrorCode] = {
         ErrorCode(
             "permission_denied",
             403,
-            "Authenticated, but this role may not do this (owner or admin only).",
+            "Authenticated, but this role may not do this (the message names the capability).",
+            ("rest",),
+        ),
+        ErrorCode(
+            "sso_required",
+            403,
+            "The organization requires single sign-on; this session signed in with a password.",
             ("rest",),
         ),
         ErrorCode(

@@ -27,6 +27,9 @@ class AuditContext:
     ip: str | None = None
     user_agent: str = ""
     actor: User | None = None
+    # How the request was signed in: True single sign-on, False a password (session or basic
+    # auth), None neither (an access token, no request).
+    sso: bool | None = None
 
 
 _context: ContextVar[AuditContext | None] = ContextVar("inventiv_audit_context", default=None)
@@ -36,8 +39,8 @@ def audit_context() -> AuditContext:
     return _context.get() or AuditContext()
 
 
-def audit_context_set_actor(actor: User) -> None:
-    _context.set(replace(audit_context(), actor=actor))
+def audit_context_set_actor(actor: User, *, sso: bool | None = None) -> None:
+    _context.set(replace(audit_context(), actor=actor, sso=sso))
 
 
 class AuditContextMiddleware:

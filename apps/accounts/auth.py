@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from django.http import HttpRequest
+from rest_framework.authentication import BasicAuthentication, SessionAuthentication
 from rest_framework.exceptions import NotAuthenticated
 from rest_framework.request import Request
 
@@ -17,8 +18,24 @@ def request_user(request: Request) -> User:
     user = request.user
     if not isinstance(user, User):
         raise NotAuthenticated()
-    audit_context_set_actor(user)  # the actor of the audit entries this request writes
+    # The actor of the audit entries this request writes, and whether it came by single sign-on
+    # (organizations may require it: apps/accounts/selectors.py).
+    audit_context_set_actor(user, sso=request_sso(request))
     return user
+
+
+SSO_SESSION_KEY = "inventiv_sso"
+
+
+def request_sso(request: Request) -> bool | None:
+    """True for a session signed in by single sign-on, False for a password (a session signed in
+    otherwise, basic auth), None for an access token."""
+    authenticator = getattr(request, "successful_authenticator", None)
+    if isinstance(authenticator, BasicAuthentication):
+        return False
+    if isinstance(authenticator, SessionAuthentication):
+        return bool(request.session.get(SSO_SESSION_KEY, False))
+    return None
 
 
 class AuthenticatedHttpRequest(HttpRequest):

@@ -69,6 +69,8 @@ class Organization(models.Model):
         on_delete=models.SET_NULL,
         related_name="personal_organization",
     )
+    # Members reach it only from a session signed in by single sign-on (docs/teams.md).
+    require_sso = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     members: models.ManyToManyField[User, Membership] = models.ManyToManyField(
         User, through="Membership", related_name="organizations"

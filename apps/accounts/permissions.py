@@ -19,6 +19,7 @@ class Capability(StrEnum):
     ORGANIZATION_RENAME = "organization.rename"
     ORGANIZATION_DELETE = "organization.delete"
     ORGANIZATION_TRANSFER = "organization.transfer"
+    SSO_REQUIRE = "sso.require"  # require single sign-on of the members
     ROLES_MANAGE = "roles.manage"  # change a member's role, name an owner
     MEMBERS_MANAGE = "members.manage"  # remove members (not owners), list invitations
     INVITATIONS_MANAGE = "invitations.manage"  # invite (as admin or member), revoke
@@ -38,6 +39,7 @@ CAPABILITIES: dict[Capability, frozenset[Role]] = {
     Capability.ORGANIZATION_RENAME: _OWNER,
     Capability.ORGANIZATION_DELETE: _OWNER,
     Capability.ORGANIZATION_TRANSFER: _OWNER,
+    Capability.SSO_REQUIRE: _OWNER,
     Capability.ROLES_MANAGE: _OWNER,
     Capability.MEMBERS_MANAGE: _MANAGERS,
     Capability.INVITATIONS_MANAGE: _MANAGERS,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from apps.accounts.audit import audit_context
 from apps.accounts.models import AuditEntry, Invitation, Membership, Organization, User
 from apps.accounts.permissions import Capability, refusal_message, role_can
 from inventiv import crypto
@@ -15,6 +16,19 @@ def organization_list_for_user(*, user: User) -> QuerySet[Organization]:
     return Organization.objects.filter(memberships__user=user).order_by("id")
 
 
+def _password_session() -> bool:
+    return audit_context().sso is False
+
+
+def sso_check(*, organization: Organization) -> None:
+    """403 ``sso_required`` when the organization requires single sign-on and the request was
+    signed in with a password."""
+    if organization.require_sso and _password_session():
+        raise Forbidden(
+            "This organization requires single sign-on: sign in with it.", code="sso_required"
+        )
+
+
 def membership_get(*, user: User, organization_slug: str) -> Membership:
     membership = (
         Membership.objects.select_related("organization")
@@ -23,6 +37,7 @@ def membership_get(*, user: User, organization_slug: str) -> Membership:
     )
     if membership is None:
         raise NotFound("No such organization.", param="organization")
+    sso_check(organization=membership.organization)
     return membership
 
 
@@ -72,7 +87,9 @@ def organization_get_for_user(
 def organization_membership_for_user(*, user: User, slug: str | None) -> Membership:
     if slug:
         return membership_get(user=user, organization_slug=slug)
-    return organization_default_membership(user=user)
+    membership = organization_default_membership(user=user)
+    sso_check(organization=membership.organization)
+    return membership
 
 
 def organization_check(*, user: User, organization_id: int, capability: Capability) -> None:
@@ -85,6 +102,7 @@ def organization_check(*, user: User, organization_id: int, capability: Capabili
     )
     if role is None or not role_can(role, capability):
         raise Forbidden(refusal_message(capability))
+    sso_check(organization=Organization.objects.get(pk=organization_id))
 
 
 def organization_check_manager(*, user: User, organization_id: int) -> None:
@@ -100,7 +118,12 @@ def user_is_member(*, user_id: int, organization_id: int) -> bool:
 
 
 def organization_ids_for_user(*, user: User) -> list[int]:
-    return list(Membership.objects.filter(user=user).values_list("organization_id", flat=True))
+    """The organizations whose resources ``user`` sees in this request: all theirs, but those
+    that require single sign-on when the request was signed in with a password."""
+    memberships = Membership.objects.filter(user=user)
+    if _password_session():
+        memberships = memberships.exclude(organization__require_sso=True)
+    return list(memberships.values_list("organization_id", flat=True))
 
 
 INVITATION_PREFIX = "ivi_"

@@ -65,6 +65,26 @@ def organization_rename(*, organization: Organization, name: str) -> Organizatio
     return organization
 
 
+def organization_set_require_sso(*, organization: Organization, required: bool) -> Organization:
+    """Require single sign-on of the members (their password sessions no longer reach it).
+    Refused (400) while no single sign-on is configured: nobody could reach it."""
+    if required and not settings.SOCIALACCOUNT_PROVIDERS["openid_connect"]["APPS"]:
+        raise ApplicationError(
+            "No single sign-on is configured on this platform (INVENTIV_OIDC_ISSUER).",
+            param="require_sso",
+        )
+    with transaction.atomic():
+        organization.require_sso = required
+        organization.save(update_fields=["require_sso"])
+        audit_record(
+            action="organization.require_sso",
+            organization=organization,
+            target=organization,
+            data={"required": required},
+        )
+    return organization
+
+
 def _refuse_personal(organization: Organization, what: str) -> None:
     if organization.personal_user_id is not None:
         raise Conflict(f"A personal organization cannot be {what}: it is its user's own.")

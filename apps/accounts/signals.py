@@ -9,6 +9,7 @@ from django.contrib.auth.signals import user_logged_in, user_logged_out, user_lo
 from django.dispatch import receiver
 
 from apps.accounts.audit import audit_record
+from apps.accounts.auth import SSO_SESSION_KEY
 from apps.accounts.models import User
 from apps.accounts.throttling import client_ip
 
@@ -46,6 +47,8 @@ def _login_failed(sender: Any, credentials: Any, request: Any = None, **kwargs: 
 @receiver(allauth_logged_in, dispatch_uid="inventiv_audit_sso_login")
 def _sso_logged_in(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
     sociallogin = kwargs.get("sociallogin")
+    if request is not None and hasattr(request, "session"):
+        request.session[SSO_SESSION_KEY] = sociallogin is not None
     if sociallogin is not None and isinstance(user, User):
         audit_record(
             action="auth.sso_login",

@@ -147,3 +147,71 @@ def test_a_refused_code_signs_nobody_in(idp: FakeOidc) -> None:
     assert answer.status_code in (200, 400, 401)  # allauth's authentication error page
     assert not User.objects.filter(email="ines@corp.example").exists()
     assert client.get("/api/v1/me/").status_code in (401, 403)
+
+
+def test_an_organization_can_require_sso(idp: FakeOidc) -> None:
+    """Owner requires SSO: the member's password session no longer reaches the organization
+    (403 sso_required on it, its resources gone from lists), their SSO session does."""
+    from apps.accounts.choices import Role
+    from apps.accounts.services import membership_set, organization_create
+    from apps.models.services import model_create
+
+    owner = user_create(email="boss@corp.example", password="correct-horse-9")
+    member = user_create(email="ines@corp.example", password="correct-horse-9")
+    team = organization_create(name="Corp", owner=owner)
+    membership_set(organization=team, user=member, role=Role.MEMBER)
+    model_create(organization=team, name="corp-bot", engine="mock", model_id="o/m", gpu_count=0)
+
+    password = Client()
+    assert (
+        password.post(
+            "/accounts/login/", {"login": member.email, "password": "correct-horse-9"}
+        ).status_code
+        == 302
+    )
+    assert len(password.get("/api/v1/model-codes/").json()["results"]) == 1
+
+    boss = Client()
+    boss.post("/accounts/login/", {"login": owner.email, "password": "correct-horse-9"})
+    # a member may not require it; the owner may
+    refused = password.patch(
+        f"/api/v1/organizations/{team.slug}/",
+        {"require_sso": True},
+        content_type="application/json",
+    )
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "permission_denied"
+    required = boss.patch(
+        f"/api/v1/organizations/{team.slug}/",
+        {"require_sso": True},
+        content_type="application/json",
+    )
+    assert required.status_code == 200 and required.json()["require_sso"] is True
+
+    # the member's password session: refused on the organization, nothing of it in lists
+    blocked = password.get(f"/api/v1/organizations/{team.slug}/")
+    assert blocked.status_code == 403 and blocked.json()["error"]["code"] == "sso_required"
+    assert password.get("/api/v1/model-codes/").json()["results"] == []
+    # the same person by single sign-on reaches it
+    sso = Client()
+    assert sso_login(sso, idp).status_code == 302
+    assert sso.get(f"/api/v1/organizations/{team.slug}/").status_code == 200
+    assert len(sso.get("/api/v1/model-codes/").json()["results"]) == 1
+    assert AuditEntry.objects.filter(
+        action="organization.require_sso", organization_id=team.pk, actor_email=owner.email
+    ).exists()
+
+
+def test_requiring_sso_without_a_provider_is_refused(settings: Any) -> None:
+    from apps.accounts.services import organization_create
+
+    settings.SOCIALACCOUNT_PROVIDERS = {"openid_connect": {"APPS": []}}
+    owner = user_create(email="boss@corp.example", password="correct-horse-9")
+    team = organization_create(name="Corp", owner=owner)
+    client = Client()
+    client.force_login(owner)
+    answer = client.patch(
+        f"/api/v1/organizations/{team.slug}/",
+        {"require_sso": True},
+        content_type="application/json",
+    )
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "require_sso"

@@ -33,11 +33,19 @@ class OrganizationOutSerializer(serializers.Serializer):  # type: ignore[type-ar
     personal = serializers.BooleanField()
     role = serializers.ChoiceField(choices=Role.choices)
     default = serializers.BooleanField()
+    require_sso = serializers.BooleanField()
     created_at = serializers.DateTimeField()
 
 
 class OrganizationInSerializer(serializers.Serializer):  # type: ignore[type-arg]
     name = serializers.CharField(max_length=150)
+
+
+class OrganizationUpdateSerializer(serializers.Serializer):  # type: ignore[type-arg]
+    name = serializers.CharField(max_length=150, required=False, help_text="Owner.")
+    require_sso = serializers.BooleanField(
+        required=False, help_text="Owner: members reach it only signed in by single sign-on."
+    )
 
 
 class TransferInSerializer(serializers.Serializer):  # type: ignore[type-arg]
@@ -109,6 +117,7 @@ def _out(membership: Membership) -> dict[str, Any]:
         "personal": org.personal,
         "role": membership.role,
         "default": default,
+        "require_sso": org.require_sso,
         "created_at": org.created_at,
     }
 
@@ -154,14 +163,26 @@ class OrganizationViewSet(viewsets.ViewSet):
     def retrieve(self, request: Request, slug: Any = None) -> Response:
         return Response(OrganizationOutSerializer(_out(_membership(request, slug))).data)
 
-    @extend_schema(request=OrganizationInSerializer, responses=OrganizationOutSerializer)
+    @extend_schema(request=OrganizationUpdateSerializer, responses=OrganizationOutSerializer)
     def partial_update(self, request: Request, slug: Any = None) -> Response:
-        membership = _membership(request, slug, Capability.ORGANIZATION_RENAME)
-        data = OrganizationInSerializer(data=request.data)
+        membership = _membership(request, slug, Capability.READ)
+        data = OrganizationUpdateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        services.organization_rename(
-            organization=membership.organization, name=data.validated_data["name"]
-        )
+        values = data.validated_data
+        if "name" in values:
+            selectors.membership_check(
+                membership=membership, capability=Capability.ORGANIZATION_RENAME
+            )
+        if "require_sso" in values:
+            selectors.membership_check(membership=membership, capability=Capability.SSO_REQUIRE)
+        if not values:
+            raise ApplicationError("Nothing to change: give name or require_sso.")
+        if "name" in values:
+            services.organization_rename(organization=membership.organization, name=values["name"])
+        if "require_sso" in values:
+            services.organization_set_require_sso(
+                organization=membership.organization, required=values["require_sso"]
+            )
         return Response(OrganizationOutSerializer(_out(membership)).data)
 
     @extend_schema(responses={204: None, **errors(409)})
