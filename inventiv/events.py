@@ -86,8 +86,27 @@ class ScalingDecisionEvent(TypedDict):
     at: str
 
 
+class BudgetAlertEvent(TypedDict):
+    """``EVENT:BUDGET_ALERT``: a budget crossed a threshold this month (100: the key or the
+    organization is blocked until the month's turn or a higher limit)."""
+
+    budget_id: int
+    organization_id: int
+    api_key_id: int | None
+    percent: int
+    spend: str  # Decimal, as text
+    monthly_limit: str
+    currency: str
+    at: str
+
+
 EventData = (
-    InstanceStatusEvent | ModelStatusEvent | KeyRevokedEvent | PongEvent | ScalingDecisionEvent
+    InstanceStatusEvent
+    | ModelStatusEvent
+    | KeyRevokedEvent
+    | PongEvent
+    | ScalingDecisionEvent
+    | BudgetAlertEvent
 )
 
 INSTANCE_EVENT_PREFIX = "EVENT:INSTANCE_"
@@ -95,6 +114,7 @@ MODEL_EVENT_PREFIX = "EVENT:MODEL_"
 KEY_REVOKED = "EVENT:KEY_REVOKED"
 PONG = "EVENT:PONG"
 SCALING_DECISION = "EVENT:SCALING_DECISION"
+BUDGET_ALERT = "EVENT:BUDGET_ALERT"
 
 
 def org_group(organization_id: int) -> str:

@@ -3,18 +3,24 @@ nothing; the state shows the month's spend, the block and the alerts."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.utils import timezone
 
-from apps.billing.models import Price
+from apps.billing.models import BudgetAlert, Price, UsageRollup
 from apps.billing.services import usage_records_upsert
-from apps.billing.services.budgets import budgets_enforce
+from apps.billing.services.budgets import budget_set, budgets_enforce, month_start
 from apps.gateway.budget import budget_control, period_of
 from apps.gateway.services import api_key_create
 from apps.gateway.usage_record import FINAL_SEQ, UsageRecordData
 from apps.models.models import LlmModel
+from inventiv.events import BUDGET_ALERT, org_group
 
 
 def test_it_sets_shows_and_deletes_budgets_for_owners_only(api, owner_org, stranger_api):
@@ -79,3 +85,35 @@ def test_it_sets_shows_and_deletes_budgets_for_owners_only(api, owner_org, stran
 
     assert api.delete(f"/api/v1/budgets/{listed[1]['id']}/").status_code == 204
     assert budget_control().spent("key", key.id, period_of())[0] == 1_500_000_000_000
+
+
+def test_it_publishes_each_threshold_once_to_the_organization(
+    owner_org, django_capture_on_commit_callbacks
+):
+    # Given a member's WebSocket group subscribed, and a month's spend over a 1 EUR budget
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(org_group(owner_org.id), channel)
+    UsageRollup.objects.create(
+        organization=owner_org, model_code="sales-bot", hour=month_start(), currency="EUR",
+        requests=1, spend=Decimal("0.9"),
+    )  # fmt: skip
+
+    # When the budget is set, and the billing pass runs twice
+    with django_capture_on_commit_callbacks(execute=True):
+        budget_set(organization=owner_org, currency="EUR", monthly_limit="1")
+    for _ in range(2):
+        with django_capture_on_commit_callbacks(execute=True):
+            budgets_enforce()
+
+    # Then the 80 % alert was published once, and no 100 % one
+
+    async def receive(wait_s: float) -> dict[str, Any]:
+        return await asyncio.wait_for(layer.receive(channel), wait_s)
+
+    message = async_to_sync(receive)(5)
+    with pytest.raises(TimeoutError):
+        async_to_sync(receive)(0.3)
+    assert message["event"] == BUDGET_ALERT
+    assert (message["data"]["percent"], message["data"]["spend"]) == (80, "0.900000000")
+    assert BudgetAlert.objects.count() == 1

@@ -28,6 +28,13 @@ from apps.gateway.budget import (
 from apps.gateway.models import ApiKey
 from apps.models.models import LlmModel
 from inventiv.errors import ApplicationError, Conflict
+from inventiv.events import (
+    BUDGET_ALERT,
+    STAFF_GROUP,
+    BudgetAlertEvent,
+    org_group,
+    publish_on_commit,
+)
 
 logger = logging.getLogger(__name__)
 _MAX_LIMIT = Decimal("99999999.999999")
@@ -199,6 +206,20 @@ def budget_publish(
                     budget=budget, month=month, percent=threshold, defaults={"spend": spend}
                 )
                 if created:
+                    publish_on_commit(
+                        [org_group(budget.organization_id), STAFF_GROUP],
+                        BUDGET_ALERT,
+                        BudgetAlertEvent(
+                            budget_id=budget.id,
+                            organization_id=budget.organization_id,
+                            api_key_id=budget.api_key_id,
+                            percent=threshold,
+                            spend=str(spend),
+                            monthly_limit=str(budget.monthly_limit),
+                            currency=budget.currency,
+                            at=timezone.now().isoformat(),
+                        ),
+                    )
                     logger.warning(
                         "budget %s (%s %s) at %s%% of %s %s",
                         budget.id, scope, scope_id, threshold, budget.monthly_limit,
