@@ -194,6 +194,7 @@ def test_invitation_round_trip_new_account(
     )
     assert ("invitation.create", owner.email) in actions
     assert ("invitation.accept", nina.email) in actions
+    assert ("api_key.create", nina.email) in actions  # she acted with her role
     assert ("membership.remove", owner.email) in actions
     audit = api.get(f"/api/v1/organizations/{team.slug}/audit/").json()["results"]
     assert audit[0]["action"] == "membership.remove" and audit[0]["ip"] == "127.0.0.1"
@@ -269,3 +270,28 @@ def test_sign_in_events_are_audited(owner: User) -> None:
     actions = list(AuditEntry.objects.order_by("id").values_list("action", "actor_email", "ip"))
     assert ("auth.login_failed", "", "127.0.0.1") in actions
     assert ("auth.login", owner.email, "127.0.0.1") in actions
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_audit_context_holds_through_the_asgi_handler(owner: User) -> None:
+    """Through Django's ASGI handler (the web role's): the async middleware path keeps the
+    address, and the actor the sync view sets, for the entry the view writes."""
+    import asyncio
+
+    from django.test import AsyncClient
+
+    org = Organization.objects.get(personal_user=owner)
+
+    async def rename() -> int:
+        client = AsyncClient()
+        await client.aforce_login(owner)
+        answer = await client.patch(
+            f"/api/v1/organizations/{org.slug}/",
+            {"name": "Renamed"},
+            content_type="application/json",
+        )
+        return answer.status_code
+
+    assert asyncio.run(rename()) == 200
+    entry = AuditEntry.objects.get(action="organization.rename")
+    assert (entry.actor_email, entry.ip) == (owner.email, "127.0.0.1")
