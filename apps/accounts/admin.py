@@ -85,9 +85,27 @@ class InvitationAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     and an expiry; the one-time link is shown once, after saving."""
 
     form = InvitationForm
-    list_display = ["lookup_id", "email", "created_by", "created_at", "expires_at", "used_at"]
-    search_fields = ["email", "lookup_id"]
-    readonly_fields = ["lookup_id", "created_by", "used_at", "used_by"]
+    list_display = [
+        "lookup_id",
+        "email",
+        "organization",
+        "role",
+        "created_by",
+        "created_at",
+        "expires_at",
+        "used_at",
+        "revoked_at",
+    ]
+    search_fields = ["email", "lookup_id", "organization__slug"]
+    readonly_fields = [
+        "lookup_id",
+        "organization",
+        "role",
+        "created_by",
+        "used_at",
+        "used_by",
+        "revoked_at",
+    ]
 
     def get_fields(self, request: Any, obj: Any = None) -> Any:
         shown = ["email", "expires_at"]

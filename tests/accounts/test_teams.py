@@ -295,3 +295,26 @@ def test_the_audit_context_holds_through_the_asgi_handler(owner: User) -> None:
     assert asyncio.run(rename()) == 200
     entry = AuditEntry.objects.get(action="organization.rename")
     assert (entry.actor_email, entry.ip) == (owner.email, "127.0.0.1")
+
+
+def test_operators_see_invitations_and_the_audit_log_in_the_admin(
+    staff: User, owner: User, team: Organization
+) -> None:
+    client = client_for(owner)
+    client.post(
+        f"/api/v1/organizations/{team.slug}/invitations/", {"email": "q@example.com"}, format="json"
+    )
+    admin = Client()
+    admin.force_login(staff)
+    invitations = admin.get("/admin/accounts/invitation/")
+    assert invitations.status_code == 200 and team.slug in invitations.content.decode()
+    audit = admin.get("/admin/accounts/auditentry/")
+    assert audit.status_code == 200 and "invitation.create" in audit.content.decode()
+    entry = AuditEntry.objects.filter(action="invitation.create").first()
+    assert entry is not None
+    # read-only: no change, no delete
+    assert (
+        admin.post(f"/admin/accounts/auditentry/{entry.pk}/delete/", {"post": "yes"}).status_code
+        == 403
+    )
+    assert AuditEntry.objects.filter(pk=entry.pk).exists()
