@@ -9,13 +9,16 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from apps.accounts.auth import SSO_SESSION_KEY
 from apps.accounts.selectors import organization_ids_for_user
 from inventiv.events import STAFF_GROUP, org_group
 
 
 @database_sync_to_async
-def _organization_ids(user: Any) -> list[int]:
-    return organization_ids_for_user(user=user)
+def _organization_ids(user: Any, session: Any) -> list[int]:
+    # A session signed in with a password does not reach organizations requiring single sign-on.
+    sso = bool(session.get(SSO_SESSION_KEY, False)) if session is not None else None
+    return organization_ids_for_user(user=user, sso=sso)
 
 
 class EventsConsumer(AsyncJsonWebsocketConsumer):
@@ -30,7 +33,7 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         if user is None or not user.is_authenticated:
             await self.close(code=4401)
             return
-        self.org_ids = set(await _organization_ids(user))
+        self.org_ids = set(await _organization_ids(user, self.scope.get("session")))
         self.checked_at = time.monotonic()
         groups = [org_group(org_id) for org_id in sorted(self.org_ids)]
         if user.is_staff:
@@ -47,7 +50,7 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
 
     async def _still_member(self, organization_id: int) -> bool:
         if time.monotonic() - self.checked_at > settings.WS_MEMBERSHIP_RECHECK_S:
-            current = set(await _organization_ids(self.scope["user"]))
+            current = set(await _organization_ids(self.scope["user"], self.scope.get("session")))
             for lost in self.org_ids - current:
                 group = org_group(lost)
                 await self.channel_layer.group_discard(group, self.channel_name)

@@ -117,11 +117,12 @@ def user_is_member(*, user_id: int, organization_id: int) -> bool:
     return Membership.objects.filter(user_id=user_id, organization_id=organization_id).exists()
 
 
-def organization_ids_for_user(*, user: User) -> list[int]:
+def organization_ids_for_user(*, user: User, sso: bool | None = None) -> list[int]:
     """The organizations whose resources ``user`` sees in this request: all theirs, but those
-    that require single sign-on when the request was signed in with a password."""
+    that require single sign-on when the request (or ``sso=False``: the WebSocket's session)
+    was signed in with a password."""
     memberships = Membership.objects.filter(user=user)
-    if _password_session():
+    if sso is False or (sso is None and _password_session()):
         memberships = memberships.exclude(organization__require_sso=True)
     return list(memberships.values_list("organization_id", flat=True))
 

@@ -215,3 +215,54 @@ def test_requiring_sso_without_a_provider_is_refused(settings: Any) -> None:
         content_type="application/json",
     )
     assert answer.status_code == 400 and answer.json()["error"]["param"] == "require_sso"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_password_websocket_gets_no_events_of_an_sso_only_organization() -> None:
+    import asyncio
+
+    from asgiref.testing import ApplicationCommunicator
+
+    from apps.accounts.choices import Role
+    from apps.accounts.services import membership_set, organization_create
+    from inventiv.asgi import application
+    from inventiv.events import org_group
+
+    owner = user_create(email="boss@corp.example", password="correct-horse-9")
+    member = user_create(email="ines@corp.example", password="correct-horse-9")
+    team = organization_create(name="Corp", owner=owner)
+    membership_set(organization=team, user=member, role=Role.MEMBER)
+    client = Client()
+    client.force_login(member)
+    cookie = f"sessionid={client.cookies['sessionid'].value}".encode()
+
+    async def groups() -> list[str]:
+        socket = ApplicationCommunicator(
+            application,
+            {
+                "type": "websocket",
+                "path": "/ws/events/",
+                "raw_path": b"/ws/events/",
+                "query_string": b"",
+                "headers": [
+                    (b"cookie", cookie),
+                    (b"origin", b"http://localhost"),
+                    (b"host", b"localhost"),
+                ],
+                "subprotocols": [],
+                "client": ["127.0.0.1", 5000],
+                "server": ["127.0.0.1", 8000],
+            },
+        )
+        await socket.send_input({"type": "websocket.connect"})
+        accepted = await socket.receive_output(5)
+        assert accepted["type"] == "websocket.accept", accepted
+        hello = json.loads((await socket.receive_output(5))["text"])
+        await socket.send_input({"type": "websocket.disconnect", "code": 1000})
+        await socket.wait(5)
+        return list(hello["data"]["groups"])
+
+    assert org_group(team.pk) in asyncio.run(groups())
+    team.require_sso = True
+    team.save(update_fields=["require_sso"])
+    assert org_group(team.pk) not in asyncio.run(groups())
