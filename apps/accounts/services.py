@@ -20,7 +20,7 @@ from apps.accounts.models import Invitation, Membership, Organization, PersonalA
 from apps.accounts.permissions import Capability, refusal_message, role_can
 from apps.accounts.selectors import INVITATION_PREFIX, invitation_get_valid
 from inventiv import crypto
-from inventiv.errors import ApplicationError, Conflict, Forbidden
+from inventiv.errors import ApplicationError, Conflict, Forbidden, NotFound
 
 __all__ = ["audit_record"]  # the audit trail's writer, for every app's services
 
@@ -85,6 +85,16 @@ def organization_set_require_sso(*, organization: Organization, required: bool) 
     return organization
 
 
+def _lock_organization(organization_id: int) -> Organization:
+    """Lock the organization's row first: every write that changes its memberships or deletes it
+    takes this lock before any other, so concurrent ones queue instead of deadlocking; gone
+    meanwhile: 404."""
+    org = Organization.objects.select_for_update().filter(pk=organization_id).first()
+    if org is None:
+        raise NotFound("No such organization.", param="organization")
+    return org
+
+
 def _refuse_personal(organization: Organization, what: str) -> None:
     if organization.personal_user_id is not None:
         raise Conflict(f"A personal organization cannot be {what}: it is its user's own.")
@@ -99,7 +109,7 @@ def organization_delete(*, organization: Organization) -> None:
     _refuse_personal(organization, "deleted")
     instance_model = apps.get_model("instances", "Instance")
     with transaction.atomic():
-        org = Organization.objects.select_for_update().get(pk=organization.pk)
+        org = _lock_organization(organization.pk)
         if instance_model.objects.filter(organization=org, archived=False).exists():
             raise Conflict(
                 "This organization still has instances: terminate them before deleting it."
@@ -123,6 +133,7 @@ def organization_transfer(*, organization: Organization, by: User, to_user_id: i
     """Make the member ``to_user_id`` the owner; ``by`` (an owner) stays on as an admin."""
     _refuse_personal(organization, "transferred")
     with transaction.atomic():
+        _lock_organization(organization.pk)
         target = (
             Membership.objects.select_for_update()
             .select_related("user")
@@ -204,8 +215,10 @@ def membership_set_role(*, membership: Membership, role: Role) -> Membership:
     """Change a member's role (owners only, checked by the caller); the last owner cannot be
     demoted (409)."""
     with transaction.atomic():
-        locked = Membership.objects.select_for_update().get(pk=membership.pk)
-        list(Membership.objects.select_for_update().filter(organization_id=locked.organization_id))
+        _lock_organization(membership.organization_id)
+        locked = Membership.objects.select_for_update().filter(pk=membership.pk).first()
+        if locked is None:
+            raise NotFound("No such member.")
         if locked.role == Role.OWNER and role != Role.OWNER and _owners(locked.organization) <= 1:
             raise Conflict("The last owner cannot be demoted: name another owner first.")
         old = locked.role
@@ -226,10 +239,12 @@ def membership_remove(*, membership: Membership, by: User) -> None:
     personal organization's user stays in it (409)."""
     leaving = membership.user_id == by.pk
     with transaction.atomic():
+        _lock_organization(membership.organization_id)
         members = list(
             Membership.objects.select_for_update()
             .select_related("user", "organization")
             .filter(organization_id=membership.organization_id)
+            .order_by("id")
         )
         locked = next((m for m in members if m.pk == membership.pk), None)
         mine = next((m for m in members if m.user_id == by.pk), None)

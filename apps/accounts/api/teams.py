@@ -27,7 +27,7 @@ from inventiv.schema import errors
 SLUG_REGEX = r"[-a-z0-9_]{1,60}"
 
 
-class OrganizationOutSerializer(serializers.Serializer):  # type: ignore[type-arg]
+class TeamOutSerializer(serializers.Serializer):  # type: ignore[type-arg]
     slug = serializers.SlugField()
     name = serializers.CharField()
     personal = serializers.BooleanField()
@@ -138,14 +138,14 @@ class OrganizationViewSet(viewsets.ViewSet):
     queryset = Organization.objects.none()  # for the schema only
     pagination_class = default_pagination_class()
 
-    @extend_schema(responses=OrganizationOutSerializer(many=True))
+    @extend_schema(responses=TeamOutSerializer(many=True))
     def list(self, request: Request) -> Response:
         user = request_user(request)
         memberships = Membership.objects.select_related("organization", "user").filter(user=user)
         rows = [_out(m) for m in memberships.order_by("organization_id")]
-        return paginated_response(request, self, rows, OrganizationOutSerializer)  # type: ignore[arg-type]
+        return paginated_response(request, self, rows, TeamOutSerializer)  # type: ignore[arg-type]
 
-    @extend_schema(request=OrganizationInSerializer, responses={201: OrganizationOutSerializer})
+    @extend_schema(request=OrganizationInSerializer, responses={201: TeamOutSerializer})
     def create(self, request: Request) -> Response:
         data = OrganizationInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -157,13 +157,13 @@ class OrganizationViewSet(viewsets.ViewSet):
         membership = Membership.objects.select_related("organization", "user").get(
             organization=org, user=user
         )
-        return Response(OrganizationOutSerializer(_out(membership)).data, status=201)
+        return Response(TeamOutSerializer(_out(membership)).data, status=201)
 
-    @extend_schema(responses=OrganizationOutSerializer)
+    @extend_schema(responses=TeamOutSerializer)
     def retrieve(self, request: Request, slug: Any = None) -> Response:
-        return Response(OrganizationOutSerializer(_out(_membership(request, slug))).data)
+        return Response(TeamOutSerializer(_out(_membership(request, slug))).data)
 
-    @extend_schema(request=OrganizationUpdateSerializer, responses=OrganizationOutSerializer)
+    @extend_schema(request=OrganizationUpdateSerializer, responses=TeamOutSerializer)
     def partial_update(self, request: Request, slug: Any = None) -> Response:
         membership = _membership(request, slug, Capability.READ)
         data = OrganizationUpdateSerializer(data=request.data)
@@ -183,7 +183,7 @@ class OrganizationViewSet(viewsets.ViewSet):
             services.organization_set_require_sso(
                 organization=membership.organization, required=values["require_sso"]
             )
-        return Response(OrganizationOutSerializer(_out(membership)).data)
+        return Response(TeamOutSerializer(_out(membership)).data)
 
     @extend_schema(responses={204: None, **errors(409)})
     def destroy(self, request: Request, slug: Any = None) -> Response:
@@ -206,7 +206,7 @@ class OrganizationViewSet(viewsets.ViewSet):
         )
         return Response(MemberOutSerializer(target).data)
 
-    @extend_schema(request=None, responses=OrganizationOutSerializer)
+    @extend_schema(request=None, responses=TeamOutSerializer)
     @action(detail=True, methods=["post"])
     def default(self, request: Request, slug: Any = None) -> Response:
         membership = _membership(request, slug)
@@ -214,7 +214,7 @@ class OrganizationViewSet(viewsets.ViewSet):
             user=request_user(request), organization=membership.organization
         )
         membership.user.refresh_from_db()
-        return Response(OrganizationOutSerializer(_out(membership)).data)
+        return Response(TeamOutSerializer(_out(membership)).data)
 
     @extend_schema(request=None, responses={204: None, **errors(409)})
     @action(detail=True, methods=["post"])
@@ -312,9 +312,7 @@ class InvitationViewSet(viewsets.ViewSet):
 class InvitationAcceptView(APIView):
     """Accept an organization's invitation with the signed-in account (the token of the link)."""
 
-    @extend_schema(
-        request=AcceptInSerializer, responses={200: OrganizationOutSerializer, **errors(409)}
-    )
+    @extend_schema(request=AcceptInSerializer, responses={200: TeamOutSerializer, **errors(409)})
     def post(self, request: Request) -> Response:
         data = AcceptInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -333,7 +331,7 @@ class InvitationAcceptView(APIView):
         membership = Membership.objects.select_related("organization", "user").get(
             user=user, organization=invitation.organization
         )
-        return Response(OrganizationOutSerializer(_out(membership)).data)
+        return Response(TeamOutSerializer(_out(membership)).data)
 
 
 class AuditListView(APIView):
