@@ -56,7 +56,8 @@ class ModelStatusEvent(TypedDict):
 
 
 class KeyRevokedEvent(TypedDict):
-    """``EVENT:KEY_REVOKED``: every gateway drops the key from its cache."""
+    """``EVENT:KEY_REVOKED``: every gateway drops the key from its cache. ``EVENT:KEY_CHANGED``
+    (same payload: its limits changed) has every gateway re-read it on next use."""
 
     key_id: int
     lookup_id: str
@@ -112,6 +113,7 @@ EventData = (
 INSTANCE_EVENT_PREFIX = "EVENT:INSTANCE_"
 MODEL_EVENT_PREFIX = "EVENT:MODEL_"
 KEY_REVOKED = "EVENT:KEY_REVOKED"
+KEY_CHANGED = "EVENT:KEY_CHANGED"
 PONG = "EVENT:PONG"
 SCALING_DECISION = "EVENT:SCALING_DECISION"
 BUDGET_ALERT = "EVENT:BUDGET_ALERT"

@@ -3,7 +3,8 @@
 Joins the groups ``instances`` and ``keys`` (``inventiv.events``):
 
 * ``EVENT:INSTANCE_*`` and ``EVENT:MODEL_*`` → the routing directory reloads (coalesced);
-* ``EVENT:KEY_REVOKED`` → the key cache drops the key (re-read on next use).
+* ``EVENT:KEY_REVOKED``, ``EVENT:KEY_CHANGED`` → the key cache drops the key (re-read on next
+  use).
 
 Guarantees: reconnects forever; after a failure it reloads the directory and empties the key
 cache, since events may have been missed meanwhile (the periodic refreshes are the other safety
@@ -25,6 +26,7 @@ from apps.gateway.key_cache import KeyCache
 from inventiv.events import (
     INSTANCE_EVENT_PREFIX,
     INSTANCE_GROUP,
+    KEY_CHANGED,
     KEY_REVOKED,
     KEYS_GROUP,
     MODEL_EVENT_PREFIX,
@@ -45,7 +47,7 @@ class EventListener:
         """One ``{"event": ..., "data": ...}`` message from the layer."""
         event = str(message.get("event", ""))
         data = message.get("data") or {}
-        if event == KEY_REVOKED:
+        if event in (KEY_REVOKED, KEY_CHANGED):
             self.keys.invalidate(str(data.get("lookup_id", "")))
         elif event.startswith((INSTANCE_EVENT_PREFIX, MODEL_EVENT_PREFIX)):
             self.directory.schedule_reload()

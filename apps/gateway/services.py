@@ -17,7 +17,7 @@ from apps.models.choices import ModelStatus
 from apps.models.models import LlmModel
 from inventiv.crypto import token_hash, token_matches
 from inventiv.errors import ApplicationError
-from inventiv.events import KEY_REVOKED, KEYS_GROUP, KeyRevokedEvent, publish_on_commit
+from inventiv.events import KEY_CHANGED, KEY_REVOKED, KEYS_GROUP, KeyRevokedEvent, publish_on_commit
 
 
 def _check_model_codes(organization: Organization, model_codes: Sequence[LlmModel]) -> None:
@@ -87,6 +87,48 @@ def api_key_revoke(*, key: ApiKey) -> ApiKey:
                 lookup_id=key.lookup_id,
                 organization_id=key.organization_id,
                 at=now.isoformat(),
+            ),
+        )
+    return key
+
+
+LIMIT_FIELDS = ("rpm_limit", "tpm_limit", "concurrency_limit")
+
+
+def api_key_set_limits(
+    *,
+    key: ApiKey,
+    rpm_limit: int | None,
+    tpm_limit: int | None,
+    concurrency_limit: int | None,
+) -> ApiKey:
+    """Change a key's rate limits (None: no limit). Every gateway re-reads the key within a
+    second of the commit (``EVENT:KEY_CHANGED``). Raises ApplicationError naming a bad limit."""
+    limits = {
+        "rpm_limit": rpm_limit,
+        "tpm_limit": tpm_limit,
+        "concurrency_limit": concurrency_limit,
+    }
+    for name, value in limits.items():
+        if value is not None and not 1 <= value <= 2**31 - 1:
+            raise ApplicationError(f"{name}: must be between 1 and {2**31 - 1}.", param=name)
+    if all(getattr(key, name) == value for name, value in limits.items()):
+        return key
+    with transaction.atomic():
+        ApiKey.objects.filter(pk=key.pk).update(**limits)
+        for name, value in limits.items():
+            setattr(key, name, value)
+        audit_record(
+            action="api_key.limits", organization_id=key.organization_id, target=key, data=limits
+        )
+        publish_on_commit(
+            [KEYS_GROUP],
+            KEY_CHANGED,
+            KeyRevokedEvent(
+                key_id=key.pk,
+                lookup_id=key.lookup_id,
+                organization_id=key.organization_id,
+                at=timezone.now().isoformat(),
             ),
         )
     return key
