@@ -4,7 +4,12 @@ from django import forms
 from django.contrib import admin
 
 from apps.models.models import HubToken, LlmModel, ModelCodeEvent, ScalingDecision, ScalingQuota
-from apps.models.services import hub_token_set, hub_token_validate, scaling_quota_set
+from apps.models.services import (
+    POLICY_FIELDS,
+    hub_token_set,
+    hub_token_validate,
+    scaling_quota_set,
+)
 from inventiv.errors import ApplicationError
 
 
@@ -78,16 +83,7 @@ class LlmModelAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "status_changed_at",
         "desired_replicas",
         # The scaling policy changes through PATCH .../scaling/ (validated as a whole).
-        "min_replicas",
-        "max_replicas",
-        "target_load_per_replica",
-        "target_kv_cache_usage",
-        "scale_up_cooldown_s",
-        "scale_down_cooldown_s",
-        "idle_to_zero_s",
-        "scale_schedules",
-        "scale_timezone",
-        "hold_timeout_s",
+        *POLICY_FIELDS,
         "created_at",
         "updated_at",
     ]

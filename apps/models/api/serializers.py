@@ -4,6 +4,7 @@ from apps.accounts.models import Organization
 from apps.instances.models import InstanceType, Provider
 from apps.models.choices import QUANTIZATION_CHOICES, Dtype, Engine, RoutingPolicy
 from apps.models.models import LlmModel, ScalingDecision
+from apps.models.services import POLICY_FIELDS
 from inventiv.params import MAX_POSITIVE_INT
 
 
@@ -81,16 +82,7 @@ class ModelCodeOutSerializer(serializers.ModelSerializer):
             "quantization",
             "max_model_len",
             "desired_replicas",
-            "min_replicas",
-            "max_replicas",
-            "target_load_per_replica",
-            "target_kv_cache_usage",
-            "scale_up_cooldown_s",
-            "scale_down_cooldown_s",
-            "idle_to_zero_s",
-            "scale_schedules",
-            "scale_timezone",
-            "hold_timeout_s",
+            *POLICY_FIELDS,
             "routing_policy",
             "provider",
             "instance_type",
