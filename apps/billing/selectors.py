@@ -14,20 +14,25 @@ from apps.billing.models import Budget, Price, UsageRecord, UsageRollup
 from inventiv.errors import NotFound
 
 
-def usage_list_for_user(
-    *, user: User, filters: dict[str, Any] | None = None
-) -> QuerySet[UsageRecord]:
-    queryset = UsageRecord.objects.filter(organization_id__in=organization_ids_for_user(user=user))
+def _filtered(queryset: QuerySet[Any], filters: dict[str, Any] | None, *, time_field: str) -> Any:
+    """The usage filters (model code name, key id, [since, until) on ``time_field``) applied."""
     filters = filters or {}
     if filters.get("model_code"):
         queryset = queryset.filter(model_code=filters["model_code"])
     if filters.get("api_key"):
         queryset = queryset.filter(api_key_id=filters["api_key"])
     if filters.get("since"):
-        queryset = queryset.filter(started_at__gte=filters["since"])
+        queryset = queryset.filter(**{f"{time_field}__gte": filters["since"]})
     if filters.get("until"):
-        queryset = queryset.filter(started_at__lt=filters["until"])
-    return queryset.order_by("-started_at", "-id")
+        queryset = queryset.filter(**{f"{time_field}__lt": filters["until"]})
+    return queryset
+
+
+def usage_list_for_user(
+    *, user: User, filters: dict[str, Any] | None = None
+) -> QuerySet[UsageRecord]:
+    queryset = UsageRecord.objects.filter(organization_id__in=organization_ids_for_user(user=user))
+    return _filtered(queryset, filters, time_field="started_at").order_by("-started_at", "-id")
 
 
 def usage_summary_for_user(
@@ -66,16 +71,9 @@ def rollup_list_for_user(
     *, user: User, filters: dict[str, Any] | None = None
 ) -> QuerySet[UsageRollup]:
     queryset = UsageRollup.objects.filter(organization_id__in=organization_ids_for_user(user=user))
-    filters = filters or {}
-    if filters.get("model_code"):
-        queryset = queryset.filter(model_code=filters["model_code"])
-    if filters.get("api_key"):
-        queryset = queryset.filter(api_key_id=filters["api_key"])
-    if filters.get("since"):
-        queryset = queryset.filter(hour__gte=filters["since"])
-    if filters.get("until"):
-        queryset = queryset.filter(hour__lt=filters["until"])
-    return queryset.order_by("-hour", "organization_id", "model_code", "api_key_id")
+    return _filtered(queryset, filters, time_field="hour").order_by(
+        "-hour", "organization_id", "model_code", "api_key_id"
+    )
 
 
 def budget_list_for_user(*, user: User) -> QuerySet[Budget]:
