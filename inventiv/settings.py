@@ -181,12 +181,54 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------------
+# PostgreSQL: every process holds at most DATABASE_POOL_MAX_SIZE connections, in Django's native
+# psycopg pool (shared by the process's threads; a thread takes one for a request or a task and
+# gives it back at its end, CONN_MAX_AGE=0). Under ASGI each request runs in a thread of its
+# own: without a pool every such thread kept its own connection until PostgreSQL refused more.
+# A thread that finds the pool empty waits DATABASE_POOL_TIMEOUT_S, then gets an error.
+# DATABASE_POOL_PLAN tells the deploy check (inventiv.W003) how many processes of each role
+# open a pool, to compare their sum with the server's max_connections (docs/operations.md).
+DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 8, minimum=0)
+DATABASE_POOL_MIN_SIZE = env_int("DATABASE_POOL_MIN_SIZE", 1, minimum=0)
+DATABASE_POOL_TIMEOUT_S = env_float("DATABASE_POOL_TIMEOUT_S", 10.0, minimum=0.1)
+DATABASE_POOL_PLAN_DEFAULT = "web=2,gateway=2,worker=5,beat=1,flower=1,migrate=1"
+
+
+def _pool_plan(text: str) -> dict[str, tuple[int, int]]:
+    """``role=processes[xsize],...`` → {role: (processes, pool size per process)}; the size
+    defaults to ``DATABASE_POOL_MAX_SIZE``. Anything else is refused, naming the variable."""
+    plan: dict[str, tuple[int, int]] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        role, _, spec = item.partition("=")
+        count, _, size = spec.partition("x")
+        if not role.strip() or not count.strip().isdigit() or (size and not size.isdigit()):
+            raise ImproperlyConfigured(
+                f"DATABASE_POOL_PLAN: {item!r} is not role=processes or role=processesxsize "
+                "(for example web=2,gateway=2x4,worker=5x2)."
+            )
+        plan[role.strip()] = (int(count), int(size) if size else DATABASE_POOL_MAX_SIZE)
+    return plan
+
+
+DATABASE_POOL_PLAN = _pool_plan(env_str("DATABASE_POOL_PLAN", DATABASE_POOL_PLAN_DEFAULT) or "")
 if DATABASE_URL:
-    DATABASES = {
-        "default": dj_database_url.parse(
-            DATABASE_URL, conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
+    _conn_max_age = env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0)
+    if DATABASE_POOL_MAX_SIZE and _conn_max_age:
+        raise ImproperlyConfigured(
+            "DATABASE_CONN_MAX_AGE must be 0 (or unset) with the connection pool on "
+            "(DATABASE_POOL_MAX_SIZE > 0): pooled connections are given back after each request."
         )
-    }
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=_conn_max_age)}
+    if DATABASE_POOL_MAX_SIZE:
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": min(DATABASE_POOL_MIN_SIZE, DATABASE_POOL_MAX_SIZE),
+            "max_size": DATABASE_POOL_MAX_SIZE,
+            "timeout": DATABASE_POOL_TIMEOUT_S,
+            # Idle connections above min_size are closed after a minute.
+            "max_idle": 60.0,
+        }
     if env_str("INVENTIV_TEST_DB_NAME"):
         DATABASES["default"]["TEST"] = {"NAME": env_str("INVENTIV_TEST_DB_NAME")}
 else:
