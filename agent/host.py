@@ -43,6 +43,7 @@ from agent.host_protocol import (
     HostPollResponse,
     ProcessState,
 )
+from agent.tunnel_probe import ProbeListener
 
 log = logging.getLogger("agent.host")
 STOP_GRACE_S = 30.0
@@ -77,12 +78,14 @@ class HostAgent:
         state_file: Path,
         advertise_host: str,
         gpus: list[HostGpu],
+        probe_port: int | None = 0,
     ) -> None:
         self.control_plane = control_plane.rstrip("/")
         self.join_token = join_token
         self.state_file = state_file
         self.advertise_host = advertise_host
         self.gpus = gpus
+        self.probe_port = probe_port  # the dial-back probe's port at join (0: any; None: none)
         self.stop_event = threading.Event()
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.exited: dict[int, int] = {}
@@ -98,14 +101,22 @@ class HostAgent:
                 return str(data["credential"])
         if not self.join_token:
             raise Refused("no saved credential and no join token")
+        # The control plane dials it back during the join: if it cannot, the host's engines are
+        # served through tunnels (agent.tunnel_probe). Open only while joining.
+        probe = ProbeListener(port=self.probe_port) if self.probe_port is not None else None
         request = HostJoinRequest(
             join_token=self.join_token,
             hostname=socket.gethostname(),
             agent_version=__version__,
             advertise_host=self.advertise_host,
             gpus=self.gpus,
+            probe_port=probe.port if probe is not None else None,
         )
-        response = self.client.post(self.control_plane + JOIN_PATH, json=request.model_dump())
+        try:
+            response = self.client.post(self.control_plane + JOIN_PATH, json=request.model_dump())
+        finally:
+            if probe is not None:
+                probe.close()
         if response.status_code in (401, 403):
             raise Refused("join token refused (invalid, expired or already used)")
         if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
@@ -283,6 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
         help='GPUs to offer instead of nvidia-smi\'s, e.g. [{"index":0,"name":"L4",'
         '"memory_mib":23034}]',
     )
+    p.add_argument(
+        "--probe-port",
+        metavar="PORT",
+        type=int,
+        default=int(env("INVENTIV_PROBE_PORT") or 0),
+        help="port of the dial-back probe while joining (0: any free port; -1: none, the host "
+        "is then served direct unless its reachability says tunnel)",
+    )
     p.add_argument("--log-level", default=(env("INVENTIV_LOG_LEVEL") or "info").lower())
     return p
 
@@ -304,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         state_file=Path(args.state_file),
         advertise_host=args.advertise_host or _default_advertise_host(),
         gpus=_gpus(args.gpus_json),
+        probe_port=args.probe_port if args.probe_port >= 0 else None,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: agent.stop_event.set())

@@ -44,6 +44,9 @@ class HostJoinRequest(_Message):
     agent_version: str = ""
     advertise_host: str
     gpus: list[HostGpu] = Field(default_factory=list)
+    # The port of the host's dial-back probe listener (agent.tunnel_probe) at advertise_host;
+    # None: not offered (the host's reachability then stays unknown: direct unless set).
+    probe_port: int | None = Field(default=None, ge=1, le=65535)
 
 
 class HostJoinResponse(_Message):

@@ -83,6 +83,9 @@ class DesiredAction(StrEnum):
 class Desired(_Message):
     action: DesiredAction
     engine: EngineSpec | None = None
+    # The machine cannot be dialed: keep a tunnel (agent.tunnel) open to each of these gateway
+    # processes (http(s):// or ws(s):// base URLs); empty: the gateways dial the engine.
+    tunnel: list[str] = Field(default_factory=list)
 
 
 class AgentState(StrEnum):

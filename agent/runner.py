@@ -54,6 +54,7 @@ from agent.protocol import (
 )
 from agent.state import CredentialStore
 from agent.supervisor import EngineSupervisor, SupervisorTimings
+from agent.tunnel import TunnelManager
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class Agent:
         self._credential = ""
         self._interval = 10.0
         self._gpus: list[GpuInfo] = []
+        self.tunnels = TunnelManager()  # to the gateways, when the desired state lists them
         self._store = (
             CredentialStore(config.state_dir, config.control_plane_url)
             if config.state_dir is not None
@@ -264,6 +266,13 @@ class Agent:
             await self.supervisor.serve(desired.engine)
         else:
             self._action = desired.action
+        if desired.engine is not None:  # a machine that cannot be dialed: tunnels (agent.tunnel)
+            await self.tunnels.update(
+                desired.tunnel,
+                credential=self._credential,
+                instance_id=self._instance_id,
+                engine_port=desired.engine.port,
+            )
         self._on_engine_change()
 
     async def _heartbeat_loop(self) -> int:
@@ -340,4 +349,5 @@ async def run_agent(config: AgentConfig) -> int:
     finally:
         if agent.supervisor is not None:
             agent.supervisor.kill_now()  # no-op after a clean stop; last resort otherwise
+        await agent.tunnels.close()
         await client.aclose()

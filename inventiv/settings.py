@@ -583,6 +583,9 @@ ONPREM_JOIN_TOKEN_TTL_S = env_float("INVENTIV_ONPREM_JOIN_TOKEN_TTL_S", 3600.0, 
 ONPREM_POLL_INTERVAL_S = env_float("INVENTIV_ONPREM_POLL_INTERVAL_S", 5.0, minimum=0.05)
 # A host not heard from for this long gets no new placements.
 ONPREM_HOST_OFFLINE_AFTER_S = env_float("INVENTIV_ONPREM_HOST_OFFLINE_AFTER_S", 60.0, minimum=1)
+# Hosts behind NAT (docs/providers.md): the base URL of every gateway process, as machines reach
+# it; an agent that cannot be dialed keeps a tunnel open to each. Empty: no tunnels.
+TUNNEL_GATEWAY_URLS = env_list("INVENTIV_TUNNEL_GATEWAY_URLS", [])
 # The provider catalog/sweep tasks live in their own module (tasks.py is the orchestrator's).
 CELERY_IMPORTS = ["apps.instances.providers.tasks"]
 # Cloud SDKs log request bodies (user data carries a bootstrap token) at DEBUG: never log them.

@@ -53,6 +53,7 @@ from apps.gateway.body import (
 )
 from apps.gateway.budget import SpendGate, worst_case_tokens
 from apps.gateway.capacity import Capacity, HeldStreamSend, wake_progress
+from apps.gateway.db import db_call
 from apps.gateway.directory import Directory
 from apps.gateway.errors import GatewayError, retry_after, unauthorized
 from apps.gateway.key_cache import KeyCache
@@ -61,6 +62,8 @@ from apps.gateway.proxy import Proxy
 from apps.gateway.ratelimit import Limits, rate_limiter
 from apps.gateway.request import Receive, Request, Scope, Send, bearer_token, respond
 from apps.gateway.routing import PREFIX_AWARE, SESSION_AFFINITY, RetryBudget, RoutingTable
+from apps.gateway.tunnel import TUNNEL_PATH, TUNNELS
+from apps.gateway.tunnel_auth import tunnel_instance_id
 from apps.gateway.types import KeySnapshot
 from apps.gateway.usage_buffer import AccountedSend, UsageRecorder, UsageUnavailable
 from apps.gateway.usage_record import FINAL_SEQ, UsageRecordData
@@ -163,8 +166,17 @@ class Gateway:
         kind = scope["type"]
         if kind == "http":
             await self._http(scope, receive, send)
+        elif kind == "websocket":
+            if scope["path"] != TUNNEL_PATH:
+                await send({"type": "websocket.close", "code": 4404})
+                return
+            await TUNNELS.serve(scope, receive, send, self._tunnel_instance)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
+
+    async def _tunnel_instance(self, credential: str) -> str | None:
+        """An agent's tunnel credential → its instance (apps.gateway.tunnel_auth)."""
+        return await db_call(self._executor, tunnel_instance_id, credential=credential)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

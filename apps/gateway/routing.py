@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from apps.gateway.tunnel import TUNNELS
 from apps.gateway.types import InstanceSnapshot, ModelSnapshot
 
 LEAST_OUTSTANDING = "least_outstanding"
@@ -38,6 +39,13 @@ class InstanceState:
     def __post_init__(self) -> None:
         self.url_base = self.snapshot.endpoint
         self.auth_header = "Bearer " + self.snapshot.secret
+        if self.snapshot.tunnel:  # this process's local end of the agent's tunnel
+            self.url_base = TUNNELS.url_for(self.snapshot.id)
+
+    @property
+    def reachable(self) -> bool:
+        """False for a tunneled instance with no tunnel into this process."""
+        return not self.snapshot.tunnel or TUNNELS.connected(self.snapshot.id)
 
     @property
     def id(self) -> str:
@@ -138,10 +146,11 @@ class RoutingTable:
         prefix: str | None = None,
     ) -> InstanceState | None:
         now = time.monotonic()
-        candidates = [s for s in route.instances if s.id not in exclude and s.open_until <= now]
+        usable = [s for s in route.instances if s.id not in exclude and s.reachable]
+        candidates = [s for s in usable if s.open_until <= now]
         if not candidates:
             # Every instance is out of rotation: trying one beats refusing the request.
-            candidates = [s for s in route.instances if s.id not in exclude]
+            candidates = usable
             if not candidates:
                 return None
         if len(candidates) == 1:

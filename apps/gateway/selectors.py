@@ -12,6 +12,7 @@ from apps.gateway.models import ApiKey
 from apps.gateway.types import InstanceSnapshot, KeySnapshot, ModelSnapshot
 from apps.instances.choices import ROUTABLE
 from apps.instances.models import Instance
+from apps.instances.models.onprem import tunneled_instance_ids
 from apps.models.choices import ModelStatus
 from apps.models.models import LlmModel
 from inventiv.crypto import decrypt
@@ -68,6 +69,7 @@ def _instance_snapshots(model_code_ids: list[int]) -> dict[int, list[InstanceSna
     instances = Instance.objects.filter(llm_model_id__in=model_code_ids, status__in=ROUTABLE).only(
         "id", "llm_model_id", "engine_host", "public_ip", "engine_port", "engine_secret_encrypted"
     )
+    tunneled = tunneled_instance_ids([inst.id for inst in instances])  # fills its cache
     for inst in instances:
         if not inst.endpoint:
             continue
@@ -76,7 +78,12 @@ def _instance_snapshots(model_code_ids: list[int]) -> dict[int, list[InstanceSna
         except ValueError:  # unreadable secret: the instance cannot be called
             continue
         by_model.setdefault(inst.llm_model_id, []).append(
-            InstanceSnapshot(id=str(inst.id), endpoint=inst.endpoint, secret=secret)
+            InstanceSnapshot(
+                id=str(inst.id),
+                endpoint=inst.endpoint,
+                secret=secret,
+                tunnel=str(inst.id) in tunneled,
+            )
         )
     return by_model
 
@@ -93,7 +100,7 @@ def _context_length(model: LlmModel) -> int | None:
 def routing_snapshot(
     *, organization_id: int | None = None, name: str | None = None
 ) -> list[ModelSnapshot]:
-    """Every live model code (or the one named) with its ready instances. Two queries."""
+    """Every live model code (or the one named) with its ready instances. Three queries."""
     models = LlmModel.objects.exclude(status=ModelStatus.DECOMMISSIONED).select_related(
         "organization"
     )

@@ -25,6 +25,8 @@ class InstanceSnapshot:
     id: str
     endpoint: str  # http://host:port
     secret: str
+    # Its machine cannot be dialed: reached through its agent's tunnel (apps.gateway.tunnel).
+    tunnel: bool = False
 
 
 @dataclass(frozen=True, slots=True)

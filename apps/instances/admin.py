@@ -98,9 +98,12 @@ class OnPremHostAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "enabled",
         "gpu_model",
         "gpu_count",
+        "reachability",
+        "dialable",
         "joined_at",
         "last_seen_at",
     ]
+    list_filter = ["provider", "reachability", "dialable"]
     readonly_fields = [
         "join_token_hash",
         "join_expires_at",
@@ -112,6 +115,8 @@ class OnPremHostAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "gpu_model",
         "vram_per_gpu_gb",
         "last_seen_at",
+        "dialable",  # the dial-back probe's answer at join; reachability (auto) follows it
+        "probed_at",
     ]
     actions = ["issue_join_command"]
 

@@ -25,6 +25,7 @@ from agent.host_protocol import (
     HostPollResponse,
     ProcessState,
 )
+from agent.tunnel_probe import dial_back
 from apps.instances.agents.bootstrap import render_join_command
 from apps.instances.agents.versions import CONTROL_PLANE_VERSION, agent_version_mismatch
 from apps.instances.choices import ProviderKind
@@ -101,8 +102,19 @@ def onprem_host_join(*, request: HostJoinRequest) -> HostJoinResponse:
         raise HostAuthError("Invalid, expired or already used join token.")
     host.refresh_from_db()
     host.gpu_model, host.vram_per_gpu_gb = _gpu_summary(host)
-    host.save(update_fields=["gpu_model", "vram_per_gpu_gb"])
-    logger.info("on-premise host %s joined with %d GPU(s)", host.name, len(request.gpus))
+    fields = ["gpu_model", "vram_per_gpu_gb"]
+    if request.probe_port is not None:
+        # Can we open a connection to it? If not, an ``auto`` host is served through the tunnel.
+        host.dialable = dial_back(host.advertise_host, request.probe_port)
+        host.probed_at = timezone.now()
+        fields += ["dialable", "probed_at"]
+    host.save(update_fields=fields)
+    logger.info(
+        "on-premise host %s joined with %d GPU(s)%s",
+        host.name,
+        len(request.gpus),
+        "" if host.dialable is not False else "; it cannot be dialed: served through the tunnel",
+    )
     if agent_version_mismatch(request.agent_version):
         logger.warning(
             "on-premise host %s: host agent version %s differs from the control plane's %s",

@@ -29,6 +29,7 @@ from agent.protocol import (
 from apps.instances.agents.versions import CONTROL_PLANE_VERSION, agent_version_mismatch
 from apps.instances.choices import InstanceStatus, ProviderKind
 from apps.instances.models import Instance, OnPremAssignment
+from apps.instances.models.onprem import tunneled_instance_ids
 from apps.instances.providers.sizing import TENSOR_PARALLEL_SIZES
 from apps.instances.services import instance_request_termination, instance_transition
 from apps.models.models import HubToken
@@ -94,7 +95,21 @@ def _hub_token(organization_id: int) -> str:
     return crypto.decrypt(encrypted) if encrypted else ""
 
 
-def engine_spec_for(instance: Instance) -> EngineSpec:
+def tunnel_for(instance: Instance) -> list[str]:
+    """The gateways an agent must keep a tunnel to: every one, when its machine is an
+    on-premise host served through the tunnel (``OnPremHost.uses_tunnel``); else none."""
+    if instance.provider.kind != ProviderKind.ONPREM or not tunneled_instance_ids([instance.id]):
+        return []
+    if not settings.TUNNEL_GATEWAY_URLS:
+        logger.warning(
+            "instance %s is on a host served through the tunnel, but "
+            "INVENTIV_TUNNEL_GATEWAY_URLS is empty: no gateway can reach it",
+            instance.id,
+        )
+    return list(settings.TUNNEL_GATEWAY_URLS)
+
+
+def engine_spec_for(instance: Instance, *, tunnel: bool = False) -> EngineSpec:
     """The engine the agent must run. For vLLM: parallelism from the machine's GPUs, the model
     code's context length as ``max_model_len`` (engine arguments may override it), its
     precision and quantization; the organization's Hugging Face token if it has one."""
@@ -113,17 +128,21 @@ def engine_spec_for(instance: Instance) -> EngineSpec:
         dtype=model.dtype,
         quantization=model.quantization,
         hf_token=_hub_token(model.organization_id),
-        host="127.0.0.1" if instance.provider.kind == ProviderKind.LOCAL else "0.0.0.0",
+        # Tunneled: only the agent's tunnel reaches the engine, on loopback.
+        host="127.0.0.1" if instance.provider.kind == ProviderKind.LOCAL or tunnel else "0.0.0.0",
         port=instance.engine_port,
     )
 
 
 def desired_for(instance: Instance) -> Desired:
     status = S(instance.status)
-    if status in SERVE_STATUSES:
-        return Desired(action=DesiredAction.SERVE, engine=engine_spec_for(instance))
-    if status == S.DRAINING:
-        return Desired(action=DesiredAction.DRAIN, engine=engine_spec_for(instance))
+    if status in SERVE_STATUSES or status == S.DRAINING:
+        tunnel = tunnel_for(instance)
+        return Desired(
+            action=DesiredAction.SERVE if status in SERVE_STATUSES else DesiredAction.DRAIN,
+            engine=engine_spec_for(instance, tunnel=bool(tunnel)),
+            tunnel=tunnel,
+        )
     return Desired(action=DesiredAction.STOP)
 
 

@@ -3,10 +3,21 @@ GPU assignments of instances placed on them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from uuid import UUID
+
 from django.db import models
 
 from apps.instances.models.instance import Instance
 from apps.instances.models.supply import Provider
+
+
+class Reachability(models.TextChoices):
+    """How the gateways reach a host's engines (docs/providers.md, hosts behind NAT)."""
+
+    AUTO = "auto", "Automatic"  # direct if the dial-back probe at join answered, else tunnel
+    DIRECT = "direct", "Direct"  # the gateways dial advertise_host:engine_port
+    TUNNEL = "tunnel", "Tunnel"  # the agents keep a tunnel open to every gateway
 
 
 class OnPremHost(models.Model):
@@ -31,10 +42,21 @@ class OnPremHost(models.Model):
     vram_per_gpu_gb = models.PositiveIntegerField(default=0)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    reachability = models.CharField(
+        max_length=8, choices=Reachability.choices, default=Reachability.AUTO
+    )
+    # The dial-back probe at join (agent.tunnel_probe): could the control plane open a
+    # connection to advertise_host? None: not probed (an agent without a probe port).
+    dialable = models.BooleanField(null=True, blank=True)
+    probed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["provider", "name"], name="onpremhost_unique_name")
+            models.UniqueConstraint(fields=["provider", "name"], name="onpremhost_unique_name"),
+            models.CheckConstraint(
+                condition=models.Q(reachability__in=Reachability.values),
+                name="onpremhost_reachability_valid",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -43,6 +65,18 @@ class OnPremHost(models.Model):
     @property
     def gpu_count(self) -> int:
         return len(self.gpus or [])
+
+    @property
+    def uses_tunnel(self) -> bool:
+        """Its engines are served through their agents' tunnels, not dialed."""
+        return self.reachability == Reachability.TUNNEL or (
+            self.reachability == Reachability.AUTO and self.dialable is False
+        )
+
+
+_TUNNELED_HOSTS = models.Q(host__reachability=Reachability.TUNNEL) | models.Q(
+    host__reachability=Reachability.AUTO, host__dialable=False
+)
 
 
 class OnPremAssignment(models.Model):
@@ -86,3 +120,17 @@ class OnPremAssignment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.instance_id} on {self.host_id} ({self.desired}/{self.state})"
+
+
+def tunneled_instance_ids(instance_ids: Iterable[UUID | str]) -> set[str]:
+    """Of these instances, those placed on a host served through the tunnel. One query."""
+    ids = list(instance_ids)
+    if not ids:
+        return set()
+    found = (
+        OnPremAssignment.objects.filter(instance_id__in=ids)
+        .exclude(state=OnPremAssignment.State.STOPPED)
+        .filter(_TUNNELED_HOSTS)
+        .values_list("instance_id", flat=True)
+    )
+    return {str(i) for i in found}
