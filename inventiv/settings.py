@@ -141,11 +141,14 @@ INSTALLED_APPS = [
     "apps.instances",
     "apps.gateway",
     "apps.billing",
+    "apps.portal",
 ]
 
 MIDDLEWARE = [
     # First: probes get /healthz and /readyz whatever the Host header (nothing else does).
     "inventiv.health.HealthMiddleware",
+    # Request latency by route and status for /metrics (inventiv/metrics.py); probes not timed.
+    "inventiv.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -335,6 +338,8 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
+# The portal's own and vendored files (static/vendor/README.md: versions, licences).
+STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")) or "")
 # collectstatic fills it in production; before that (tests, embedded) it may just be empty.
 with contextlib.suppress(OSError):
