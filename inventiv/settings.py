@@ -147,8 +147,6 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: probes get /healthz and /readyz whatever the Host header (nothing else does).
     "inventiv.health.HealthMiddleware",
-    # Request latency by route and status for /metrics (inventiv/metrics.py); probes not timed.
-    "inventiv.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
