@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 from datetime import timedelta
 from typing import Any
 
 import redis
 from django.conf import settings
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 from django.utils import timezone
 
 from apps.instances import commands
-from apps.instances.choices import FAILED, HOLDS_MACHINE, InstanceStatus
+from apps.instances.choices import FAILED, HOLDS_MACHINE, LIVE, InstanceStatus
 from apps.instances.models import Instance, OrchestratorLock
 from apps.instances.orchestrator.autoscaler import autoscale_all
 from apps.instances.orchestrator.leases import commands_with_dead_holders, lease_forget
@@ -23,6 +24,7 @@ from apps.instances.orchestrator.scaling import (
     model_code_converge,
     model_code_finish_decommission,
 )
+from apps.instances.selectors import instance_last_beats
 from apps.instances.services import (
     instance_fail,
     instance_request_termination,
@@ -36,6 +38,10 @@ logger = logging.getLogger(__name__)
 S = InstanceStatus
 
 MAX_PROVISION_COMMANDS = 5
+# Bounded work per pass: instances moved per kind of action, model codes converged (the rest
+# are taken up by the next passes, a few seconds later).
+MAX_ACTIONS_PER_PASS = 500
+MAX_MODEL_CODES_PER_PASS = 200
 RECONCILE_LOCK = "reconcile"
 
 
@@ -70,9 +76,10 @@ def reconcile() -> dict[str, Any]:
         except Exception:  # the autoscaler must never stop the reconciler's other duties
             logger.exception("autoscaling failed")
         created = drained = 0
-        for model_code_id in LlmModel.objects.filter(
-            status__in=[*DEPLOYED_STATUSES, ModelStatus.DECOMMISSIONING]
-        ).values_list("id", flat=True):
+        pending, deferred = _model_codes_needing_action()
+        if deferred:
+            summary["model_codes_deferred"] = deferred
+        for model_code_id in pending:
             try:
                 result = model_code_converge(model_code_id=model_code_id)
             except Exception:  # one broken model code must not stop the others
@@ -147,46 +154,87 @@ def _mass_loss_hold(silent: int, watched: int) -> str | None:
     return f"{silent}/{watched}"
 
 
+def _model_codes_needing_action() -> tuple[list[int], int]:
+    """The model codes a converge would change, selected in one query: deploying (to settle),
+    decommissioning, or active with a live count other than their desired replicas. A
+    converged model code costs nothing here. At most ``MAX_MODEL_CODES_PER_PASS`` (a random
+    choice when more need action, so that none starves); returns them and how many wait."""
+    ids = list(
+        LlmModel.objects.filter(status__in=[*DEPLOYED_STATUSES, ModelStatus.DECOMMISSIONING])
+        .annotate(live=Count("instances", filter=Q(instances__status__in=LIVE)))
+        .filter(~Q(status=ModelStatus.ACTIVE) | ~Q(live=F("desired_replicas")))
+        .order_by("id")
+        .values_list("id", flat=True)
+    )
+    if len(ids) <= MAX_MODEL_CODES_PER_PASS:
+        return ids, 0
+    return sorted(random.sample(ids, MAX_MODEL_CODES_PER_PASS)), len(ids) - MAX_MODEL_CODES_PER_PASS
+
+
+def _silent_candidates(cutoff: Any, now: Any) -> Q:
+    """Recorded beat (database) past ``cutoff`` and not in maintenance: a superset of the
+    silent ones, which the leases then narrow down."""
+    return (Q(last_heartbeat_at__isnull=True) | Q(last_heartbeat_at__lt=cutoff)) & ~Q(
+        maintenance_until__gt=now
+    )
+
+
+def _confirmed_silent(instances: list[Instance], cutoff: Any) -> list[Instance]:
+    """Those whose heartbeat lease is missing or older than ``cutoff`` too."""
+    beats = instance_last_beats(i.id for i in instances)
+    limit = cutoff.timestamp()
+    return [i for i in instances if beats.get(str(i.id), 0.0) < limit]
+
+
 def _check_heartbeats() -> dict[str, Any]:
     """ready/starting → unavailable after missed heartbeats; unavailable too long → replaced,
-    unless a mass loss is being held (see ``_mass_loss_hold``)."""
+    unless a mass loss is being held (see ``_mass_loss_hold``).
+
+    Proportional to change: the serving count and the silent candidates are selected in SQL
+    (one aggregate, then only the candidates are loaded), the leases of the candidates alone
+    are read, and at most ``MAX_ACTIONS_PER_PASS`` instances are moved (the rest next pass)."""
     now = timezone.now()
     cutoff = now - timedelta(seconds=settings.HEARTBEAT_DEADLINE_S)
-    watched = Instance.objects.select_related("llm_model").filter(
-        status__in=[S.STARTING, S.READY, S.UNAVAILABLE]
+    candidates_q = _silent_candidates(cutoff, now)
+    serving_statuses = [S.STARTING, S.READY]
+    counts = Instance.objects.filter(status__in=serving_statuses).aggregate(
+        serving=Count("id"), silent=Count("id", filter=candidates_q)
     )
-    fleet = list(watched)
-    silent = [
-        i
-        for i in fleet
-        if (i.last_heartbeat_at is None or i.last_heartbeat_at < cutoff)
-        and not (i.maintenance_until and i.maintenance_until > now)
-    ]
-    serving = [i for i in fleet if i.status != S.UNAVAILABLE]
-    newly_silent = [i for i in silent if i.status != S.UNAVAILABLE]
-    held = _mass_loss_hold(len(newly_silent), len(serving))
+    serving, newly_silent = int(counts["serving"]), int(counts["silent"])
+    silent: list[Instance] = []
+    if newly_silent:
+        loaded = list(
+            Instance.objects.select_related("llm_model")
+            .filter(candidates_q, status__in=serving_statuses)
+            .order_by("last_heartbeat_at")[: MAX_ACTIONS_PER_PASS * 4]
+        )
+        silent = _confirmed_silent(loaded, cutoff)
+        # A beat renewed only in the lease is a live instance: discount it from the loss.
+        newly_silent -= len(loaded) - len(silent)
+    held = _mass_loss_hold(newly_silent, serving)
     if held:
         return {"mass_heartbeat_loss": held}
     marked = replaced = 0
+    for instance in silent[:MAX_ACTIONS_PER_PASS]:
+        age = (now - (instance.last_heartbeat_at or instance.status_changed_at)).total_seconds()
+        if instance_transition(
+            instance=instance,
+            to=S.UNAVAILABLE,
+            expected=S(instance.status),
+            reason=f"no heartbeat for {age:.0f}s",
+        ):
+            marked += 1
     replace_cutoff = now - timedelta(seconds=settings.UNAVAILABLE_REPLACE_AFTER_S)
-    for instance in silent:
-        if instance.status in (S.READY, S.STARTING):
-            age = (now - (instance.last_heartbeat_at or instance.status_changed_at)).total_seconds()
-            if instance_transition(
-                instance=instance,
-                to=S.UNAVAILABLE,
-                expected=S(instance.status),
-                reason=f"no heartbeat for {age:.0f}s",
-            ):
-                marked += 1
-        elif (
-            instance.status == S.UNAVAILABLE
-            and instance.status_changed_at < replace_cutoff
-            and instance_request_termination(
-                instance=instance,
-                reason=f"unavailable over {settings.UNAVAILABLE_REPLACE_AFTER_S:.0f}s: replaced",
-                expected=S.UNAVAILABLE,
-            )
+    stale = list(
+        Instance.objects.select_related("llm_model")
+        .filter(candidates_q, status=S.UNAVAILABLE, status_changed_at__lt=replace_cutoff)
+        .order_by("status_changed_at")[:MAX_ACTIONS_PER_PASS]
+    )
+    for instance in _confirmed_silent(stale, cutoff):
+        if instance_request_termination(
+            instance=instance,
+            reason=f"unavailable over {settings.UNAVAILABLE_REPLACE_AFTER_S:.0f}s: replaced",
+            expected=S.UNAVAILABLE,
         ):
             replaced += 1
     return {"marked_unavailable": marked, "replaced_unavailable": replaced}
