@@ -79,6 +79,36 @@ ENGINE_ARGS: dict[str, dict[str, ArgSpec]] = {
         ),
         "enforce_eager": ArgSpec("bool", "--enforce-eager", "disable CUDA graphs"),
     },
+    # text-generation-launcher (TGI 3.x, launcher/src/main.rs). ``tensor_parallel_size`` keeps
+    # vLLM's name (the control plane fills it in from the machine's GPUs alike) and maps to
+    # ``--num-shard``; ``max_model_len`` becomes ``--max-total-tokens`` and, unless
+    # ``max_input_tokens`` is given, ``--max-input-tokens`` one less (agent.engines).
+    "tgi": {
+        "tensor_parallel_size": ArgSpec(
+            "int", "--num-shard", "GPUs to shard the model over", 1, 64
+        ),
+        "max_model_len": ArgSpec(
+            "int", "--max-total-tokens", "prompt + generated tokens per request", 16, 10_000_000
+        ),
+        "max_input_tokens": ArgSpec(
+            "int", "--max-input-tokens", "prompt tokens per request", 1, 10_000_000
+        ),
+        "max_concurrent_requests": ArgSpec(
+            "int", "--max-concurrent-requests", "requests refused beyond this", 1, 65_536
+        ),
+        "max_batch_prefill_tokens": ArgSpec(
+            "int", "--max-batch-prefill-tokens", "tokens per prefill batch", 1, 10_000_000
+        ),
+        "cuda_memory_fraction": ArgSpec(
+            "float", "--cuda-memory-fraction", "fraction of GPU memory TGI may use", 0.05, 1.0
+        ),
+        "kv_cache_dtype": ArgSpec(
+            "str", "--kv-cache-dtype", "KV-cache dtype", choices=("fp8_e4m3fn", "fp8_e5m2")
+        ),
+        "trust_remote_code": ArgSpec(
+            "bool", "--trust-remote-code", "run model code from the Hugging Face repo"
+        ),
+    },
     "mock": {
         "token_rate": ArgSpec(
             "float", "--token-rate", "tokens per second per request; 0 = no delay", 0, 1_000_000
@@ -93,6 +123,17 @@ ENGINE_ARGS: dict[str, dict[str, ArgSpec]] = {
         "max_model_len": ArgSpec(
             "int", "--max-model-len", "context length in tokens", 16, 10_000_000
         ),
+        # Which API the mock serves, as a real model does: "chat" (every endpoint), "completion"
+        # (a base model without a chat template: chat is refused with 400, as vLLM does) or
+        # "embedding" (an embedding model: only /v1/embeddings).
+        "task": ArgSpec(
+            "str",
+            "--task",
+            "which API the model serves",
+            choices=("chat", "completion", "embedding"),
+        ),
+        # Whose HTTP surface and metrics the mock speaks: "vllm" or "tgi" (agent.mock_engine).
+        "flavor": ArgSpec("str", "--flavor", "vllm or tgi", choices=("vllm", "tgi")),
     },
 }
 
@@ -143,6 +184,9 @@ def validate_precision(engine: str, *, dtype: object, quantization: object) -> t
         raise ValueError(
             f"quantization: must be empty or one of {', '.join(methods)} for engine {engine!r}"
         )
+    if engine == "tgi" and dtype != "auto" and quantization:
+        # text-generation-launcher: "--dtype ... cannot be used with --quantize".
+        raise ValueError("dtype: engine 'tgi' takes no dtype together with a quantization")
     return dtype, quantization
 
 

@@ -15,13 +15,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.engine_args import engine_args_to_argv, validate_model_id, validate_precision
+from agent.engine_args import (
+    engine_args_to_argv,
+    validate_engine_args,
+    validate_model_id,
+    validate_precision,
+)
 from agent.protocol import EngineSpec
 
 # Environment variables of the agent that the engine must never see.
 _AGENT_SECRETS = ("INVENTIV_BOOTSTRAP_TOKEN",)
+# Where the engines read their secret: only the spec's key, set by the builder, may be there.
+_ENGINE_KEY_VARS = ("VLLM_API_KEY", "API_KEY", "MOCK_ENGINE_API_KEY")
 
 VLLM_EXECUTABLE = "vllm"
+TGI_EXECUTABLE = "text-generation-launcher"
 
 
 @dataclass(frozen=True)
@@ -33,12 +41,12 @@ class EngineCommand:
 
 
 # Where Hugging Face libraries read a token; only the spec's token may reach the engine.
-_HF_TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+_HF_TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
 
 
 def _base_env(base: Mapping[str, str] | None, spec: EngineSpec) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
-    for name in (*_AGENT_SECRETS, *_HF_TOKEN_VARS):
+    for name in (*_AGENT_SECRETS, *_HF_TOKEN_VARS, *_ENGINE_KEY_VARS):
         env.pop(name, None)
     if spec.hf_token:
         # The organization's token for gated or private models: environment only (argv is
@@ -78,6 +86,43 @@ def build_vllm_command(
     return EngineCommand(argv=argv, env=env)
 
 
+def build_tgi_command(spec: EngineSpec, base_env: Mapping[str, str] | None = None) -> EngineCommand:
+    """``text-generation-launcher --model-id <id> --hostname <h> --port <p> ...`` (TGI 3.x).
+
+    The engine secret is passed as ``API_KEY`` (the launcher's ``--api-key``, read from its
+    environment: TGI then requires ``Authorization: Bearer`` on every route but ``/health``
+    and ``/metrics``), the Hugging Face token as ``HF_TOKEN``. ``tensor_parallel_size`` is
+    ``--num-shard``; ``max_model_len`` is ``--max-total-tokens`` and ``--max-input-tokens`` one
+    less unless ``max_input_tokens`` is given (it must be smaller). ``--usage-stats off``: the
+    machine runs customers' traffic and reports nothing to Hugging Face."""
+    args = validate_engine_args("tgi", spec.engine_args)
+    total, given_input = args.get("max_model_len"), args.get("max_input_tokens")
+    if isinstance(total, int) and given_input is None:
+        args["max_input_tokens"] = total - 1
+    elif isinstance(total, int) and isinstance(given_input, int) and given_input >= total:
+        raise ValueError("engine_args.max_input_tokens: must be less than max_model_len")
+    dtype, quantization = validate_precision(
+        "tgi", dtype=spec.dtype, quantization=spec.quantization
+    )
+    argv = [
+        TGI_EXECUTABLE,
+        "--model-id",
+        spec.model_id,
+        "--hostname",
+        spec.host,
+        "--port",
+        str(spec.port),
+        *([] if dtype == "auto" else ["--dtype", dtype]),
+        *(["--quantize", quantization] if quantization else []),
+        *engine_args_to_argv("tgi", args),
+        "--usage-stats",
+        "off",
+    ]
+    env = _base_env(base_env, spec)
+    env["API_KEY"] = spec.api_key
+    return EngineCommand(argv=argv, env=env)
+
+
 def build_mock_command(
     spec: EngineSpec, base_env: Mapping[str, str] | None = None
 ) -> EngineCommand:
@@ -112,6 +157,8 @@ def build_command(spec: EngineSpec, base_env: Mapping[str, str] | None = None) -
     validate_model_id(spec.model_id)
     if spec.engine == "vllm":
         return build_vllm_command(spec, base_env)
+    if spec.engine == "tgi":
+        return build_tgi_command(spec, base_env)
     return build_mock_command(spec, base_env)
 
 

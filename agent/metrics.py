@@ -20,6 +20,16 @@ _SUMMED = {
 _KV_PREFERRED = "vllm:kv_cache_usage_perc"
 _KV_FALLBACK = "vllm:gpu_cache_usage_perc"
 _WANTED = frozenset((*_SUMMED, _KV_PREFERRED, _KV_FALLBACK))
+# text-generation-inference's router (router/src/infer, TGI 3.x): requests in the running batch
+# and in the queue; prompt and generated tokens as the sums of its per-request histograms. TGI
+# exposes no KV-cache occupancy: ``kv_cache_usage`` stays 0 for it.
+_TGI_SUMMED = {
+    "tgi_batch_current_size": "requests_running",
+    "tgi_queue_size": "requests_waiting",
+    "tgi_request_input_length_sum": "prompt_tokens_total",
+    "tgi_request_generated_tokens_sum": "generation_tokens_total",
+}
+_TGI_WANTED = frozenset(_TGI_SUMMED)
 
 
 def _split_sample(line: str) -> tuple[str, str] | None:
@@ -71,8 +81,19 @@ def parse_samples(text: str, names: frozenset[str] = _WANTED) -> dict[str, list[
     return found
 
 
-def parse_engine_metrics(text: str) -> EngineMetrics:
-    """Build :class:`EngineMetrics` from a vLLM-style ``/metrics`` body. Missing names are 0."""
+def parse_tgi_metrics(text: str) -> EngineMetrics:
+    """Build :class:`EngineMetrics` from TGI's ``/metrics`` body. Missing names are 0."""
+    samples = parse_samples(text, _TGI_WANTED)
+    return EngineMetrics(
+        **{field: sum(samples.get(name, ())) for name, field in _TGI_SUMMED.items()}
+    )
+
+
+def parse_engine_metrics(text: str, engine: str = "vllm") -> EngineMetrics:
+    """Build :class:`EngineMetrics` from an engine's ``/metrics`` body (vLLM's names, or TGI's
+    for ``engine`` "tgi"). Missing names are 0."""
+    if engine == "tgi":
+        return parse_tgi_metrics(text)
     samples = parse_samples(text)
     fields: dict[str, float] = {
         field: sum(samples.get(name, ())) for name, field in _SUMMED.items()

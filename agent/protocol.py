@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 PROTOCOL_VERSION = 1
 REGISTER_PATH = "/internal/agent/v1/register"
 HEARTBEAT_PATH = "/internal/agent/v1/heartbeat"
+TLS_FINGERPRINT_PATTERN = r"^(?:[0-9a-f]{64})?$"
 
 
 class _Message(BaseModel):
@@ -62,7 +63,7 @@ class EngineSpec(_Message):
     ``engine_args`` (``tensor_parallel_size``, ``pipeline_parallel_size``, ``max_model_len``),
     filled in by the control plane from the machine the instance landed on."""
 
-    engine: Literal["vllm", "mock"]
+    engine: Literal["vllm", "tgi", "mock"]
     model_id: str
     served_model_name: str
     engine_args: dict[str, Any] = Field(default_factory=dict)
@@ -72,6 +73,11 @@ class EngineSpec(_Message):
     hf_token: str = Field(default="", repr=False)
     host: str = "0.0.0.0"
     port: int = Field(ge=1, le=65535)
+    # The sealed data plane (agent.front): the engine binds 127.0.0.1 on a port of the agent's
+    # choosing and the agent serves ``host:port`` itself, over TLS with its own certificate,
+    # checking ``api_key`` and forwarding only the inference paths. False: the engine binds
+    # ``host:port`` directly (plain HTTP; the local provider's default).
+    sealed: bool = False
 
 
 class DesiredAction(StrEnum):
@@ -106,6 +112,9 @@ class RegisterRequest(_Message):
     # Base URL at which the engine will be reachable, as the machine sees itself. The control
     # plane may prefer the address the provider reported.
     advertise_host: str | None = None
+    # SHA-256 of the DER certificate of the agent's TLS front (64 lowercase hex digits; "" from
+    # an agent without one): the gateways pin it when they dial a sealed instance.
+    tls_fingerprint: str = Field(default="", pattern=TLS_FINGERPRINT_PATTERN)
 
 
 class RegisterResponse(_Message):
@@ -123,10 +132,14 @@ class EngineStatus(_Message):
     restarts: int = 0
     pid: int | None = None
     last_error: str | None = None
+    # The API the warm-up found the model serves: "chat", "completion" or "embedding" ("" until
+    # warmed up), agent.probe.
+    task: str = ""
 
 
 class EngineMetrics(_Message):
-    """Scraped from the engine's Prometheus ``/metrics`` (vLLM metric names)."""
+    """Scraped from the engine's Prometheus ``/metrics`` (vLLM's names; TGI's are mapped onto
+    them by ``agent.metrics``: tgi_batch_current_size, tgi_queue_size, ...)."""
 
     requests_running: float = 0.0  # vllm:num_requests_running
     requests_waiting: float = 0.0  # vllm:num_requests_waiting
@@ -150,6 +163,8 @@ class Heartbeat(_Message):
     metrics: EngineMetrics | None = None
     gpus: list[GpuInfo] = Field(default_factory=list)
     sent_at: datetime = Field(default_factory=_now)
+    # As in :class:`RegisterRequest`: a restarted agent with a new certificate says so here.
+    tls_fingerprint: str = Field(default="", pattern=TLS_FINGERPRINT_PATTERN)
 
 
 class HeartbeatResponse(_Message):

@@ -55,6 +55,7 @@ from agent.protocol import (
 from agent.state import CredentialStore
 from agent.supervisor import EngineSupervisor, SupervisorTimings
 from agent.tunnel import TunnelManager
+from agent.tls_identity import TlsIdentity, load_or_create
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class Agent:
         self._interval = 10.0
         self._gpus: list[GpuInfo] = []
         self.tunnels = TunnelManager()  # to the gateways, when the desired state lists them
+        self.tls: TlsIdentity | None = None  # the sealed front's certificate (run() makes it)
         self._store = (
             CredentialStore(config.state_dir, config.control_plane_url)
             if config.state_dir is not None
@@ -140,12 +142,18 @@ class Agent:
             engine=sup.status() if sup is not None else EngineStatus(),
             metrics=sup.metrics if sup is not None else None,
             gpus=self._gpus,
+            tls_fingerprint=self.tls.fingerprint if self.tls is not None else "",
         )
 
     # -- flow ------------------------------------------------------------------------------
 
     async def run(self) -> int:
         self._gpus = await asyncio.to_thread(detect_gpus)
+        if self.tls is None:
+            self.tls = await asyncio.to_thread(
+                load_or_create, self.config.state_dir, hosts=[self.config.advertise_host]
+            )
+            log.info("TLS front certificate sha256 %s", self.tls.fingerprint)
         stored = self._store.load() if self._store is not None else None
         if stored is not None:
             self._instance_id = stored.instance_id
@@ -180,6 +188,7 @@ class Agent:
         self.supervisor = EngineSupervisor(
             on_change=self._on_engine_change,
             timings=supervisor_timings(self._interval, self.config.stop_timeout_s),
+            tls=self.tls,
         )
         await self._apply(desired)
         return await self._heartbeat_loop()
@@ -238,6 +247,7 @@ class Agent:
             hostname=socket.gethostname(),
             gpus=self._gpus,
             advertise_host=self.config.advertise_host,
+            tls_fingerprint=self.tls.fingerprint if self.tls is not None else "",
         )
         backoff = self.config.register_backoff_initial_s
         while not self.shutdown.is_set():
@@ -350,4 +360,6 @@ async def run_agent(config: AgentConfig) -> int:
         if agent.supervisor is not None:
             agent.supervisor.kill_now()  # no-op after a clean stop; last resort otherwise
         await agent.tunnels.close()
+        if agent.tls is not None:
+            agent.tls.discard()  # a temporary key does not outlive the agent
         await client.aclose()

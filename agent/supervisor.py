@@ -28,9 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.engines import build_command
+from agent.front import EngineFront, loopback_port
 from agent.probe import EngineProbe
 from agent.process import describe_exit, kill_group, spawn, terminate_group
 from agent.protocol import AgentState, EngineMetrics, EngineSpec, EngineStatus
+from agent.tls_identity import TlsIdentity
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,12 @@ class EngineSupervisor:
         *,
         on_change: Callable[[], None],
         timings: SupervisorTimings | None = None,
+        tls: TlsIdentity | None = None,
     ) -> None:
         self._on_change = on_change
         self.timings = timings or SupervisorTimings()
+        self.tls = tls  # the certificate of the sealed front (needed by a sealed spec)
+        self.front: EngineFront | None = None
         self._spec: EngineSpec | None = None
         self._task: asyncio.Task[None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
@@ -87,6 +92,7 @@ class EngineSupervisor:
             restarts=self._restarts,
             pid=self._proc.pid if self.process_alive and self._proc else None,
             last_error=self._last_error,
+            task=self._task_served,
         )
 
     # -- write side ------------------------------------------------------------------------
@@ -132,6 +138,7 @@ class EngineSupervisor:
         self._last_error: str | None = None
         self._metrics: EngineMetrics | None = None
         self._ready_since: float | None = None
+        self._task_served = ""
 
     async def _stop_current(self) -> None:
         task, self._task = self._task, None
@@ -157,11 +164,54 @@ class EngineSupervisor:
         self._on_change()
 
     async def _supervise(self, spec: EngineSpec) -> None:
+        try:
+            await self._supervise_engine(spec)
+        finally:
+            front, self.front = self.front, None
+            if front is not None:
+                await front.stop()
+
+    async def _open_front(self, spec: EngineSpec, engine_port: int) -> bool:
+        """Serve ``spec.host:spec.port`` (sealed) before the engine on ``engine_port`` starts,
+        or point the running front at a restarted engine's new port. False (and ENGINE_DOWN)
+        when it cannot listen."""
+        if self.front is not None:
+            self.front.app.retarget(engine_port)
+            return True
+        if self.tls is None:
+            self._mark_down("sealed engine, but the agent has no TLS identity")
+            return False
+        front = EngineFront(
+            host=spec.host,
+            port=spec.port,
+            api_key=spec.api_key,
+            upstream_port=engine_port,
+            tls=self.tls,
+        )
+        try:
+            await front.start()
+        except OSError as exc:
+            await front.stop()
+            log.error("cannot listen on %s:%d: %s", spec.host, spec.port, exc)
+            self._mark_down(f"sealed front cannot listen on {spec.host}:{spec.port}: {exc}")
+            return False
+        self.front = front
+        return True
+
+    async def _supervise_engine(self, spec: EngineSpec) -> None:
         t = self.timings
         backoff = t.backoff_initial_s
+        sealed = spec
         while True:
+            if spec.sealed:
+                # The engine on loopback only, on a port of ours; the front takes the address.
+                sealed = spec.model_copy(update={"host": "127.0.0.1", "port": loopback_port()})
+                if not await self._open_front(spec, sealed.port):
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, t.backoff_max_s)
+                    continue
             try:
-                command = build_command(spec)
+                command = build_command(sealed)
             except ValueError as exc:
                 log.error("cannot start engine: %s", exc)
                 self._mark_down(f"invalid engine spec: {exc}")
@@ -175,7 +225,7 @@ class EngineSupervisor:
                 self._proc = proc
                 log.info("engine started, pid %d: %s", proc.pid, " ".join(command.argv))
                 self._on_change()
-                probe = EngineProbe(spec)
+                probe = EngineProbe(sealed)
                 probing = asyncio.create_task(self._probe_loop(probe, proc), name="engine-probe")
                 try:
                     returncode = await proc.wait()
@@ -210,6 +260,7 @@ class EngineSupervisor:
             listed = healthy and await probe.model_listed()
             if listed and not warmed:
                 warmed = await probe.warm_up()
+                self._task_served = probe.task
             metrics = await probe.metrics() if healthy else None
             if proc.returncode is not None:
                 return

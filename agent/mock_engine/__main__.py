@@ -25,6 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--startup-delay-s", type=float, default=0.0)
     p.add_argument("--embedding-dim", type=int, default=8)
     p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument("--task", choices=("chat", "completion", "embedding"), default="chat")
+    p.add_argument("--flavor", choices=("vllm", "tgi"), default="vllm")
     p.add_argument("--log-level", default="warning")
     return p.parse_args(argv)
 
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         startup_delay_s=args.startup_delay_s,
         embedding_dim=args.embedding_dim,
         max_model_len=args.max_model_len,
+        task=args.task,
+        flavor=args.flavor,
     )
     uvicorn.run(
         MockEngine(config),

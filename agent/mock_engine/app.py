@@ -37,7 +37,7 @@ from agent.mock_engine.asgi import (
     wait_disconnect,
 )
 from agent.mock_engine.stats import Stats
-from agent.mock_engine.tokens import embedding
+from agent.mock_engine.tokens import embedding, seed_of, token_words
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,13 @@ class MockConfig:
     startup_delay_s: float = 0.0
     embedding_dim: int = 8
     max_model_len: int = 4096  # prompt + completion tokens, as vLLM's --max-model-len
+    # Which API the model serves: "chat" (every endpoint, the mock's default), "completion" (a
+    # base model: no chat template, no embeddings), "embedding" (an embedding model: only
+    # /v1/embeddings), the others refused with the real engine's status.
+    task: str = "chat"
+    # Whose surface it speaks: "vllm", or "tgi" (TGI's metric names, /info and /generate, no
+    # embeddings, no rerank/score/tokenize, 422 for a chat without a template).
+    flavor: str = "vllm"
 
 
 @dataclass
@@ -79,7 +86,7 @@ class MockEngine:
             model_id=config.model_id,
             max_model_len=config.max_model_len,
         )
-        self._routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
+        routes: dict[tuple[str, str], Callable[[Scope, Receive, Send], Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._completions,
             ("POST", "/v1/embeddings"): self._embeddings,
@@ -95,6 +102,14 @@ class MockEngine:
             ("POST", "/mock/control"): self._control,
             ("GET", "/mock/last_request"): self._last_request,
         }
+        if config.flavor == "tgi":
+            vllm_only = ("/v1/embeddings", "/v1/responses", "/v1/rerank", "/rerank", "/v2/rerank")
+            for key in [k for k in routes if k[1] in vllm_only or "score" in k[1] or "tok" in k[1]]:
+                del routes[key]
+            routes[("POST", "/generate")] = self._generate_tgi
+            routes[("GET", "/info")] = self._info
+        self._routes = routes
+        self.stats.flavor = config.flavor
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -134,6 +149,35 @@ class MockEngine:
     async def _models(self, scope: Scope, receive: Receive, send: Send) -> None:
         await respond(send, 200, self._models_body, JSON_HEADERS)
 
+    async def _info(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """TGI's ``GET /info`` (the fields the agent reads, and a few more)."""
+        body = {
+            "model_id": self.config.model_id,
+            "max_total_tokens": self.config.max_model_len,
+            "max_input_tokens": self.config.max_model_len - 1,
+            "router": "text-generation-router",
+            "version": "3.0.0-mock",
+        }
+        await respond(send, 200, orjson.dumps(body), JSON_HEADERS)
+
+    async def _generate_tgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """TGI's native ``POST /generate``: ``{"inputs", "parameters": {"max_new_tokens"}}``."""
+        self._check_task("completions")
+        req = await self._parse(receive)
+        inputs = req.get("inputs")
+        if not isinstance(inputs, str):
+            raise HttpError(422, "inputs must be a string", "validation", "inputs")
+        raw = req.get("parameters")
+        params: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        n = params.get("max_new_tokens", self.config.default_max_tokens)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise HttpError(422, "max_new_tokens must be positive", "validation", "parameters")
+        text, prompt_tokens = api.prompt({"prompt": inputs}, chat=False)
+        api.check_context({}, prompt_tokens, n, self.config.max_model_len)
+        words = token_words(seed_of(text), n)
+        await respond(send, 200, orjson.dumps({"generated_text": "".join(words)}), JSON_HEADERS)
+        self.stats.finished(prompt_tokens=prompt_tokens, generation_tokens=n, ttft=0.0, e2e=0.0)
+
     async def _last_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         await respond(send, 200, self.last_request, JSON_HEADERS)
 
@@ -166,7 +210,9 @@ class MockEngine:
         self.last_request = body
         req = json_object(body)
         model = req.get("model")
-        if model is not None and model != self.config.served_model_name:
+        # TGI serves one model and ignores the field ("[UNUSED]" in its API).
+        tgi = self.config.flavor == "tgi"
+        if model is not None and model != self.config.served_model_name and not tgi:
             raise HttpError(404, f"The model `{model}` does not exist.", "model_not_found", "model")
         if self.faults.fail_next:
             self.faults.fail_next -= 1
@@ -189,7 +235,21 @@ class MockEngine:
     async def _completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._generate(receive, send, chat=False)
 
+    def _check_task(self, endpoint: str) -> None:
+        """Refuse what the model cannot serve, with the real engine's status."""
+        task = self.config.task
+        if task == "embedding" and endpoint != "embeddings":
+            raise HttpError(
+                400, "The model does not support this API (an embedding model).", "bad_request"
+            )
+        if task == "completion" and endpoint == "embeddings":
+            raise HttpError(400, "The model does not support Embeddings API.", "bad_request")
+        if task == "completion" and endpoint == "chat":
+            status = 422 if self.config.flavor == "tgi" else 400
+            raise HttpError(status, "The model has no chat template.", "bad_request")
+
     async def _generate(self, receive: Receive, send: Send, *, chat: bool) -> None:
+        self._check_task("chat" if chat else "completions")
         req = await self._parse(receive)
         text, prompt_tokens = api.prompt(req, chat=chat)
         n = api.max_tokens(req, self.config.default_max_tokens)
@@ -412,6 +472,7 @@ class MockEngine:
         await respond(send, 200, pooling.detokenize_body(req), JSON_HEADERS)
 
     async def _embeddings(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._check_task("embeddings")
         req = await self._parse(receive)
         inputs = api.embedding_inputs(req)
         fmt = api.encoding_format(req)

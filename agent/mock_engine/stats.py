@@ -41,6 +41,7 @@ class Stats:
     """Mutated only from the event loop thread, so plain integers are enough."""
 
     model_name: str
+    flavor: str = "vllm"  # "tgi": rendered with text-generation-inference's names
     running: int = 0
     waiting: int = 0
     prompt_tokens: int = 0
@@ -64,7 +65,29 @@ class Stats:
         self.ttft.observe(ttft)
         self.e2e.observe(e2e)
 
+    def render_tgi(self) -> bytes:
+        """TGI's router metrics (unlabelled, as TGI exposes them)."""
+        lines = [
+            "# TYPE tgi_batch_current_size gauge",
+            f"tgi_batch_current_size {self.running}",
+            "# TYPE tgi_queue_size gauge",
+            f"tgi_queue_size {self.waiting}",
+            "# TYPE tgi_batch_current_max_tokens gauge",
+            f"tgi_batch_current_max_tokens {self.running * 16}",
+            "# TYPE tgi_request_success counter",
+            f"tgi_request_success {sum(self.success.values())}",
+            "# TYPE tgi_request_input_length histogram",
+            f"tgi_request_input_length_sum {float(self.prompt_tokens)}",
+            f"tgi_request_input_length_count {sum(self.success.values())}",
+            "# TYPE tgi_request_generated_tokens histogram",
+            f"tgi_request_generated_tokens_sum {float(self.generation_tokens)}",
+            f"tgi_request_generated_tokens_count {sum(self.success.values())}",
+        ]
+        return ("\n".join(lines) + "\n").encode()
+
     def render(self) -> bytes:
+        if self.flavor == "tgi":
+            return self.render_tgi()
         escaped = self.model_name.replace("\\", "\\\\").replace('"', '\\"')
         labels = f'model_name="{escaped}"'
         lines = [

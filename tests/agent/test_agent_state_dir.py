@@ -54,7 +54,13 @@ def test_it_resumes_with_its_stored_credential_after_being_killed(
         "credential": control_plane.credential,
         "control_plane": control_plane.url,
     }
-    assert list(state_dir.iterdir()) == [stored]
+    # And its front's key, 0600 in a 0700 directory (the same certificate after a restart)
+    tls_dir = state_dir / "tls"
+    assert sorted(state_dir.iterdir()) == [stored, tls_dir]
+    assert stat.S_IMODE(tls_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((tls_dir / "key.pem").stat().st_mode) == 0o600
+    fingerprint = control_plane.registrations[0]["tls_fingerprint"]
+    assert len(fingerprint) == 64 and ready["tls_fingerprint"] == fingerprint
 
     # When the agent is SIGKILLed (its engine dies with it)
     first.proc.proc.send_signal(signal.SIGKILL)
@@ -70,7 +76,7 @@ def test_it_resumes_with_its_stored_credential_after_being_killed(
     _, first_beat = control_plane.wait_heartbeat(lambda b: True, after=after)
     assert first_beat["state"] == "starting" and first_beat["engine"]["pid"] is None
     _, again = second.wait_state("ready", after=after)
-    assert again["instance_id"] == "inst-1"
+    assert again["instance_id"] == "inst-1" and again["tls_fingerprint"] == fingerprint
     assert again["engine"]["pid"] != ready["engine"]["pid"]
     assert len(control_plane.registrations) == 1
     assert "resuming as instance inst-1" in second.proc.log()

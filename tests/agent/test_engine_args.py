@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from typing import get_args
 
 import pytest
 
@@ -118,7 +119,8 @@ def test_it_normalises_numbers_and_keeps_valid_args() -> None:
 
 
 def test_it_lists_every_engine_of_the_protocol() -> None:
-    assert set(ENGINE_ARGS) == {"vllm", "mock"}
+    assert set(ENGINE_ARGS) == {"vllm", "tgi", "mock"}
+    assert set(ENGINE_ARGS) == set(get_args(EngineSpec.model_fields["engine"].annotation))
     for args in ENGINE_ARGS.values():
         for arg in args.values():
             assert arg.flag.startswith("--")
