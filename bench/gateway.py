@@ -1,14 +1,29 @@
-"""Gateway benchmark: ``.venv/bin/python -m bench.gateway [--duration 3] [--max-tokens 32]``.
+"""Gateway benchmark, governance on as in production:
+``.venv/bin/python -m bench.gateway [--runs 3] [--duration 2] [--workers 1,2] [--servers uvicorn]``.
 
-Starts the mock engine in fast mode (no token delay) and a standalone gateway in front of it,
-then measures direct-to-engine and through-gateway, streaming and not, at concurrency 1, 16 and
-64: requests/s, p50/p99 latency, time to first byte of the answer (TTFT), errors, and the
-gateway/direct ratios. The gateway runs alone on core 0; the engine and this load generator on
-core 1, so that figures compare across runs (on a machine with at least 2 cores).
+What runs: the mock engine in fast mode (no token delay, 32-token answers) and, in front of it,
+one standalone gateway per (server, worker count) asked for, on production settings: a
+throw-away PostgreSQL database (on the server of ``DATABASE_URL``, default the local one) and
+Redis (``REDIS_URL``, default the local one, under a throw-away prefix). The key has rate limits
+(requests, tokens and concurrency per minute, high enough never to refuse) and a monthly budget,
+its organization a budget too, and the model code a price: every request goes through the
+rate-limit and budget scripts, reserves and settles, and writes its usage ahead to the Redis
+stream, as in production. Between cells the bench flushes that stream into PostgreSQL (the
+worker's ``usage_flush``), so Redis stays small and the measured cells are not disturbed.
 
-The control data (organization, model code, ready instance, key) lives in a throw-away SQLite
-database; with ``REDIS_URL`` set, the gateway buffers usage in Redis (under a throw-away prefix)
-as in production, else in process (the embedded mode).
+Placement (2 cores or more): a one-worker gateway alone on core 0; the engine and this load
+generator (aiohttp on uvloop) on core 1; a two-worker gateway on cores 0 and 1 (so it shares
+core 1 with the engine and the load generator: on a 2-core machine its throughput is bound by
+them; its CPU per request says what it would do on its own cores).
+
+Method: ``--runs`` interleaved runs; in each, every cell (plain and streamed, concurrency 1, 16,
+64) is measured direct-to-engine and through each gateway one after the other, so that noise
+from other work on the machine hits all targets alike. The tables print medians over the runs
+(and the spread of req/s), p50/p99 latency, time to first byte (TTFT), the added latency and
+TTFT (gateway minus direct of the same run, median over runs), the gateway's CPU per request
+(from /proc, all of its processes) and the requests per second one core could serve at that
+CPU cost, the CPU per relayed SSE event, and the issue's targets. ``--profile DIR`` records
+every gateway with py-spy (``--nonblocking``, raw collapsed stacks) while the runs go on.
 """
 
 from __future__ import annotations
@@ -17,16 +32,25 @@ import argparse
 import asyncio
 import os
 import secrets
+import shutil
+import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 16, 64)
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+# Limits high enough never to refuse at the rates measured here, low enough to be real.
+RPM, TPM, CONCURRENT = 100_000_000, 2_000_000_000, 10_000
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -35,7 +59,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -51,8 +75,31 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
     raise SystemExit(f"{url} did not come up")
 
 
-def _setup_data(engine_port: int, engine_secret: str) -> str:
-    """Create the organization, model code, ready instance and key; return the key."""
+# --- the control data ---------------------------------------------------------------------------
+
+
+def _create_database(server_url: str) -> str:
+    """A throw-away database on the server of ``server_url``; returns its URL."""
+    import psycopg
+
+    name = f"bench_gateway_{secrets.token_hex(4)}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+def _drop_database(server_url: str, url: str) -> None:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _setup_data(engine_port: int, engine_secret: str, governance: bool) -> str:
+    """Organization, priced model code, ready instance, a key with rate limits, budgets on the
+    key and the organization, all published to the gateways' Redis counters; returns the key.
+    Without ``governance``: no limits, no budget, no price (usage is still recorded)."""
     import django
 
     django.setup()
@@ -62,6 +109,8 @@ def _setup_data(engine_port: int, engine_secret: str) -> str:
     call_command("migrate", verbosity=0, interactive=False)
     from apps.accounts.models import Organization
     from apps.accounts.services import user_create
+    from apps.billing.services import price_set
+    from apps.billing.services.budgets import budget_set, budgets_enforce
     from apps.gateway.services import api_key_create
     from apps.instances.models import Instance, Provider
     from apps.models.models import LlmModel
@@ -85,8 +134,152 @@ def _setup_data(engine_port: int, engine_secret: str) -> str:
         engine_port=engine_port,
         engine_secret_encrypted=encrypt(engine_secret),
     )
-    _, key = api_key_create(organization=org, name="bench")
+    if not governance:
+        return api_key_create(organization=org, name="bench")[1]
+    api_key, key = api_key_create(
+        organization=org, name="bench", rpm_limit=RPM, tpm_limit=TPM, concurrency_limit=CONCURRENT
+    )
+    price_set(model_code=model, currency="EUR", input_per_million="0.5", output_per_million="1.5")
+    budget_set(organization=org, currency="EUR", monthly_limit="1000000")
+    budget_set(organization=org, api_key=api_key, currency="EUR", monthly_limit="900000")
+    budgets_enforce(rollup=False)  # what the beat's budget pass publishes
     return key
+
+
+def _flush_usage() -> int:
+    from apps.billing.services import usage_flush
+
+    total = 0
+    while True:
+        moved = usage_flush(max_batches=200)
+        total += moved
+        if not moved:
+            return total
+
+
+def _usage_check() -> tuple[int, int, int]:
+    """(records in the database, spend counted by the key's budget counter in pico, the
+    records' cost in pico at the published price)."""
+    from django.db.models import Sum
+
+    from apps.billing.models import UsageRecord
+    from apps.gateway.budget import budget_control, period_of
+    from apps.gateway.models import ApiKey
+
+    key = ApiKey.objects.get(name="bench")
+    totals = UsageRecord.objects.aggregate(p=Sum("prompt_tokens"), c=Sum("completion_tokens"))
+    cost = (totals["p"] or 0) * 500_000 + (totals["c"] or 0) * 1_500_000
+    spent, _ = budget_control().spent("key", key.id, period_of())
+    return UsageRecord.objects.count(), spent, cost
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+def _start_redis(directory: Path, cores: set[int] | None) -> tuple[subprocess.Popen[bytes], str]:
+    """A private redis-server persisting as compose's (AOF, fsync every second)."""
+    import redis
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise SystemExit("redis-server is needed (or pass --redis-url)")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--protected-mode",
+            "no",
+            "--loglevel",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        preexec_fn=_pinned(cores),
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_timeout=1)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    client.close()
+    return proc, url
+
+
+def _pinned(cores: set[int] | None) -> Callable[[], None] | None:
+    if cores is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cores)
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+            except OSError:
+                continue
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its descendants."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK_TCK
+
+
+@dataclass
+class Gateway:
+    name: str
+    server: str
+    workers: int
+    proc: subprocess.Popen[bytes]
+    url: str
+
+
+def _start_gateway(
+    server: str, workers: int, env: dict[str, str], cores: set[int] | None
+) -> Gateway:
+    port = _free_port()
+    if server == "uvicorn":
+        args = [sys.executable, "-m", "apps.gateway", "--host", "127.0.0.1", "--port", str(port)]
+        args += ["--workers", str(workers)]
+    else:
+        args = [sys.executable, "-m", "apps.gateway", "--server", server]
+        args += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, preexec_fn=_pinned(cores))
+    url = f"http://127.0.0.1:{port}"
+    _wait_http(url + "/healthz", proc)
+    return Gateway(f"{server}-w{workers}", server, workers, proc, url)
+
+
+# --- the load generator -------------------------------------------------------------------------
 
 
 @dataclass
@@ -95,8 +288,12 @@ class Result:
     p50: float
     p99: float
     ttft50: float
+    ttft99: float
     errors: int
     count: int
+    events: int  # SSE events received (streams)
+    cpu_s: float  # the gateway's CPU seconds over the measured window (0 for direct)
+    sent: int  # requests sent, warm-up included (usage records expected)
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -107,7 +304,14 @@ def _pct(values: list[float], q: float) -> float:
 
 
 async def _run(
-    url: str, key: str, *, stream: bool, concurrency: int, duration: float, max_tokens: int
+    url: str,
+    token: str,
+    *,
+    stream: bool,
+    concurrency: int,
+    duration: float,
+    max_tokens: int,
+    cpu: Callable[[], float] | None,
 ) -> Result:
     import aiohttp
     import orjson
@@ -120,23 +324,26 @@ async def _run(
             "stream": stream,
         }
     )
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     latencies: list[float] = []
     ttfts: list[float] = []
-    errors = 0
+    errors = events = sent = 0
     connector = aiohttp.TCPConnector(limit=concurrency + 4)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def one(record: bool) -> None:
-            nonlocal errors
+            nonlocal errors, events, sent
+            sent += 1
             start = time.perf_counter()
+            seen = 0
             try:
                 async with session.post(url, data=body, headers=headers) as resp:
                     first = None
                     if stream:
-                        async for _ in resp.content.iter_any():
+                        async for data in resp.content.iter_any():
                             if first is None:
                                 first = time.perf_counter()
+                            seen += data.count(b"\n\n")
                     else:
                         await resp.read()
                         first = time.perf_counter()
@@ -149,6 +356,7 @@ async def _run(
             if not ok:
                 errors += 1
                 return
+            events += seen
             latencies.append(end - start)
             ttfts.append((first or end) - start)
 
@@ -158,44 +366,101 @@ async def _run(
 
         warm = time.perf_counter() + min(1.0, duration / 3)
         await asyncio.gather(*[worker(warm, False) for _ in range(concurrency)])
+        cpu0 = cpu() if cpu else 0.0
         start = time.perf_counter()
         deadline = start + duration
         await asyncio.gather(*[worker(deadline, True) for _ in range(concurrency)])
         elapsed = time.perf_counter() - start
+        cpu_s = (cpu() - cpu0) if cpu else 0.0
     return Result(
         rps=len(latencies) / elapsed,
         p50=_pct(latencies, 0.5) * 1000,
         p99=_pct(latencies, 0.99) * 1000,
         ttft50=_pct(ttfts, 0.5) * 1000,
+        ttft99=_pct(ttfts, 0.99) * 1000,
         errors=errors,
         count=len(latencies),
+        events=events,
+        cpu_s=cpu_s,
+        sent=sent,
     )
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+Cell = tuple[bool, int]  # (stream, concurrency)
+
+
+@dataclass
+class Runs:
+    """Every run's result per (cell, target)."""
+
+    by: dict[tuple[Cell, str], list[Result]] = field(default_factory=dict)
+
+    def add(self, cell: Cell, target: str, result: Result) -> None:
+        self.by.setdefault((cell, target), []).append(result)
+
+    def med(self, cell: Cell, target: str, value: Callable[[Result], float]) -> float:
+        return statistics.median(value(r) for r in self.by[(cell, target)])
+
+    def added(self, cell: Cell, target: str, value: Callable[[Result], float]) -> float:
+        """Median over runs of (target − direct) of the same run."""
+        pairs = zip(self.by[(cell, target)], self.by[(cell, "direct")], strict=True)
+        return statistics.median(value(g) - value(d) for g, d in pairs)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__)
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per cell")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved runs (medians)")
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--workers", default="1,2", help="gateway worker counts, e.g. 1,2")
+    parser.add_argument("--servers", default="uvicorn", help="uvicorn and/or granian")
+    parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
+    parser.add_argument("--modes", default="plain,stream")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy record every gateway into DIR")
+    parser.add_argument(
+        "--governance",
+        choices=("on", "off"),
+        default="on",
+        help="off: a key with no limits and no budget, an unpriced model code",
+    )
+    parser.add_argument(
+        "--redis-url",
+        help="use this Redis (default: a private redis-server on the engine's core)",
+    )
     args = parser.parse_args(argv)
+    workers = [int(w) for w in args.workers.split(",")]
+    servers = args.servers.split(",")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    modes = [m == "stream" for m in args.modes.split(",")]
 
-    state = tempfile.mkdtemp(prefix="inventiv-bench-")
+    two_cores = len(os.sched_getaffinity(0)) >= 2
+    server_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    procs: list[subprocess.Popen[bytes]] = []
+    redis_url = args.redis_url
+    if not redis_url:
+        redis_proc, redis_url = _start_redis(
+            Path(tempfile.mkdtemp(prefix="bench-gateway-redis-")), {1} if two_cores else None
+        )
+        procs.append(redis_proc)
+    database_url = _create_database(server_url)
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "inventiv.settings",
-        "INVENTIV_STATE_DIR": state,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
         "INVENTIV_REDIS_PREFIX": f"bench-{secrets.token_hex(3)}:",
         "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_urlsafe(32),
         "LOG_LEVEL": "WARNING",
         "PYTHONPATH": str(ROOT),
     }
-    env.pop("DATABASE_URL", None)
-    shared = ("INVENTIV_STATE_DIR", "INVENTIV_REDIS_PREFIX", "SECRET_KEY", "LOG_LEVEL")
+    shared = ("DATABASE_URL", "REDIS_URL", "INVENTIV_REDIS_PREFIX", "SECRET_KEY", "LOG_LEVEL")
     os.environ.update({k: env[k] for k in (*shared, "DJANGO_SETTINGS_MODULE")})
-    os.environ.pop("DATABASE_URL", None)
-    two_cores = len(os.sched_getaffinity(0)) >= 2
-    engine_port, gateway_port = _free_port(), _free_port()
+    engine_port = _free_port()
     engine_secret = secrets.token_urlsafe(24)
-    procs: list[subprocess.Popen[bytes]] = []
+    spies: list[subprocess.Popen[bytes]] = []
+    gateways: list[Gateway] = []
     try:
         engine = subprocess.Popen(
             [
@@ -213,125 +478,238 @@ def main(argv: list[str] | None = None) -> int:
             ],
             cwd=ROOT,
             env={**env, "MOCK_ENGINE_API_KEY": engine_secret},
+            preexec_fn=_pinned({1} if two_cores else None),
         )
         procs.append(engine)
         if two_cores:
-            os.sched_setaffinity(engine.pid, {1})
             os.sched_setaffinity(0, {1})
         _wait_http(f"http://127.0.0.1:{engine_port}/health", engine)
-        key = _setup_data(engine_port, engine_secret)
-        gateway = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "apps.gateway",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(gateway_port),
-            ],
-            cwd=ROOT,
-            env=env,
-        )
-        procs.append(gateway)
-        if two_cores:
-            os.sched_setaffinity(gateway.pid, {0})
-        _wait_http(f"http://127.0.0.1:{gateway_port}/healthz", gateway)
-
-        targets = {
-            "direct": (f"http://127.0.0.1:{engine_port}/v1/chat/completions", engine_secret),
-            "gateway": (f"http://127.0.0.1:{gateway_port}/v1/chat/completions", key),
-        }
-        results: dict[tuple[str, bool, int], Result] = {}
-        for stream in (False, True):
-            for concurrency in CONCURRENCY:
-                for name, (url, token) in targets.items():
-                    results[(name, stream, concurrency)] = asyncio.run(
-                        _run(
-                            url,
-                            token,
-                            stream=stream,
-                            concurrency=concurrency,
-                            duration=args.duration,
-                            max_tokens=args.max_tokens,
+        key = _setup_data(engine_port, engine_secret, args.governance == "on")
+        for server in servers:
+            for count in workers:
+                cores = ({0} if count == 1 else {0, 1}) if two_cores else None
+                gateway = _start_gateway(server, count, env, cores)
+                gateways.append(gateway)
+                procs.append(gateway.proc)
+        if args.profile:
+            spies = _profilers(gateways, Path(args.profile))
+        _flush_usage()
+        targets: list[tuple[str, str, str, Callable[[], float] | None]] = [
+            ("direct", f"http://127.0.0.1:{engine_port}/v1/chat/completions", engine_secret, None)
+        ]
+        for g in gateways:
+            targets.append(
+                (g.name, f"{g.url}/v1/chat/completions", key, lambda pid=g.proc.pid: _cpu_s(pid))
+            )
+        runs = Runs()
+        sent = 0
+        for _ in range(args.runs):
+            for stream in modes:
+                for concurrency in levels:
+                    for name, url, token, cpu in targets:
+                        result = _uv_run(
+                            _run(
+                                url,
+                                token,
+                                stream=stream,
+                                concurrency=concurrency,
+                                duration=args.duration,
+                                max_tokens=args.max_tokens,
+                                cpu=cpu,
+                            )
                         )
-                    )
-        _print(results, args, two_cores)
+                        runs.add((stream, concurrency), name, result)
+                        if name != "direct":
+                            sent += result.sent
+                            _flush_usage()
+        time.sleep(0.5)
+        _flush_usage()
+        _print(runs, args, two_cores, [t[0] for t in targets[1:]], modes, levels)
+        records, spent, cost = _usage_check()
+        print(
+            f"\nExactness: {sent} requests sent to the gateways, {records} usage records in "
+            f"PostgreSQL; key budget counter {spent / 1e12:.6f} EUR, records' cost "
+            f"{cost / 1e12:.6f} EUR ({'equal' if spent == cost else 'DIFFERENT'})"
+        )
     finally:
-        for proc in procs:
+        for spy in spies:  # py-spy writes its output on SIGINT
+            spy.send_signal(signal.SIGINT)
+        for spy in spies:
+            spy.wait(30)
+        for proc in reversed(procs):
             proc.terminate()
         for proc in procs:
             try:
-                proc.wait(10)
+                proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        _cleanup_redis(env)
+        if args.redis_url:
+            _cleanup_redis(env)
+        from django.db import connections
+
+        connections.close_all()
+        _drop_database(server_url, database_url)
     return 0
 
 
+def _uv_run(coro: Any) -> Result:
+    import uvloop
+
+    return uvloop.run(coro)  # type: ignore[no-any-return]
+
+
+def _profilers(gateways: list[Gateway], out: Path) -> list[subprocess.Popen[bytes]]:
+    out.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    procs = []
+    for g in gateways:
+        time.sleep(1.0)  # the workers are up
+        target = g.proc.pid
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(spy),
+                    "record",
+                    "--nonblocking",
+                    "--subprocesses",
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "500",
+                    "--pid",
+                    str(target),
+                    "-o",
+                    str(out / f"{g.name}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=_pinned({1}) if len(os.sched_getaffinity(0)) >= 2 else None,
+            )
+        )
+    return procs
+
+
 def _cleanup_redis(env: dict[str, str]) -> None:
-    url = env.get("REDIS_URL")
-    if not url:
-        return
     import redis
 
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(env["REDIS_URL"])
     keys = list(client.scan_iter(match=env["INVENTIV_REDIS_PREFIX"] + "*", count=1000))
     if keys:
         client.delete(*keys)
 
 
 def _print(
-    results: dict[tuple[str, bool, int], Result], args: argparse.Namespace, two_cores: bool
+    runs: Runs,
+    args: argparse.Namespace,
+    two_cores: bool,
+    names: list[str],
+    modes: list[bool],
+    levels: list[int],
 ) -> None:
-    pinning = "gateway on core 0, engine + load generator on core 1" if two_cores else "unpinned"
+    pinning = (
+        "1-worker gateways on core 0, 2-worker on cores 0-1, engine + load generator on core 1"
+        if two_cores
+        else "unpinned"
+    )
+    governance = (
+        "governance on (rate limits, budgets, priced model"
+        if args.governance == "on"
+        else "governance off (no limits, no budget, unpriced"
+    )
     print(
-        f"\nGateway benchmark: {args.max_tokens}-token answers, {args.duration:.0f} s per cell, "
-        f"{pinning}, usage buffer: {'redis' if os.environ.get('REDIS_URL') else 'in-process'}\n"
+        f"\nGateway benchmark, {governance}, usage to Redis, PostgreSQL): {args.max_tokens}-token "
+        f"answers, {args.duration:g} s per cell, medians of {args.runs} interleaved runs, "
+        f"{pinning}\n"
     )
-    header = (
-        f"| {'mode':6} | {'conc':>4} | {'target':7} | {'req/s':>7} | {'p50 ms':>7} | "
-        f"{'p99 ms':>7} | {'TTFT p50':>8} | {'errors':>6} |"
+    print(
+        "| mode   | conc | target       |  req/s (min-max)  | p50 ms | p99 ms | p99/p50 | "
+        "TTFT p50 | +p50 ms | +p99 ms | +TTFT ms | CPU ms/req | req/s/core | errors |"
     )
-    print(header)
-    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for stream in (False, True):
-        for concurrency in CONCURRENCY:
-            for name in ("direct", "gateway"):
-                r = results[(name, stream, concurrency)]
+    print(
+        "|--------|-----:|--------------|------------------:|-------:|-------:|--------:|"
+        "---------:|--------:|--------:|---------:|-----------:|-----------:|-------:|"
+    )
+    for stream in modes:
+        for conc in levels:
+            cell = (stream, conc)
+            for name in ["direct", *names]:
+                results = runs.by[(cell, name)]
+                rps = runs.med(cell, name, lambda r: r.rps)
+                spread = f"{min(r.rps for r in results):.0f}-{max(r.rps for r in results):.0f}"
+                p50 = runs.med(cell, name, lambda r: r.p50)
+                p99 = runs.med(cell, name, lambda r: r.p99)
+                ttft = runs.med(cell, name, lambda r: r.ttft50)
+                errors = sum(r.errors for r in results)
+                if name == "direct":
+                    extra = f"{'':>7} | {'':>7} | {'':>8} | {'':>10} | {'':>10}"
+                else:
+                    cpu = runs.med(cell, name, lambda r: r.cpu_s / max(1, r.count) * 1000)
+                    extra = (
+                        f"{runs.added(cell, name, lambda r: r.p50):>7.2f} | "
+                        f"{runs.added(cell, name, lambda r: r.p99):>7.2f} | "
+                        f"{runs.added(cell, name, lambda r: r.ttft50):>8.2f} | "
+                        f"{cpu:>10.3f} | {1000 / cpu if cpu else 0:>10.0f}"
+                    )
                 print(
-                    f"| {'stream' if stream else 'plain':6} | {concurrency:>4} | {name:7} | "
-                    f"{r.rps:>7.0f} | {r.p50:>7.2f} | {r.p99:>7.2f} | {r.ttft50:>8.2f} | "
-                    f"{r.errors:>6} |"
+                    f"| {'stream' if stream else 'plain':6} | {conc:>4} | {name:12} | "
+                    f"{rps:>6.0f} ({spread:>9}) | {p50:>6.2f} | {p99:>6.2f} | "
+                    f"{p99 / p50 if p50 else 0:>7.2f} | {ttft:>8.2f} | {extra} | {errors:>6} |"
                 )
-    print("\nGateway vs direct:\n")
-    print("| mode   | conc | added p50 ms | added TTFT p50 ms | throughput gateway/direct |")
-    print("|--------|------|--------------|-------------------|---------------------------|")
-    for stream in (False, True):
-        for concurrency in CONCURRENCY:
-            d, g = (
-                results[("direct", stream, concurrency)],
-                results[("gateway", stream, concurrency)],
+    if True in modes and False in modes:
+        print("\nCPU per relayed SSE event (streams, gateway CPU / events received):\n")
+        print("| conc | target       | events/stream | CPU µs/event | marginal µs/event |")
+        print("|-----:|--------------|--------------:|-------------:|------------------:|")
+        for conc in levels:
+            for name in names:
+                s, p = (True, conc), (False, conc)
+                per_stream = runs.med(s, name, lambda r: r.cpu_s / max(1, r.count) * 1e6)
+                per_plain = runs.med(p, name, lambda r: r.cpu_s / max(1, r.count) * 1e6)
+                events = runs.med(s, name, lambda r: r.events / max(1, r.count))
+                print(
+                    f"| {conc:>4} | {name:12} | {events:>13.1f} | "
+                    f"{per_stream / events if events else 0:>12.2f} | "
+                    f"{(per_stream - per_plain) / max(1, events - 1):>17.2f} |"
+                )
+    _targets(runs, names, modes, levels)
+
+
+def _targets(runs: Runs, names: list[str], modes: list[bool], levels: list[int]) -> None:
+    print("\nTargets (issue 14), per gateway:")
+    for name in names:
+        lines = []
+        for stream in modes:
+            for conc in (c for c in (16, 64) if c in levels):
+                cell = (stream, conc)
+                ratio = runs.med(cell, name, lambda r: r.p99 / r.p50)
+                mode = "stream" if stream else "plain"
+                lines.append(
+                    f"p99/p50 {mode} c={conc} <= 2: {ratio:.2f} {'OK' if ratio <= 2 else 'MISSED'}"
+                )
+        if False in modes and 64 in levels:
+            cell = (False, 64)
+            rps = runs.med(cell, name, lambda r: r.rps)
+            cpu = runs.med(cell, name, lambda r: r.cpu_s / max(1, r.count))
+            errors = sum(
+                r.errors for mode in modes for c in levels for r in runs.by[((mode, c), name)]
             )
-            mode = "stream" if stream else "plain"
-            ratio = g.rps / d.rps if d.rps else 0
-            print(
-                f"| {mode:6} | {concurrency:>4} | {g.p50 - d.p50:>12.2f} | "
-                f"{g.ttft50 - d.ttft50:>17.2f} | {ratio:>25.2f} |"
+            lines.append(
+                f"plain c=64 >= 8000 req/s, 0 errors: {rps:.0f} req/s measured "
+                f"({1 / cpu if cpu else 0:.0f} per core of gateway CPU), {errors} errors "
+                f"{'OK' if rps >= 8000 and not errors else 'MISSED'}"
             )
-    c1, s1 = results[("gateway", False, 1)], results[("gateway", True, 1)]
-    c64, s64 = results[("gateway", False, 64)], results[("gateway", True, 64)]
-    added = c1.p50 - results[("direct", False, 1)].p50
-    added_ttft = s1.ttft50 - results[("direct", True, 1)].ttft50
-    errors = sum(r.errors for r in results.values())
-    print("\nTargets:")
-    print(f"  added p50 at c=1 <= 1 ms: {added:.2f} ms {'OK' if added <= 1 else 'MISSED'}")
-    print(
-        f"  added TTFT at c=1 <= 1 ms: {added_ttft:.2f} ms {'OK' if added_ttft <= 1 else 'MISSED'}"
-    )
-    print(f"  c=64 plain >= 1000 req/s: {c64.rps:.0f} {'OK' if c64.rps >= 1000 else 'MISSED'}")
-    print(f"  c=64 stream >= 400 resp/s: {s64.rps:.0f} {'OK' if s64.rps >= 400 else 'MISSED'}")
-    print(f"  no errors: {errors} {'OK' if errors == 0 else 'MISSED'}")
+        if False in modes and 1 in levels:
+            added = runs.added((False, 1), name, lambda r: r.p99)
+            lines.append(
+                f"added p99 c=1 <= 0.3 ms: {added:.2f} {'OK' if added <= 0.3 else 'MISSED'}"
+            )
+        if True in modes and 1 in levels:
+            added = runs.added((True, 1), name, lambda r: r.ttft50)
+            lines.append(
+                f"added TTFT c=1 <= 0.3 ms: {added:.2f} {'OK' if added <= 0.3 else 'MISSED'}"
+            )
+        print(f"  {name}:")
+        for line in lines:
+            print(f"    {line}")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import orjson
 from celery import current_app
@@ -51,15 +50,16 @@ from apps.gateway.body import (
     read_body,
     shown,
 )
-from apps.gateway.budget import SpendGate, worst_case_tokens
+from apps.gateway.budget import worst_case_tokens
 from apps.gateway.capacity import Capacity, HeldStreamSend, wake_progress
 from apps.gateway.db import db_call
 from apps.gateway.directory import Directory
-from apps.gateway.errors import GatewayError, retry_after, unauthorized
+from apps.gateway.errors import GatewayError, unauthorized
+from apps.gateway.governance import Governance
 from apps.gateway.key_cache import KeyCache
 from apps.gateway.listener import EventListener
 from apps.gateway.proxy import Proxy
-from apps.gateway.ratelimit import Limits, rate_limiter
+from apps.gateway.ratelimit import Limits
 from apps.gateway.request import Receive, Request, Scope, Send, bearer_token, respond
 from apps.gateway.routing import PREFIX_AWARE, SESSION_AFFINITY, RetryBudget, RoutingTable
 from apps.gateway.tunnel import TUNNEL_PATH, TUNNELS
@@ -112,8 +112,8 @@ class Gateway:
         self.directory = Directory(self.table, self._executor)
         self.usage = UsageRecorder()
         self.listener = EventListener(self.directory, self.keys)
-        self.limiter: Any = None
-        self.spend = SpendGate()  # monthly budgets: reserve before forwarding, settle after
+        # Rate limits and monthly budgets: admitted before forwarding, finished after.
+        self.governance = Governance()
         self._started = False
         self._start_lock: asyncio.Lock | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -134,8 +134,7 @@ class Gateway:
             if self._started:
                 return
             self.proxy.open()
-            self.limiter = rate_limiter()
-            self.spend.open()
+            self.governance.open()
             await self.directory.reload()
             self._tasks = [
                 asyncio.ensure_future(self.directory.run()),
@@ -319,20 +318,10 @@ class Gateway:
                 f"This API key may not use the model `{shown(data['model'])}`.",
                 param="model",
             )
-        limits = Limits(key.id, key.rpm, key.tpm, key.concurrency)
-        if limits.any:
-            decision = await self.limiter.acquire(limits, req.request_id)
-            if not decision.allowed:
-                raise GatewayError(
-                    "rate_limit_exceeded",
-                    f"Rate limit reached for this API key ({decision.limit}). "
-                    f"Retry in {decision.retry_after_s:.1f}s.",
-                    headers=retry_after(decision.retry_after_s),
-                )
-            req.limited = True
-        # Budgets (apps.gateway.budget): the worst case is reserved, or 429 insufficient_quota.
-        await self.spend.admit(
-            key_id=key.id,
+        # Rate limits and budget in one step (apps.gateway.governance): 429
+        # rate_limit_exceeded, or 429 insufficient_quota if the worst case cannot be reserved.
+        req.ticket = await self.governance.admit(
+            Limits(key.id, key.rpm, key.tpm, key.concurrency),
             org_id=key.organization_id,
             model_code_id=route.snapshot.id,
             request_id=req.request_id,
@@ -426,17 +415,11 @@ class Gateway:
         route = req.route
         label = route.label if route is not None else "unknown"
         tokens = req.prompt_tokens + req.completion_tokens
-        if req.limited:
+        if req.ticket is not None:
             try:
-                await self.limiter.release(
-                    Limits(key.id, key.rpm, key.tpm, key.concurrency), req.request_id, tokens
-                )
+                await self.governance.finish(req.ticket, req.prompt_tokens, req.completion_tokens)
             except Exception:
-                logger.exception("could not release rate limit of %s", req.request_id)
-        try:
-            await self.spend.settle(req.request_id, req.prompt_tokens, req.completion_tokens)
-        except Exception:
-            logger.exception("could not settle the budget reservation of %s", req.request_id)
+                logger.exception("could not release the limits and budget of %s", req.request_id)
         elapsed = time.perf_counter() - req.start
         metrics.REQUESTS.labels(label, req.endpoint, str(req.status)).inc()
         metrics.LATENCY.labels(label, req.endpoint).observe(elapsed)

@@ -39,7 +39,7 @@ from apps.gateway.errors import GatewayError
 # A reservation outlives its request by at most this long if its gateway dies mid-request.
 LEASE_S = 900
 # Period counters outlive their month by this long (for the billing task's reconciliation).
-_PERIOD_TTL_S = 40 * 86400
+PERIOD_TTL_S = 40 * 86400
 PICO = Decimal(10) ** 12
 
 
@@ -110,62 +110,85 @@ class BudgetControl(Protocol):
 # --- Redis ---------------------------------------------------------------------------------------
 
 # Numbers go back to Redis through string.format('%.0f'): Lua's default conversion keeps only
-# 14 significant digits. KEYS: price, then per scope (key, organization): limit, counters,
-# amounts, deadlines, block.
-# ARGV: request id, prompt estimate, max tokens, lease seconds, period TTL seconds.
-_RESERVE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-if redis.call('EXISTS', KEYS[6]) == 1 then return {1, 0, 0} end
-if redis.call('EXISTS', KEYS[11]) == 1 then return {2, 0, 0} end
-local p = redis.call('HMGET', KEYS[1], 'in', 'out')
-local worst = (tonumber(p[1]) or 0) * tonumber(ARGV[2]) + (tonumber(p[2]) or 0) * tonumber(ARGV[3])
-if worst <= 0 then return {0, 0, 0} end
-local limited = {}
-for i, b in ipairs({2, 7}) do
-  local lim = tonumber(redis.call('GET', KEYS[b]))
-  if lim then
-    local s, r, d = KEYS[b + 1], KEYS[b + 2], KEYS[b + 3]
-    local old = redis.call('ZRANGEBYSCORE', d, '-inf', now)
-    for _, id in ipairs(old) do
-      local a = tonumber(redis.call('HGET', r, id)) or 0
-      redis.call('HINCRBYFLOAT', s, 'reserved', string.format('%.0f', -a))
-      redis.call('HDEL', r, id)
+# 14 significant digits. The scripts are built from Lua fragments that
+# ``apps.gateway.governance`` composes with the rate limiter's into one script per request
+# phase; a fragment reads its keys and arguments from the locals ``BUD_KEYS`` and ``BUD_ARGV``
+# and the clock from ``now``.
+#
+# bud_reserve() -> refusing scope (0: none, 1: key, 2: organization), exhausted (1) or blocked
+# (0), the amount reserved. BUD_KEYS: price, then per scope (key, organization): limit,
+# counters, amounts, deadlines, block. BUD_ARGV: request id, prompt estimate, max tokens, lease
+# seconds, period TTL seconds. Refusing, it writes nothing but the release of expired leases.
+BUD_RESERVE = """
+local function bud_reserve()
+  if redis.call('EXISTS', BUD_KEYS[6]) == 1 then return 1, 0, 0 end
+  if redis.call('EXISTS', BUD_KEYS[11]) == 1 then return 2, 0, 0 end
+  local p = redis.call('HMGET', BUD_KEYS[1], 'in', 'out')
+  local worst = (tonumber(p[1]) or 0) * tonumber(BUD_ARGV[2])
+    + (tonumber(p[2]) or 0) * tonumber(BUD_ARGV[3])
+  if worst <= 0 then return 0, 0, 0 end
+  local limited = {}
+  for i, b in ipairs({2, 7}) do
+    local lim = tonumber(redis.call('GET', BUD_KEYS[b]))
+    if lim then
+      local s, r, d = BUD_KEYS[b + 1], BUD_KEYS[b + 2], BUD_KEYS[b + 3]
+      local old = redis.call('ZRANGEBYSCORE', d, '-inf', now)
+      for _, id in ipairs(old) do
+        local a = tonumber(redis.call('HGET', r, id)) or 0
+        redis.call('HINCRBYFLOAT', s, 'reserved', string.format('%.0f', -a))
+        redis.call('HDEL', r, id)
+      end
+      if #old > 0 then redis.call('ZREMRANGEBYSCORE', d, '-inf', now) end
+      local h = redis.call('HMGET', s, 'spent', 'reserved')
+      if (tonumber(h[1]) or 0) + (tonumber(h[2]) or 0) + worst > lim then return i, 1, 0 end
+      limited[#limited + 1] = b
     end
-    if #old > 0 then redis.call('ZREMRANGEBYSCORE', d, '-inf', now) end
-    local h = redis.call('HMGET', s, 'spent', 'reserved')
-    if (tonumber(h[1]) or 0) + (tonumber(h[2]) or 0) + worst > lim then return {i, 1, 0} end
-    limited[#limited + 1] = b
   end
+  for _, b in ipairs(limited) do
+    local s, r, d = BUD_KEYS[b + 1], BUD_KEYS[b + 2], BUD_KEYS[b + 3]
+    redis.call('HINCRBYFLOAT', s, 'reserved', string.format('%.0f', worst))
+    redis.call('HSET', r, BUD_ARGV[1], string.format('%.0f', worst))
+    redis.call('ZADD', d, now + tonumber(BUD_ARGV[4]), BUD_ARGV[1])
+    for _, k in ipairs({s, r, d}) do redis.call('EXPIRE', k, BUD_ARGV[5]) end
+  end
+  return 0, 0, worst
 end
-for _, b in ipairs(limited) do
-  local s, r, d = KEYS[b + 1], KEYS[b + 2], KEYS[b + 3]
-  redis.call('HINCRBYFLOAT', s, 'reserved', string.format('%.0f', worst))
-  redis.call('HSET', r, ARGV[1], string.format('%.0f', worst))
-  redis.call('ZADD', d, now + tonumber(ARGV[4]), ARGV[1])
-  for _, k in ipairs({s, r, d}) do redis.call('EXPIRE', k, ARGV[5]) end
-end
-return {0, 0, worst}
 """
 
-# KEYS: price, then per scope: counters, amounts, deadlines. ARGV: request id, prompt and
-# completion tokens, period TTL seconds.
-_SETTLE = """
-local p = redis.call('HMGET', KEYS[1], 'in', 'out')
-local cost = (tonumber(p[1]) or 0) * tonumber(ARGV[2]) + (tonumber(p[2]) or 0) * tonumber(ARGV[3])
-for _, b in ipairs({2, 5}) do
-  local s, r, d = KEYS[b], KEYS[b + 1], KEYS[b + 2]
-  local held = tonumber(redis.call('HGET', r, ARGV[1]))
-  if held then
-    redis.call('HINCRBYFLOAT', s, 'reserved', string.format('%.0f', -held))
-    redis.call('HDEL', r, ARGV[1])
-    redis.call('ZREM', d, ARGV[1])
+# bud_settle(): count the real cost, free the reservation. BUD_KEYS: price, then per scope:
+# counters, amounts, deadlines. BUD_ARGV: request id, prompt and completion tokens, period TTL.
+BUD_SETTLE = """
+local function bud_settle()
+  local p = redis.call('HMGET', BUD_KEYS[1], 'in', 'out')
+  local cost = (tonumber(p[1]) or 0) * tonumber(BUD_ARGV[2])
+    + (tonumber(p[2]) or 0) * tonumber(BUD_ARGV[3])
+  for _, b in ipairs({2, 5}) do
+    local s, r, d = BUD_KEYS[b], BUD_KEYS[b + 1], BUD_KEYS[b + 2]
+    local held = tonumber(redis.call('HGET', r, BUD_ARGV[1]))
+    if held then
+      redis.call('HINCRBYFLOAT', s, 'reserved', string.format('%.0f', -held))
+      redis.call('HDEL', r, BUD_ARGV[1])
+      redis.call('ZREM', d, BUD_ARGV[1])
+    end
+    if cost > 0 then redis.call('HINCRBYFLOAT', s, 'spent', string.format('%.0f', cost)) end
+    redis.call('EXPIRE', s, BUD_ARGV[4])
   end
-  if cost > 0 then redis.call('HINCRBYFLOAT', s, 'spent', string.format('%.0f', cost)) end
-  redis.call('EXPIRE', s, ARGV[4])
 end
-return 0
 """
+
+_CLOCK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+
+_RESERVE = (
+    "local BUD_KEYS, BUD_ARGV = KEYS, ARGV"
+    + _CLOCK
+    + BUD_RESERVE
+    + "local scope, exhausted, worst = bud_reserve()\nreturn {scope, exhausted, worst}\n"
+)
+
+_SETTLE = "local BUD_KEYS, BUD_ARGV = KEYS, ARGV" + BUD_SETTLE + "bud_settle()\nreturn 0\n"
 
 # The billing task's spend floor: the database's month-to-date spend never lowers the counter
 # (settled requests not yet rolled up are in it), but raises it (a dead gateway's requests).
@@ -177,7 +200,7 @@ return 0
 """
 
 
-def _prefix() -> str:
+def prefix() -> str:
     return settings.REDIS_PREFIX + "gw:bud:"
 
 
@@ -192,12 +215,41 @@ def _names(prefix: str, scope: str, scope_id: int, period: str) -> list[str]:
     ]
 
 
+def reserve_keys(
+    prefix: str, key_id: int, org_id: int, model_code_id: int, period: str
+) -> list[str]:
+    """BUD_KEYS of a reservation."""
+    keys = [f"{prefix}price:{model_code_id}"]
+    keys += _names(prefix, "key", key_id, period)
+    keys += _names(prefix, "organization", org_id, period)
+    return keys
+
+
+def settle_keys(
+    prefix: str, key_id: int, org_id: int, model_code_id: int, period: str
+) -> list[str]:
+    """BUD_KEYS of a settlement."""
+    keys = [f"{prefix}price:{model_code_id}"]
+    keys += _names(prefix, "key", key_id, period)[1:4]
+    keys += _names(prefix, "organization", org_id, period)[1:4]
+    return keys
+
+
+def reservation(scope: int, exhausted: int, worst: int) -> Reservation:
+    """A reservation from ``bud_reserve``'s three results."""
+    if scope:
+        return Reservation(
+            False, "key" if scope == 1 else "organization", "exhausted" if exhausted else "blocked"
+        )
+    return Reservation(True, worst=worst)
+
+
 class RedisBudgetGuard:
     def __init__(self) -> None:
         url = settings.REDIS_URL
         assert url, "the Redis implementation is picked only when REDIS_URL is set"
         self._redis = aioredis.Redis.from_url(url, max_connections=64)
-        self._prefix = _prefix()
+        self._prefix = prefix()
         self._reserve = self._redis.register_script(_RESERVE)
         self._settle = self._redis.register_script(_SETTLE)
 
@@ -211,21 +263,12 @@ class RedisBudgetGuard:
         prompt_estimate: int,
         max_tokens: int,
     ) -> Reservation:
-        period = period_of()
-        keys = [f"{self._prefix}price:{model_code_id}"]
-        keys += _names(self._prefix, "key", key_id, period)
-        keys += _names(self._prefix, "organization", org_id, period)
+        keys = reserve_keys(self._prefix, key_id, org_id, model_code_id, period_of())
         scope, exhausted, worst = await self._reserve(
             keys=keys,
-            args=[request_id, prompt_estimate, max_tokens, LEASE_S, _PERIOD_TTL_S],
+            args=[request_id, prompt_estimate, max_tokens, LEASE_S, PERIOD_TTL_S],
         )
-        if int(scope):
-            return Reservation(
-                False,
-                "key" if int(scope) == 1 else "organization",
-                "exhausted" if int(exhausted) else "blocked",
-            )
-        return Reservation(True, worst=int(worst))
+        return reservation(int(scope), int(exhausted), int(worst))
 
     async def settle(
         self,
@@ -237,12 +280,9 @@ class RedisBudgetGuard:
         prompt_tokens: int,
         completion_tokens: int,
     ) -> None:
-        period = period_of()
-        keys = [f"{self._prefix}price:{model_code_id}"]
-        keys += _names(self._prefix, "key", key_id, period)[1:4]
-        keys += _names(self._prefix, "organization", org_id, period)[1:4]
+        keys = settle_keys(self._prefix, key_id, org_id, model_code_id, period_of())
         await self._settle(
-            keys=keys, args=[request_id, prompt_tokens, completion_tokens, _PERIOD_TTL_S]
+            keys=keys, args=[request_id, prompt_tokens, completion_tokens, PERIOD_TTL_S]
         )
 
 
@@ -251,7 +291,7 @@ class RedisBudgetControl:
         url = settings.REDIS_URL
         assert url, "the Redis implementation is picked only when REDIS_URL is set"
         self._redis = redis.Redis.from_url(url)
-        self._prefix = _prefix()
+        self._prefix = prefix()
         self._raise = self._redis.register_script(_RAISE_SPENT)
 
     def set_price(self, model_code_id: int, input_pico: int, output_pico: int) -> None:
@@ -268,12 +308,12 @@ class RedisBudgetControl:
 
     def raise_spent(self, scope: str, scope_id: int, period: str, spent_pico: int) -> None:
         name = _names(self._prefix, scope, scope_id, period)[1]
-        self._raise(keys=[name], args=[spent_pico, _PERIOD_TTL_S])
+        self._raise(keys=[name], args=[spent_pico, PERIOD_TTL_S])
 
     def set_blocked(self, scope: str, scope_id: int, period: str, blocked: bool) -> None:
         name = _names(self._prefix, scope, scope_id, period)[4]
         if blocked:
-            self._redis.set(name, 1, ex=_PERIOD_TTL_S)
+            self._redis.set(name, 1, ex=PERIOD_TTL_S)
         else:
             self._redis.delete(name)
 
@@ -427,62 +467,13 @@ def worst_case_tokens(data: dict[str, object], context: int, endpoint: str) -> i
     return context
 
 
-class SpendGate:
-    """One per gateway process: reserve before forwarding, settle once the request ends."""
-
-    def __init__(self) -> None:
-        self.guard: BudgetGuard | None = None
-        # Requests holding a reservation or to be counted: id -> (key, organization, model code).
-        self._pending: dict[str, tuple[int, int, int]] = {}
-
-    def open(self) -> None:
-        self.guard = budget_guard()
-
-    async def admit(
-        self,
-        *,
-        key_id: int,
-        org_id: int,
-        model_code_id: int,
-        request_id: str,
-        body_bytes: int,
-        completion_tokens: int,
-    ) -> None:
-        """Reserve the request's worst case, or raise ``GatewayError("insufficient_quota")``."""
-        assert self.guard is not None
-        reservation = await self.guard.reserve(
-            key_id=key_id,
-            org_id=org_id,
-            model_code_id=model_code_id,
-            request_id=request_id,
-            prompt_estimate=body_bytes,
-            max_tokens=completion_tokens,
-        )
-        if not reservation.allowed:
-            whose = "API key's" if reservation.scope == "key" else "organization's"
-            why = (
-                "is blocked by billing"
-                if reservation.reason == "blocked"
-                else "cannot cover this request"
-            )
-            raise GatewayError(
-                "insufficient_quota",
-                f"This {whose} monthly budget {why}. Raise the budget or wait for next month.",
-            )
-        if reservation.worst:
-            self._pending[request_id] = (key_id, org_id, model_code_id)
-
-    async def settle(self, request_id: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """Count the real cost and free the reservation (nothing for an unpriced request)."""
-        held = self._pending.pop(request_id, None)
-        if held is None or self.guard is None:
-            return
-        key_id, org_id, model_code_id = held
-        await self.guard.settle(
-            key_id=key_id,
-            org_id=org_id,
-            model_code_id=model_code_id,
-            request_id=request_id,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-        )
+def quota_error(reservation: Reservation) -> GatewayError:
+    """The refusal of a request its budget cannot cover: 429 ``insufficient_quota``."""
+    whose = "API key's" if reservation.scope == "key" else "organization's"
+    why = (
+        "is blocked by billing" if reservation.reason == "blocked" else "cannot cover this request"
+    )
+    return GatewayError(
+        "insufficient_quota",
+        f"This {whose} monthly budget {why}. Raise the budget or wait for next month.",
+    )

@@ -59,53 +59,101 @@ class RateLimiter(Protocol):
 # set of request ids scored by lease deadline, so that a dead gateway's leases expire.
 # The tokens bucket is debited after the response (the count is only known then) and may go
 # negative; requests are refused while it is not positive.
-_ACQUIRE = """
+#
+# The scripts are built from Lua fragments that ``apps.gateway.governance`` composes with the
+# budget's into one script per request phase. A fragment reads its keys and arguments from the
+# locals ``RL_KEYS`` (requests, tokens, concurrency) and ``RL_ARGV`` (rpm, tpm, concurrency,
+# request id, lease seconds; on release: tokens), and the clock from ``now``.
+CLOCK = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local lease = tonumber(ARGV[5])
-if conc > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if redis.call('ZCARD', KEYS[3]) >= conc then return {3, 1000} end
-end
-if tpm > 0 then
-  local b = redis.call('HMGET', KEYS[2], 'v', 't')
-  local v = tonumber(b[1]) or tpm
-  local ts = tonumber(b[2]) or now
-  v = math.min(tpm, v + (now - ts) * tpm / 60)
-  if v <= 0 then return {2, math.ceil((1 - v) * 60000 / tpm)} end
-end
-if rpm > 0 then
-  local b = redis.call('HMGET', KEYS[1], 'v', 't')
-  local v = tonumber(b[1]) or rpm
-  local ts = tonumber(b[2]) or now
-  v = math.min(rpm, v + (now - ts) * rpm / 60)
-  if v < 1 then return {1, math.ceil((1 - v) * 60000 / rpm)} end
-  redis.call('HSET', KEYS[1], 'v', tostring(v - 1), 't', tostring(now))
-  redis.call('PEXPIRE', KEYS[1], 120000)
-end
-if conc > 0 then
-  redis.call('ZADD', KEYS[3], now + lease, ARGV[4])
-  redis.call('PEXPIRE', KEYS[3], (lease + 1) * 1000)
-end
-return {0, 0}
 """
 
-_RELEASE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local tpm, conc, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
-if conc > 0 then redis.call('ZREM', KEYS[2], ARGV[3]) end
-if tpm > 0 and tokens > 0 then
-  local b = redis.call('HMGET', KEYS[1], 'v', 't')
-  local v = tonumber(b[1]) or tpm
-  local ts = tonumber(b[2]) or now
-  v = math.min(tpm, v + (now - ts) * tpm / 60) - tokens
-  redis.call('HSET', KEYS[1], 'v', tostring(v), 't', tostring(now))
-  redis.call('PEXPIRE', KEYS[1], 120000)
+# rl_check() -> refusal code (0: allowed), retry ms, the requests bucket's value once debited.
+# Writes nothing but the cleanup of expired concurrency leases.
+RL_FUNCTIONS = """
+local function rl_check()
+  local rpm, tpm, conc = tonumber(RL_ARGV[1]), tonumber(RL_ARGV[2]), tonumber(RL_ARGV[3])
+  if conc > 0 then
+    redis.call('ZREMRANGEBYSCORE', RL_KEYS[3], '-inf', now)
+    if redis.call('ZCARD', RL_KEYS[3]) >= conc then return 3, 1000, 0 end
+  end
+  if tpm > 0 then
+    local b = redis.call('HMGET', RL_KEYS[2], 'v', 't')
+    local v = tonumber(b[1]) or tpm
+    local ts = tonumber(b[2]) or now
+    v = math.min(tpm, v + (now - ts) * tpm / 60)
+    if v <= 0 then return 2, math.ceil((1 - v) * 60000 / tpm), 0 end
+  end
+  if rpm > 0 then
+    local b = redis.call('HMGET', RL_KEYS[1], 'v', 't')
+    local v = tonumber(b[1]) or rpm
+    local ts = tonumber(b[2]) or now
+    v = math.min(rpm, v + (now - ts) * rpm / 60)
+    if v < 1 then return 1, math.ceil((1 - v) * 60000 / rpm), 0 end
+    return 0, 0, v - 1
+  end
+  return 0, 0, 0
 end
-return 0
+local function rl_apply(requests_left)
+  local rpm, conc, lease = tonumber(RL_ARGV[1]), tonumber(RL_ARGV[3]), tonumber(RL_ARGV[5])
+  if rpm > 0 then
+    redis.call('HSET', RL_KEYS[1], 'v', tostring(requests_left), 't', tostring(now))
+    redis.call('PEXPIRE', RL_KEYS[1], 120000)
+  end
+  if conc > 0 then
+    redis.call('ZADD', RL_KEYS[3], now + lease, RL_ARGV[4])
+    redis.call('PEXPIRE', RL_KEYS[3], (lease + 1) * 1000)
+  end
+end
 """
+
+# RL_KEYS: tokens, concurrency; RL_ARGV: tpm, concurrency, request id, tokens.
+RL_RELEASE = """
+local function rl_release()
+  local tpm, conc, tokens = tonumber(RL_ARGV[1]), tonumber(RL_ARGV[2]), tonumber(RL_ARGV[4])
+  if conc > 0 then redis.call('ZREM', RL_KEYS[2], RL_ARGV[3]) end
+  if tpm > 0 and tokens > 0 then
+    local b = redis.call('HMGET', RL_KEYS[1], 'v', 't')
+    local v = tonumber(b[1]) or tpm
+    local ts = tonumber(b[2]) or now
+    v = math.min(tpm, v + (now - ts) * tpm / 60) - tokens
+    redis.call('HSET', RL_KEYS[1], 'v', tostring(v), 't', tostring(now))
+    redis.call('PEXPIRE', RL_KEYS[1], 120000)
+  end
+end
+"""
+
+_ACQUIRE = (
+    "local RL_KEYS, RL_ARGV = KEYS, ARGV"
+    + CLOCK
+    + RL_FUNCTIONS
+    + """
+local code, retry, left = rl_check()
+if code ~= 0 then return {code, retry} end
+rl_apply(left)
+return {0, 0}
+"""
+)
+
+_RELEASE = "local RL_KEYS, RL_ARGV = KEYS, ARGV" + CLOCK + RL_RELEASE + "rl_release()\nreturn 0\n"
+
+
+def decision(code: int, retry_ms: int) -> Decision:
+    """A script's refusal code and retry delay as a decision."""
+    if code == 0:
+        return ALLOW
+    return Decision(False, _KINDS[code], retry_ms / 1000)
+
+
+def limit_keys(prefix: str, key_id: int) -> list[str]:
+    """The Redis keys of a key's requests and tokens buckets and its concurrency leases."""
+    base = f"{prefix}{key_id}:"
+    return [base + "req", base + "tok", base + "conc"]
+
+
+def prefix() -> str:
+    return settings.REDIS_PREFIX + "gw:rl:"
 
 
 def _redis_url() -> str:
@@ -117,22 +165,19 @@ def _redis_url() -> str:
 class RedisRateLimiter:
     def __init__(self) -> None:
         self._redis = aioredis.Redis.from_url(_redis_url(), max_connections=64)
-        self._prefix = settings.REDIS_PREFIX + "gw:rl:"
+        self._prefix = prefix()
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._release = self._redis.register_script(_RELEASE)
 
     def _keys(self, key_id: int) -> list[str]:
-        base = f"{self._prefix}{key_id}:"
-        return [base + "req", base + "tok", base + "conc"]
+        return limit_keys(self._prefix, key_id)
 
     async def acquire(self, limits: Limits, request_id: str) -> Decision:
         code, retry_ms = await self._acquire(
             keys=self._keys(limits.key_id),
             args=[limits.rpm, limits.tpm, limits.concurrency, request_id, LEASE_S],
         )
-        if int(code) == 0:
-            return ALLOW
-        return Decision(False, _KINDS[int(code)], int(retry_ms) / 1000)
+        return decision(int(code), int(retry_ms))
 
     async def release(self, limits: Limits, request_id: str, tokens: int) -> None:
         if not (limits.tpm or limits.concurrency):
@@ -190,6 +235,16 @@ class InProcessRateLimiter:
                 leases[request_id] = now + LEASE_S
         return ALLOW
 
+    def undo(self, limits: Limits, request_id: str) -> None:
+        """Give back what ``acquire`` took (the request was refused by its budget)."""
+        now = time.monotonic()
+        with self._lock:
+            if limits.concurrency:
+                self._leases.get(limits.key_id, {}).pop(request_id, None)
+            if limits.rpm:
+                bucket = self._refill((limits.key_id, "req"), limits.rpm, now)
+                bucket.value = min(limits.rpm, bucket.value + 1)
+
     async def release(self, limits: Limits, request_id: str, tokens: int) -> None:
         now = time.monotonic()
         with self._lock:
@@ -200,6 +255,11 @@ class InProcessRateLimiter:
 
 
 _in_process_limiter = InProcessRateLimiter()
+
+
+def in_process_limiter() -> InProcessRateLimiter:
+    """The process's own limiter (the embedded mode's)."""
+    return _in_process_limiter
 
 
 def rate_limiter() -> RateLimiter:

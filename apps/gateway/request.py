@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from apps.gateway.governance import Ticket
 from apps.gateway.routing import InstanceState, ModelRoute
 from apps.gateway.types import KeySnapshot
 
@@ -35,7 +36,6 @@ class Request:
         "error_code",
         "instance",
         "key",
-        "limited",
         "model_name",
         "overhead_s",
         "prompt_tokens",
@@ -44,6 +44,7 @@ class Request:
         "start",
         "status",
         "stream",
+        "ticket",
         "ttft",
         "upstream_s",
     )
@@ -64,7 +65,7 @@ class Request:
         self.ttft: float | None = None
         self.model_name = ""
         self.upstream_s = 0.0
-        self.limited = False
+        self.ticket: Ticket | None = None  # its rate limits and budget reservation, once admitted
         self.overhead_s = 0.0
 
     def overhead_header(self) -> tuple[bytes, bytes]:

@@ -1,0 +1,263 @@
+"""A request's governance in two steps: *admit* (its key's rate limits and its budget
+reservation) before it is forwarded, *finish* (release its concurrency lease, debit its tokens,
+settle its cost) once it ends.
+
+In production (Redis) each step is **one** script call, atomic across every gateway: the rate
+limiter's and the budget's Lua fragments (``apps.gateway.ratelimit``, ``apps.gateway.budget``)
+composed into one script, so that a governed request costs one Redis round trip before it is
+forwarded instead of two, and one after instead of two. A request refused by its budget
+consumes none of its rate limits (the script writes only once both allow). A request with no
+rate limits and an unpriced model code still makes the admit call (a block by the billing task
+must apply) and no finish call.
+
+In-process (embedded mode) the same steps call the in-process limiter and budgets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from django.conf import settings
+
+from apps.gateway import budget, ratelimit
+from apps.gateway.budget import LEASE_S as BUDGET_LEASE_S
+from apps.gateway.budget import PERIOD_TTL_S, Reservation, period_of
+from apps.gateway.errors import GatewayError, retry_after
+from apps.gateway.ratelimit import LEASE_S as RATE_LEASE_S
+from apps.gateway.ratelimit import Decision, Limits
+
+# KEYS: the rate limiter's three, then the reservation's eleven. ARGV: rpm, tpm, concurrency,
+# request id, lease; prompt estimate, max tokens, budget lease, period TTL.
+_ADMIT = (
+    "local RL_KEYS = {KEYS[1], KEYS[2], KEYS[3]}\n"
+    "local BUD_KEYS = {unpack(KEYS, 4, 14)}\n"
+    "local RL_ARGV = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]}\n"
+    "local BUD_ARGV = {ARGV[4], ARGV[6], ARGV[7], ARGV[8], ARGV[9]}\n"
+    + ratelimit.CLOCK
+    + ratelimit.RL_FUNCTIONS
+    + budget.BUD_RESERVE
+    + """
+local code, retry, left = rl_check()
+if code ~= 0 then return {code, retry, 0, 0, 0} end
+local scope, exhausted, worst = bud_reserve()
+if scope ~= 0 then return {0, 0, scope, exhausted, 0} end
+rl_apply(left)
+return {0, 0, 0, 0, worst}
+"""
+)
+
+# KEYS: the rate limiter's tokens and concurrency, then the settlement's seven. ARGV: tpm,
+# concurrency, request id, tokens; prompt tokens, completion tokens, period TTL, settle (1/0).
+_FINISH = (
+    "local RL_KEYS = {KEYS[1], KEYS[2]}\n"
+    "local BUD_KEYS = {unpack(KEYS, 3, 9)}\n"
+    "local RL_ARGV = {ARGV[1], ARGV[2], ARGV[3], ARGV[4]}\n"
+    "local BUD_ARGV = {ARGV[3], ARGV[5], ARGV[6], ARGV[7]}\n"
+    + ratelimit.CLOCK
+    + ratelimit.RL_RELEASE
+    + budget.BUD_SETTLE
+    + """
+rl_release()
+if ARGV[8] == '1' then bud_settle() end
+return 0
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What an admitted request holds until it finishes."""
+
+    limits: Limits
+    org_id: int
+    model_code_id: int
+    request_id: str
+    reserved: bool  # a budget reservation to settle (the model code is priced)
+    period: str  # the budget period it reserved in
+
+    @property
+    def pending(self) -> bool:
+        return self.reserved or bool(self.limits.tpm or self.limits.concurrency)
+
+
+class Backend(Protocol):
+    async def admit(
+        self,
+        limits: Limits,
+        *,
+        org_id: int,
+        model_code_id: int,
+        request_id: str,
+        prompt_estimate: int,
+        max_tokens: int,
+        period: str,
+    ) -> tuple[Decision, Reservation]: ...
+
+    async def finish(self, ticket: Ticket, prompt_tokens: int, completion_tokens: int) -> None: ...
+
+
+class RedisGovernance:
+    def __init__(self, client: aioredis.Redis | None = None) -> None:
+        url = settings.REDIS_URL
+        assert url, "the Redis implementation is picked only when REDIS_URL is set"
+        self._redis = client or aioredis.Redis.from_url(url, max_connections=64)
+        self._rl = ratelimit.prefix()
+        self._bud = budget.prefix()
+        self._admit = self._redis.register_script(_ADMIT)
+        self._finish = self._redis.register_script(_FINISH)
+
+    async def admit(
+        self,
+        limits: Limits,
+        *,
+        org_id: int,
+        model_code_id: int,
+        request_id: str,
+        prompt_estimate: int,
+        max_tokens: int,
+        period: str,
+    ) -> tuple[Decision, Reservation]:
+        keys = ratelimit.limit_keys(self._rl, limits.key_id)
+        keys += budget.reserve_keys(self._bud, limits.key_id, org_id, model_code_id, period)
+        code, retry_ms, scope, exhausted, worst = await self._admit(
+            keys=keys,
+            args=[
+                limits.rpm,
+                limits.tpm,
+                limits.concurrency,
+                request_id,
+                RATE_LEASE_S,
+                prompt_estimate,
+                max_tokens,
+                BUDGET_LEASE_S,
+                PERIOD_TTL_S,
+            ],
+        )
+        return (
+            ratelimit.decision(int(code), int(retry_ms)),
+            budget.reservation(int(scope), int(exhausted), int(worst)),
+        )
+
+    async def finish(self, ticket: Ticket, prompt_tokens: int, completion_tokens: int) -> None:
+        limits = ticket.limits
+        keys = ratelimit.limit_keys(self._rl, limits.key_id)[1:]
+        keys += budget.settle_keys(
+            self._bud, limits.key_id, ticket.org_id, ticket.model_code_id, ticket.period
+        )
+        await self._finish(
+            keys=keys,
+            args=[
+                limits.tpm,
+                limits.concurrency,
+                ticket.request_id,
+                prompt_tokens + completion_tokens,
+                prompt_tokens,
+                completion_tokens,
+                PERIOD_TTL_S,
+                1 if ticket.reserved else 0,
+            ],
+        )
+
+
+class InProcessGovernance:
+    """The embedded mode's: the in-process limiter and budgets, in the same order."""
+
+    def __init__(self) -> None:
+        self._limiter = ratelimit.in_process_limiter()
+        self._budgets = budget.budget_guard()
+
+    async def admit(
+        self,
+        limits: Limits,
+        *,
+        org_id: int,
+        model_code_id: int,
+        request_id: str,
+        prompt_estimate: int,
+        max_tokens: int,
+        period: str,
+    ) -> tuple[Decision, Reservation]:
+        decision = ratelimit.ALLOW
+        if limits.any:
+            decision = await self._limiter.acquire(limits, request_id)
+            if not decision.allowed:
+                return decision, Reservation(True)
+        found = await self._budgets.reserve(
+            key_id=limits.key_id,
+            org_id=org_id,
+            model_code_id=model_code_id,
+            request_id=request_id,
+            prompt_estimate=prompt_estimate,
+            max_tokens=max_tokens,
+        )
+        if not found.allowed and limits.any:
+            self._limiter.undo(limits, request_id)  # as the script: a refusal consumes nothing
+        return decision, found
+
+    async def finish(self, ticket: Ticket, prompt_tokens: int, completion_tokens: int) -> None:
+        limits = ticket.limits
+        if limits.any:
+            await self._limiter.release(
+                limits, ticket.request_id, prompt_tokens + completion_tokens
+            )
+        if ticket.reserved:
+            await self._budgets.settle(
+                key_id=limits.key_id,
+                org_id=ticket.org_id,
+                model_code_id=ticket.model_code_id,
+                request_id=ticket.request_id,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+            )
+
+
+class Governance:
+    """One per gateway process (``open`` inside its event loop)."""
+
+    def __init__(self) -> None:
+        self.backend: Backend | None = None
+
+    def open(self) -> None:
+        self.backend = RedisGovernance() if settings.REDIS_URL else InProcessGovernance()
+
+    async def admit(
+        self,
+        limits: Limits,
+        *,
+        org_id: int,
+        model_code_id: int,
+        request_id: str,
+        body_bytes: int,
+        completion_tokens: int,
+    ) -> Ticket:
+        """Take the request's rate limits and reserve its worst case (prompt estimate: its body
+        size; completion: ``completion_tokens``), or raise ``GatewayError``:
+        ``rate_limit_exceeded`` (with ``Retry-After``) or ``insufficient_quota``."""
+        assert self.backend is not None
+        period = period_of()
+        decision, found = await self.backend.admit(
+            limits,
+            org_id=org_id,
+            model_code_id=model_code_id,
+            request_id=request_id,
+            prompt_estimate=body_bytes,
+            max_tokens=completion_tokens,
+            period=period,
+        )
+        if not decision.allowed:
+            raise GatewayError(
+                "rate_limit_exceeded",
+                f"Rate limit reached for this API key ({decision.limit}). "
+                f"Retry in {decision.retry_after_s:.1f}s.",
+                headers=retry_after(decision.retry_after_s),
+            )
+        if not found.allowed:
+            raise budget.quota_error(found)
+        return Ticket(limits, org_id, model_code_id, request_id, bool(found.worst), period)
+
+    async def finish(self, ticket: Ticket, prompt_tokens: int, completion_tokens: int) -> None:
+        """Release the request's lease, debit its tokens, settle its cost (one call)."""
+        if ticket.pending and self.backend is not None:
+            await self.backend.finish(ticket, prompt_tokens, completion_tokens)

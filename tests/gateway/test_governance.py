@@ -1,0 +1,113 @@
+"""Governance in one step each way (apps.gateway.governance): rate limits and the budget
+reservation admitted together, released and settled together; Redis and in-process alike."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from apps.gateway.budget import InProcessBudgets, RedisBudgetControl, period_of
+from apps.gateway.errors import GatewayError
+from apps.gateway.governance import Governance, InProcessGovernance, RedisGovernance
+from apps.gateway.ratelimit import Limits
+
+
+def _backends():  # type: ignore[no-untyped-def]
+    def in_process() -> tuple[Any, Any]:
+        governance = InProcessGovernance()
+        budgets = InProcessBudgets()
+        governance._budgets = budgets
+        return governance, budgets
+
+    yield pytest.param(in_process, id="in-process")
+    if settings.REDIS_URL:
+        yield pytest.param(lambda: (RedisGovernance(), RedisBudgetControl()), id="redis")
+
+
+def _ids() -> tuple[int, int, int]:
+    """A fresh key, organization and model code (Redis outlives a test)."""
+    base = secrets.randbelow(10**9) + 10**6
+    return base, base + 1, base + 2
+
+
+def _governance(backend: Any) -> Governance:
+    governance = Governance()
+    governance.backend = backend
+    return governance
+
+
+async def _admit(governance: Governance, limits: Limits, org: int, model: int, rid: str) -> Any:
+    return await governance.admit(
+        limits, org_id=org, model_code_id=model, request_id=rid, body_bytes=10,
+        completion_tokens=10,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("make", list(_backends()))
+def test_a_request_its_budget_refuses_consumes_none_of_its_rate_limits(make):
+    backend, control = make()
+    key, org, model = _ids()
+    control.set_price(model, 1_000_000, 2_000_000)  # worst case 3e7 pico a request
+    control.set_limit("key", key, 30_000_000)  # room for one
+    limits = Limits(key, rpm=2, concurrency=2)
+    governance = _governance(backend)
+
+    async def run() -> list[str]:
+        codes = []
+        for i in range(3):
+            try:
+                await _admit(governance, limits, org, model, f"r{i}")
+                codes.append("ok")
+            except GatewayError as exc:
+                codes.append(exc.code)
+        return codes
+
+    # The first is admitted; the second is refused by the budget and takes neither a request
+    # nor a concurrency slot, so the third meets the same refusal, not the rate limit.
+    assert asyncio.run(run()) == ["ok", "insufficient_quota", "insufficient_quota"]
+    assert control.spent("key", key, period_of()) == (0, 30_000_000)
+
+
+@pytest.mark.parametrize("make", list(_backends()))
+def test_finishing_releases_the_lease_and_settles_the_real_cost_at_once(make):
+    backend, control = make()
+    key, org, model = _ids()
+    control.set_price(model, 1_000_000, 2_000_000)
+    control.set_limit("key", key, 10**12)
+    limits = Limits(key, tpm=1_000, concurrency=1)
+    governance = _governance(backend)
+
+    async def run() -> tuple[str, str]:
+        ticket = await _admit(governance, limits, org, model, "a")
+        try:
+            await _admit(governance, limits, org, model, "b")
+            second = "ok"
+        except GatewayError as exc:
+            second = exc.code
+        await governance.finish(ticket, 3, 4)
+        await _admit(governance, limits, org, model, "c")
+        return second, "ok"
+
+    second, third = asyncio.run(run())
+
+    assert (second, third) == ("rate_limit_exceeded", "ok")
+    # a settled (3 * 1e6 + 4 * 2e6 = 11e6 pico); c reserved its worst case (3e7).
+    assert control.spent("key", key, period_of()) == (11_000_000, 30_000_000)
+
+
+@pytest.mark.parametrize("make", list(_backends()))
+def test_a_blocked_organization_is_refused_even_with_no_price_and_no_limits(make):
+    backend, control = make()
+    key, org, model = _ids()
+    control.set_blocked("organization", org, period_of(), True)
+    governance = _governance(backend)
+
+    with pytest.raises(GatewayError) as refused:
+        asyncio.run(_admit(governance, Limits(key), org, model, "x"))
+
+    assert refused.value.code == "insufficient_quota"
+    assert "organization's monthly budget is blocked" in refused.value.message
