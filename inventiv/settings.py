@@ -12,6 +12,7 @@ Two shapes, same code:
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import secrets
 from datetime import timedelta
@@ -572,6 +573,21 @@ DEPLOYMENT_NAME = env_str("INVENTIV_DEPLOYMENT_NAME", "inventiv") or "inventiv"
 # Empty: the wheel this control plane serves at /internal/agent/v1/dist/ (built from agent/).
 INVENTIV_AGENT_PIP_SPEC = env_str("INVENTIV_AGENT_PIP_SPEC", "") or ""
 INVENTIV_ENGINE_PIP_SPECS = env_list("INVENTIV_ENGINE_PIP_SPECS", ["vllm"])
+# The sealed data plane (docs/security.md): "auto" seals the engines of cloud and on-premise
+# machines (loopback only, behind the agent's TLS front that the gateways pin) and leaves the
+# local provider's direct; "on" seals every engine, the local provider's too; "off" none.
+SEALED_DATA_PLANE = env_choice("INVENTIV_SEALED_DATA_PLANE", ("auto", "on", "off"), default="auto")
+# Who may reach the instance port (the agent's front) of cloud machines: the security groups
+# the Scaleway and AWS adapters create open only that port, to these CIDRs (the gateways'
+# egress addresses; comma-separated). Nothing else is opened.
+AGENT_INGRESS_CIDRS = env_list("INVENTIV_AGENT_INGRESS_CIDRS", ["0.0.0.0/0", "::/0"])
+for _cidr in AGENT_INGRESS_CIDRS:
+    try:
+        ipaddress.ip_network(_cidr, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"INVENTIV_AGENT_INGRESS_CIDRS: {_cidr!r} is not a CIDR such as 203.0.113.0/24."
+        ) from None
 # Timeout of one provider API call (connect + read), seconds.
 PROVIDER_CALL_TIMEOUT_S = env_float("INVENTIV_PROVIDER_CALL_TIMEOUT_S", 30.0, minimum=1)
 # How long create waits for the machine to be running before returning it as "starting".

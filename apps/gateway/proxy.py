@@ -153,7 +153,9 @@ class Proxy:
         }
         sent_at = time.perf_counter()
         try:
-            resp = await self.client.post(state.url_base + path, data=body, headers=headers)
+            resp = await self.client.post(
+                state.url_base + path, data=body, headers=headers, ssl=state.ssl
+            )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             if isinstance(exc, aiohttp.ConnectionTimeoutError):
                 self.table.record_failure(state)

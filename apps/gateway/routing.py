@@ -14,6 +14,8 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import aiohttp
+
 from apps.gateway.tunnel import TUNNELS
 from apps.gateway.types import InstanceSnapshot, ModelSnapshot
 
@@ -35,8 +37,13 @@ class InstanceState:
     open_until: float = 0.0  # circuit open (out of rotation) until this monotonic time
     url_base: str = ""
     auth_header: str = ""
+    # aiohttp's ``ssl``: an https endpoint (the agent's TLS front) is pinned to the certificate
+    # its agent reported, and to nothing else; ignored for http.
+    ssl: aiohttp.Fingerprint | bool = True
 
     def __post_init__(self) -> None:
+        if self.snapshot.tls_fingerprint and self.snapshot.endpoint.startswith("https://"):
+            self.ssl = aiohttp.Fingerprint(bytes.fromhex(self.snapshot.tls_fingerprint))
         self.url_base = self.snapshot.endpoint
         self.auth_header = "Bearer " + self.snapshot.secret
         if self.snapshot.tunnel:  # this process's local end of the agent's tunnel

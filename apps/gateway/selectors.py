@@ -67,7 +67,13 @@ def key_snapshots(*, lookup_ids: Iterable[str]) -> dict[str, KeySnapshot]:
 def _instance_snapshots(model_code_ids: list[int]) -> dict[int, list[InstanceSnapshot]]:
     by_model: dict[int, list[InstanceSnapshot]] = {}
     instances = Instance.objects.filter(llm_model_id__in=model_code_ids, status__in=ROUTABLE).only(
-        "id", "llm_model_id", "engine_host", "public_ip", "engine_port", "engine_secret_encrypted"
+        "id",
+        "llm_model_id",
+        "engine_host",
+        "public_ip",
+        "engine_port",
+        "engine_secret_encrypted",
+        "tls_fingerprint",
     )
     tunneled = tunneled_instance_ids([inst.id for inst in instances])  # fills its cache
     for inst in instances:
@@ -83,6 +89,7 @@ def _instance_snapshots(model_code_ids: list[int]) -> dict[int, list[InstanceSna
                 endpoint=inst.endpoint,
                 secret=secret,
                 tunnel=str(inst.id) in tunneled,
+                tls_fingerprint=inst.tls_fingerprint,
             )
         )
     return by_model

@@ -23,10 +23,12 @@ class KeySnapshot:
 @dataclass(frozen=True, slots=True)
 class InstanceSnapshot:
     id: str
-    endpoint: str  # http://host:port
+    endpoint: str  # http://host:port, or https://host:port behind the agent's TLS front
     secret: str
     # Its machine cannot be dialed: reached through its agent's tunnel (apps.gateway.tunnel).
     tunnel: bool = False
+    # SHA-256 (hex) of the agent's TLS front certificate: an https endpoint is pinned to it.
+    tls_fingerprint: str = ""
 
 
 @dataclass(frozen=True, slots=True)

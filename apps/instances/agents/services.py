@@ -95,6 +95,13 @@ def _hub_token(organization_id: int) -> str:
     return crypto.decrypt(encrypted) if encrypted else ""
 
 
+def data_plane_sealed(provider_kind: str) -> bool:
+    """Whether the engines of this kind of provider sit behind the agent's TLS front
+    (``SEALED_DATA_PLANE``: "auto" seals all but the local provider's)."""
+    mode = settings.SEALED_DATA_PLANE
+    return mode == "on" or (mode == "auto" and provider_kind != ProviderKind.LOCAL)
+
+
 def tunnel_for(instance: Instance) -> list[str]:
     """The gateways an agent must keep a tunnel to: every one, when its machine is an
     on-premise host served through the tunnel (``OnPremHost.uses_tunnel``); else none."""
@@ -115,7 +122,7 @@ def engine_spec_for(instance: Instance, *, tunnel: bool = False) -> EngineSpec:
     precision and quantization; the organization's Hugging Face token if it has one."""
     model = instance.llm_model
     args = dict(model.engine_args)
-    if model.engine == "vllm":
+    if model.engine in ("vllm", "tgi"):
         args.update(parallelism_for(gpus=machine_gpu_count(instance), engine_args=args))
     if model.max_model_len and "max_model_len" not in args:
         args["max_model_len"] = int(model.max_model_len)
@@ -131,6 +138,8 @@ def engine_spec_for(instance: Instance, *, tunnel: bool = False) -> EngineSpec:
         # Tunneled: only the agent's tunnel reaches the engine, on loopback.
         host="127.0.0.1" if instance.provider.kind == ProviderKind.LOCAL or tunnel else "0.0.0.0",
         port=instance.engine_port,
+        # Behind the agent's TLS front; a tunneled machine is reached through its tunnel.
+        sealed=data_plane_sealed(instance.provider.kind) and not tunnel,
     )
 
 
@@ -186,6 +195,7 @@ def agent_register(*, request: RegisterRequest) -> RegisterResponse:
         "registered_at": now,
         "last_heartbeat_at": now,
         "agent_version": request.agent_version[:64],
+        "tls_fingerprint": request.tls_fingerprint,
     }
     if not instance.engine_host and request.advertise_host:
         fields["engine_host"] = instance.public_ip or request.advertise_host
@@ -255,6 +265,9 @@ def agent_heartbeat(*, instance: Instance, heartbeat: Heartbeat) -> HeartbeatRes
         "engine_status": heartbeat.engine.model_dump(),
         "engine_metrics": heartbeat.metrics.model_dump() if heartbeat.metrics else {},
     }
+    if heartbeat.tls_fingerprint and heartbeat.tls_fingerprint != instance.tls_fingerprint:
+        # A restarted agent with a new certificate: the gateways pin the new one.
+        fields["tls_fingerprint"] = heartbeat.tls_fingerprint
     reported = heartbeat.agent_version[:64]
     if reported and reported != instance.agent_version:
         fields["agent_version"] = reported

@@ -42,6 +42,9 @@ class Instance(models.Model):
     engine_host = models.CharField(max_length=255, blank=True)
     engine_port = models.PositiveIntegerField(default=8000)
     engine_secret_encrypted = models.TextField()
+    # SHA-256 of the certificate of the agent's TLS front (hex; "" for a direct, plain-HTTP
+    # engine), as the agent reported it: the gateways dial https and pin exactly this.
+    tls_fingerprint = models.CharField(max_length=64, blank=True)
     bootstrap_token_hash = models.CharField(max_length=64, blank=True, db_index=True)
     # Kept (encrypted) until used, so that a re-sent provision command boots with the same token.
     bootstrap_token_encrypted = models.TextField(blank=True)
@@ -91,7 +94,10 @@ class Instance(models.Model):
     def endpoint(self) -> str:
         """Base URL of the engine's OpenAI API, as the gateway reaches it."""
         host = self.engine_host or self.public_ip
-        return f"http://{host}:{self.engine_port}" if host else ""
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        scheme = "https" if self.tls_fingerprint else "http"
+        return f"{scheme}://{host}:{self.engine_port}" if host else ""
 
 
 class InstanceEvent(models.Model):
