@@ -7,6 +7,8 @@ import os
 
 from celery import Celery
 
+import inventiv.metrics  # noqa: F401  (connects the task-duration and failure signals)
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inventiv.settings")
 
 app = Celery("inventiv")

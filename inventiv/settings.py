@@ -148,6 +148,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: probes get /healthz and /readyz whatever the Host header (nothing else does).
     "inventiv.health.HealthMiddleware",
+    # Request latency by route and status for /metrics (inventiv/metrics.py); probes not timed.
+    "inventiv.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -659,6 +661,11 @@ GATEWAY_RESPONSES_ENGINES = env_list("GATEWAY_RESPONSES_ENGINES", ["vllm", "mock
 GATEWAY_DISCONNECT_DRAIN_S = env_float("GATEWAY_DISCONNECT_DRAIN_S", 60.0, minimum=0)
 # Bearer token for GET /metrics on the standalone gateway; unset disables the endpoint.
 GATEWAY_METRICS_TOKEN = env_str("GATEWAY_METRICS_TOKEN")
+# Bearer token for GET /metrics on the web role and the worker's metrics port (docs/operations.md);
+# unset disables both. The worker serves it on WORKER_METRICS_HOST:PORT when the port is set.
+METRICS_TOKEN = env_str("INVENTIV_METRICS_TOKEN")
+WORKER_METRICS_HOST = env_str("INVENTIV_WORKER_METRICS_HOST", "0.0.0.0") or "0.0.0.0"
+WORKER_METRICS_PORT = env_int("INVENTIV_WORKER_METRICS_PORT", 0, minimum=0)
 # Usage records: buffered in Redis by gateways, written to PostgreSQL by the worker.
 USAGE_FLUSH_INTERVAL_S = env_float("USAGE_FLUSH_INTERVAL_S", 2.0, minimum=0.05)
 USAGE_FLUSH_BATCH = env_int("USAGE_FLUSH_BATCH", 1000, minimum=1)

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from inventiv import health
+from inventiv import health, metrics_web
 
 # Under /api/ and /internal/, Django's own 400/403/404/500 answer in the error envelope.
 handler400 = "inventiv.errors.handler400"
