@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -73,8 +74,7 @@ def onprem_host_issue_join(*, provider: Provider, name: str) -> JoinCommand:
     )
 
 
-def _gpu_summary(host: OnPremHost) -> tuple[str, int]:
-    gpus = host.gpus or []
+def _gpu_summary(gpus: list[dict[str, Any]]) -> tuple[str, int]:
     if not gpus:
         return "", 0
     return str(gpus[0]["name"])[:64], min(int(g["memory_mib"]) for g in gpus) // 1024
@@ -88,6 +88,9 @@ def onprem_host_join(*, request: HostJoinRequest) -> HostJoinResponse:
     if host is None or not host.join_expires_at or host.join_expires_at < now:
         raise HostAuthError("Invalid, expired or already used join token.")
     credential = crypto.new_token("ivh_")
+    gpus = [g.model_dump() for g in request.gpus]
+    gpu_model, vram_per_gpu_gb = _gpu_summary(gpus)
+    # One write: a reader never sees a joined host without its GPU summary.
     claimed = OnPremHost.objects.filter(id=host.id, join_token_hash=host.join_token_hash).update(
         join_token_hash="",
         join_expires_at=None,
@@ -96,19 +99,18 @@ def onprem_host_join(*, request: HostJoinRequest) -> HostJoinResponse:
         credential_hash=crypto.token_hash(credential),
         hostname=request.hostname[:255],
         advertise_host=request.advertise_host[:255],
-        gpus=[g.model_dump() for g in request.gpus],
+        gpus=gpus,
+        gpu_model=gpu_model,
+        vram_per_gpu_gb=vram_per_gpu_gb,
     )
     if not claimed:
         raise HostAuthError("Invalid, expired or already used join token.")
     host.refresh_from_db()
-    host.gpu_model, host.vram_per_gpu_gb = _gpu_summary(host)
-    fields = ["gpu_model", "vram_per_gpu_gb"]
     if request.probe_port is not None:
         # Can we open a connection to it? If not, an ``auto`` host is served through the tunnel.
         host.dialable = dial_back(host.advertise_host, request.probe_port)
         host.probed_at = timezone.now()
-        fields += ["dialable", "probed_at"]
-    host.save(update_fields=fields)
+        host.save(update_fields=["dialable", "probed_at"])
     logger.info(
         "on-premise host %s joined with %d GPU(s)%s",
         host.name,
@@ -152,7 +154,7 @@ def onprem_host_poll(*, host: OnPremHost, poll: HostPoll) -> HostPollResponse:
         fields = ["last_seen_at"]
         if poll.gpus:
             host.gpus = [g.model_dump() for g in poll.gpus]
-            host.gpu_model, host.vram_per_gpu_gb = _gpu_summary(host)
+            host.gpu_model, host.vram_per_gpu_gb = _gpu_summary(host.gpus)
             fields += ["gpus", "gpu_model", "vram_per_gpu_gb"]
         host.save(update_fields=fields)
         live = list(host.assignments.exclude(state=A.State.STOPPED).select_for_update())
