@@ -7,6 +7,8 @@ UV := $(shell command -v uv 2>/dev/null || echo $(VENV)/bin/uv)
 PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+# Parallel test workers (pytest-xdist): `auto` is one per core; PYTEST_WORKERS=0 runs serially.
+PYTEST_WORKERS ?= auto
 PYTEST_ARGS ?=
 
 .PHONY: help demo test install install-dev services lint typecheck bench lock clean
@@ -51,7 +53,7 @@ test: install-dev services
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy agent apps inventiv
 	$(VENV)/bin/lint-imports --no-cache
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(VENV)/bin/pytest $(PYTEST_ARGS)
+	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(VENV)/bin/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 ## ruff (lint and format check) and the import-linter contracts, without the tests.
 lint: install-dev
