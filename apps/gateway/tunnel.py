@@ -72,7 +72,10 @@ class _Endpoint:
         if mux is None:
             writer.close()  # the proxy sees a failed engine connection and fails over
             return
-        await mux.carry(reader, writer)
+        # Cancelled when its tunnel closes: the connection is closed, nothing to report (the
+        # server's callback would log a cancelled handler as an error).
+        with contextlib.suppress(asyncio.CancelledError):
+            await mux.carry(reader, writer)
 
 
 class TunnelRegistry:
