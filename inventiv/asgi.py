@@ -16,6 +16,7 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.urls import path  # noqa: E402
 
 from apps.gateway.asgi import application as gateway_app  # noqa: E402
+from apps.instances.agents.api.asgi import HeartbeatApp  # noqa: E402
 from inventiv.consumers import EventsConsumer  # noqa: E402
 from inventiv.pathrouter import PathPrefixRouter  # noqa: E402
 
@@ -24,7 +25,8 @@ websocket_urlpatterns = [path("ws/events/", EventsConsumer.as_asgi())]
 
 application = ProtocolTypeRouter(
     {
-        "http": PathPrefixRouter(gateway=gateway_app, default=django_asgi_app),
+        # Agents' heartbeats skip Django's request machinery (apps/instances/agents/api/asgi.py).
+        "http": HeartbeatApp(PathPrefixRouter(gateway=gateway_app, default=django_asgi_app)),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

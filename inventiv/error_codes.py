@@ -102,8 +102,8 @@ CODES: dict[str, ErrorCode] = {
         ErrorCode(
             "request_too_large",
             413,
-            "The body is over the size limit (`GATEWAY_MAX_BODY_BYTES`).",
-            ("gateway",),
+            "The body is over the size limit (`GATEWAY_MAX_BODY_BYTES`; a heartbeat: 256 KiB).",
+            ("agent", "gateway"),
         ),
         ErrorCode(
             "unsupported_media_type",

@@ -2,7 +2,8 @@
 
 Joins the groups ``instances`` and ``keys`` (``inventiv.events``):
 
-* ``EVENT:INSTANCE_*`` and ``EVENT:MODEL_*`` → the routing directory reloads (coalesced);
+* ``EVENT:INSTANCE_*`` → applied to the routing table as a delta (``Directory.instance_event``);
+* ``EVENT:MODEL_*`` → the routing directory reloads (coalesced);
 * ``EVENT:KEY_REVOKED``, ``EVENT:KEY_CHANGED`` → the key cache drops the key (re-read on next
   use).
 
@@ -49,7 +50,9 @@ class EventListener:
         data = message.get("data") or {}
         if event in (KEY_REVOKED, KEY_CHANGED):
             self.keys.invalidate(str(data.get("lookup_id", "")))
-        elif event.startswith((INSTANCE_EVENT_PREFIX, MODEL_EVENT_PREFIX)):
+        elif event.startswith(INSTANCE_EVENT_PREFIX):
+            self.directory.instance_event(data)
+        elif event.startswith(MODEL_EVENT_PREFIX):
             self.directory.schedule_reload()
 
     async def run(self) -> None:

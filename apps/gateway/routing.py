@@ -8,6 +8,7 @@ counts are per gateway process (each replica balances its own share of the traff
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import itertools
 import math
@@ -78,37 +79,73 @@ class ModelRoute:
         self.ring_keys = [h for h, _ in ring]
 
 
+@dataclass(slots=True)
+class PreparedTable:
+    """A full snapshot's routes, built off the event loop, and the states made for it."""
+
+    routes: dict[tuple[int, str], ModelRoute]
+    fresh: list[InstanceState]
+
+
 class RoutingTable:
     def __init__(self, *, breaker_failures: int, breaker_cooldown_s: float, load_factor: float):
         self.routes: dict[tuple[int, str], ModelRoute] = {}
         self.by_org: dict[int, list[ModelRoute]] = {}
         self._states: dict[str, InstanceState] = {}
+        # Model code id → its key in ``routes`` (instance events name the model code by id).
+        self.by_id: dict[int, tuple[int, str]] = {}
         self._rr = itertools.count()
         self.breaker_failures = breaker_failures
         self.breaker_cooldown_s = breaker_cooldown_s
         self.load_factor = load_factor
 
     # --- loading ---------------------------------------------------------------------------
-    def _route(self, model: ModelSnapshot) -> ModelRoute:
-        states = []
+    # A full snapshot is built by ``prepare`` (pure: it only reads the table, so it may run in
+    # a thread, off the event loop) and installed by ``install`` (on the loop: dictionary swaps
+    # and the outstanding counts carried over). Instance events are applied as deltas to one
+    # model code's route (``add_instance``, ``remove_instance``).
+    def _build(self, model: ModelSnapshot) -> tuple[ModelRoute, list[InstanceState]]:
+        """The route of ``model``, reusing the states of known, unchanged instances; and the
+        states it made anew (adopted by ``_adopt`` on the loop)."""
+        states, fresh = [], []
         for inst in model.instances:
             state = self._states.get(inst.id)
             if state is None or state.snapshot != inst:
-                # Keep counters of a known instance across reloads (its requests are in flight).
-                previous = state
                 state = InstanceState(inst)
-                if previous is not None:
-                    state.outstanding = previous.outstanding
-                self._states[inst.id] = state
+                fresh.append(state)
             states.append(state)
         route = ModelRoute(model, states, f"{model.organization_slug}/{model.name}")
         if model.routing_policy == PREFIX_AWARE:
             route.build_ring()
+        return route, fresh
+
+    def _adopt(self, fresh: list[InstanceState]) -> None:
+        for state in fresh:
+            # Keep counters of a known instance across reloads (its requests are in flight).
+            previous = self._states.get(state.id)
+            if previous is not None and previous is not state:
+                state.outstanding = previous.outstanding
+            self._states[state.id] = state
+
+    def _route(self, model: ModelSnapshot) -> ModelRoute:
+        route, fresh = self._build(model)
+        self._adopt(fresh)
         return route
 
-    def replace(self, models: list[ModelSnapshot]) -> None:
-        """Install a full snapshot (the periodic refresh, or after an instance event)."""
-        routes = {(m.organization_id, m.name): self._route(m) for m in models}
+    def prepare(self, models: list[ModelSnapshot]) -> PreparedTable:
+        """Everything a full snapshot needs, built without changing the table."""
+        routes: dict[tuple[int, str], ModelRoute] = {}
+        fresh: list[InstanceState] = []
+        for m in models:
+            route, made = self._build(m)
+            routes[(m.organization_id, m.name)] = route
+            fresh.extend(made)
+        return PreparedTable(routes, fresh)
+
+    def install(self, prepared: PreparedTable) -> None:
+        """Install a prepared full snapshot (the periodic refresh, the safety net)."""
+        self._adopt(prepared.fresh)
+        routes = prepared.routes
         by_org: dict[int, list[ModelRoute]] = {}
         for route in routes.values():
             by_org.setdefault(route.snapshot.organization_id, []).append(route)
@@ -117,16 +154,50 @@ class RoutingTable:
             if self._states[instance_id].outstanding == 0:
                 del self._states[instance_id]
         self.routes, self.by_org = routes, by_org
+        self.by_id = {route.snapshot.id: key for key, route in routes.items()}
+
+    def replace(self, models: list[ModelSnapshot]) -> None:
+        """Install a full snapshot at once (``prepare`` then ``install``)."""
+        self.install(self.prepare(models))
 
     def upsert(self, model: ModelSnapshot) -> ModelRoute:
-        """Install one model code (looked up on a miss)."""
+        """Install one model code (looked up on a miss, or changed by an instance event)."""
         route = self._route(model)
         self.routes[(model.organization_id, model.name)] = route
+        self.by_id[model.id] = (model.organization_id, model.name)
         org_routes = [
             r for r in self.by_org.get(model.organization_id, []) if r.snapshot.id != model.id
         ]
         self.by_org[model.organization_id] = [*org_routes, route]
         return route
+
+    def route_by_id(self, model_code_id: int) -> ModelRoute | None:
+        key = self.by_id.get(model_code_id)
+        return self.routes.get(key) if key is not None else None
+
+    def add_instance(self, model_code_id: int, instance: InstanceSnapshot) -> bool:
+        """Put one ready instance in its model code's route (replacing an older snapshot of
+        it). False when the model code is not in the table (a full reload knows more)."""
+        route = self.route_by_id(model_code_id)
+        if route is None:
+            return False
+        others = [i for i in route.snapshot.instances if i.id != instance.id]
+        instances = tuple(sorted([*others, instance], key=lambda i: i.id))
+        self.upsert(dataclasses.replace(route.snapshot, instances=instances))
+        return True
+
+    def remove_instance(self, model_code_id: int, instance_id: str) -> bool:
+        """Take one instance out of its model code's route (no longer ready); its requests in
+        flight keep their state until they end. False when it was not routed."""
+        route = self.route_by_id(model_code_id)
+        if route is None or all(i.id != instance_id for i in route.snapshot.instances):
+            return False
+        instances = tuple(i for i in route.snapshot.instances if i.id != instance_id)
+        self.upsert(dataclasses.replace(route.snapshot, instances=instances))
+        state = self._states.get(instance_id)
+        if state is not None and state.outstanding == 0:
+            del self._states[instance_id]
+        return True
 
     def get(self, organization_id: int, name: str) -> ModelRoute | None:
         return self.routes.get((organization_id, name))

@@ -64,9 +64,37 @@ def key_snapshots(*, lookup_ids: Iterable[str]) -> dict[str, KeySnapshot]:
     return {k.lookup_id: _snapshot(k, allowed.get(k.pk, ())) for k in keys}
 
 
-def _instance_snapshots(model_code_ids: list[int]) -> dict[int, list[InstanceSnapshot]]:
+# Engine secrets in clear by their ciphertext: each is decrypted once per process, not on every
+# reload (a Fernet ciphertext is unique to its instance; a rotated secret is a new ciphertext).
+_SECRETS: dict[str, str] = {}
+_SECRETS_MAX = 100_000
+
+
+def _engine_secret(encrypted: str) -> str:
+    secret = _SECRETS.get(encrypted)
+    if secret is None:
+        secret = decrypt(encrypted)
+        if len(_SECRETS) >= _SECRETS_MAX:
+            _SECRETS.clear()
+        _SECRETS[encrypted] = secret
+    return secret
+
+
+def instance_route_snapshot(*, instance_id: str, model_code_id: int) -> InstanceSnapshot | None:
+    """One ready instance of this model code as the routing table holds it (one query, plus the
+    tunnel lookup); None when it is not routable (any more)."""
+    found = _instance_snapshots([model_code_id], instance_id=instance_id).get(model_code_id)
+    return found[0] if found else None
+
+
+def _instance_snapshots(
+    model_code_ids: list[int], *, instance_id: str | None = None
+) -> dict[int, list[InstanceSnapshot]]:
     by_model: dict[int, list[InstanceSnapshot]] = {}
-    instances = Instance.objects.filter(llm_model_id__in=model_code_ids, status__in=ROUTABLE).only(
+    instances = Instance.objects.filter(llm_model_id__in=model_code_ids, status__in=ROUTABLE)
+    if instance_id is not None:
+        instances = instances.filter(id=instance_id)
+    instances = instances.only(
         "id",
         "llm_model_id",
         "engine_host",
@@ -80,7 +108,7 @@ def _instance_snapshots(model_code_ids: list[int]) -> dict[int, list[InstanceSna
         if not inst.endpoint:
             continue
         try:
-            secret = decrypt(inst.engine_secret_encrypted)
+            secret = _engine_secret(inst.engine_secret_encrypted)
         except ValueError:  # unreadable secret: the instance cannot be called
             continue
         by_model.setdefault(inst.llm_model_id, []).append(

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
@@ -32,6 +35,7 @@ from apps.instances.models import Instance, OnPremAssignment
 from apps.instances.models.onprem import tunneled_instance_ids
 from apps.instances.providers.sizing import TENSOR_PARALLEL_SIZES
 from apps.instances.services import instance_request_termination, instance_transition
+from apps.instances.selectors import heartbeat_lease_key, heartbeat_persist_s
 from apps.models.models import HubToken
 from inventiv import crypto
 from inventiv.errors import ApplicationError
@@ -301,3 +305,124 @@ def agent_heartbeat(*, instance: Instance, heartbeat: Heartbeat) -> HeartbeatRes
     return HeartbeatResponse(
         heartbeat_interval_s=settings.HEARTBEAT_INTERVAL_S, desired=desired_for(instance)
     )
+
+
+# --- The heartbeat at fleet scale (issue 19) ---------------------------------------------------
+# One web core must answer about a thousand heartbeats a second, so the common beat (nothing
+# changed since the last one) costs one narrow indexed query by credential hash, the renewal of
+# the instance's lease in the cache, and an UPDATE only of what changed: ``engine_metrics`` when
+# they moved, ``last_heartbeat_at`` every ``heartbeat_persist_s()`` (the reconciler reads the
+# lease for the few instances whose recorded beat is past the deadline). The answer comes from
+# a per-process memo of the last full answer; anything the full path would act upon (a status
+# changed, another state, engine status, agent version or certificate reported, the model code
+# edited) takes the full path, ``agent_heartbeat``, again.
+_QUICK_FIELDS = (
+    "id",
+    "credential_hash",
+    "status",
+    "status_changed_at",
+    "agent_state",
+    "agent_version",
+    "engine_status",
+    "engine_metrics",
+    "last_heartbeat_at",
+    "llm_model__updated_at",
+    "provider__kind",
+)
+# A memoised answer is recomputed at least this often (the organization's Hugging Face token,
+# or a model code changed by a bulk update, reach a running agent within this delay).
+HEARTBEAT_MEMO_TTL_S = 30.0
+_MEMO_MAX = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class _BeatMemo:
+    version: tuple[Any, ...]  # (status, status_changed_at, model code's updated_at)
+    reported: tuple[Any, ...]  # (state, engine status, agent version, certificate)
+    reply: bytes
+    until: float  # monotonic
+
+
+_memo: dict[str, _BeatMemo] = {}
+
+
+def _reported(heartbeat: Heartbeat) -> tuple[Any, ...]:
+    return (
+        heartbeat.state.value,
+        heartbeat.engine.model_dump(),
+        heartbeat.agent_version[:64],
+        getattr(heartbeat, "tls_fingerprint", ""),
+    )
+
+
+def heartbeat_lease_renew(instance_id: str, now: float) -> None:
+    """The instance's heartbeat lease (``apps.instances.selectors.instance_last_beats``)."""
+    cache.set(
+        heartbeat_lease_key(instance_id), now, timeout=max(4 * settings.HEARTBEAT_DEADLINE_S, 120)
+    )
+
+
+def agent_identify(*, credential: str) -> dict[str, Any]:
+    """The few columns of the instance this credential belongs to (one indexed query), or
+    ``AgentAuthError``."""
+    hashed = crypto.token_hash(credential)
+    row = (
+        Instance.objects.filter(credential_hash=hashed)
+        .exclude(credential_hash="")
+        .values(*_QUICK_FIELDS)
+        .first()
+    )
+    if row is None or not hmac.compare_digest(row["credential_hash"], hashed):
+        raise AgentAuthError("Invalid agent credential.")
+    return row
+
+
+def agent_heartbeat_quick(*, row: dict[str, Any], heartbeat: Heartbeat) -> bytes:
+    """The JSON answer to a heartbeat of the instance ``row`` (:func:`agent_identify`), as
+    :func:`agent_heartbeat` would give it (same checks, same transitions, same errors), at the
+    cost described above. Not atomic with a concurrent transition: a status changed meanwhile
+    is seen by the next beat, as with the full path."""
+    instance_id = str(row["id"])
+    if heartbeat.instance_id != instance_id:
+        raise AgentAuthError("This credential belongs to another instance.")
+    wall, now = time.time(), timezone.now()
+    version = (row["status"], row["status_changed_at"], row["llm_model__updated_at"])
+    reported = _reported(heartbeat)
+    memo = _memo.get(instance_id)
+    if (
+        memo is not None
+        and memo.version == version
+        and memo.reported == reported
+        and memo.until > time.monotonic()
+        and row["agent_state"] == reported[0]
+        and row["engine_status"] == reported[1]
+        and (not reported[2] or row["agent_version"] == reported[2])
+    ):
+        fields: dict[str, object] = {}
+        metrics = heartbeat.metrics.model_dump() if heartbeat.metrics else {}
+        if metrics != row["engine_metrics"]:
+            fields["engine_metrics"] = metrics
+        last = row["last_heartbeat_at"]
+        if last is None or (now - last).total_seconds() >= heartbeat_persist_s():
+            fields["last_heartbeat_at"] = now
+        if fields:
+            Instance.objects.filter(id=instance_id).update(**fields)
+        heartbeat_lease_renew(instance_id, wall)
+        return memo.reply
+    instance = Instance.objects.select_related("llm_model", "provider", "instance_type").get(
+        id=instance_id
+    )
+    reply = agent_heartbeat(instance=instance, heartbeat=heartbeat).model_dump_json().encode()
+    heartbeat_lease_renew(instance_id, wall)
+    if instance.status == row["status"] and row["provider__kind"] != ProviderKind.ONPREM:
+        # No transition with these inputs: the same beat again would change nothing but its
+        # metrics and time. (On-premise instances' answers follow their host's tunnel: never
+        # memoised.)
+        if len(_memo) >= _MEMO_MAX:
+            _memo.clear()
+        _memo[instance_id] = _BeatMemo(
+            version, reported, reply, time.monotonic() + HEARTBEAT_MEMO_TTL_S
+        )
+    else:
+        _memo.pop(instance_id, None)
+    return reply

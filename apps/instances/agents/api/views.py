@@ -7,20 +7,11 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from agent.protocol import PROTOCOL_VERSION, Heartbeat, RegisterRequest
+from agent.protocol import PROTOCOL_VERSION, RegisterRequest
 from apps.instances.agents import package as agent_package
-from apps.instances.agents.api.wire import (
-    bearer_token,
-    error_response,
-    json_response,
-    parse_message,
-)
-from apps.instances.agents.services import (
-    AgentAuthError,
-    agent_authenticate,
-    agent_heartbeat,
-    agent_register,
-)
+from apps.instances.agents.api.beat import heartbeat_answer
+from apps.instances.agents.api.wire import error_response, json_response, parse_message
+from apps.instances.agents.services import agent_register
 from inventiv.errors import ApplicationError, NotFound
 
 
@@ -46,11 +37,9 @@ def register(request: HttpRequest) -> JsonResponse:
 
 @csrf_exempt
 @require_POST
-def heartbeat(request: HttpRequest) -> JsonResponse:
-    try:
-        credential = bearer_token(request, AgentAuthError("Invalid agent credential."))
-        instance = agent_authenticate(credential=credential)
-        message = parse_message(request, Heartbeat, version=PROTOCOL_VERSION)
-        return json_response(agent_heartbeat(instance=instance, heartbeat=message))
-    except ApplicationError as exc:
-        return error_response(exc)
+def heartbeat(request: HttpRequest) -> HttpResponse:
+    """Also served without Django's middleware by ``asgi.HeartbeatApp`` (same answers)."""
+    status, body = heartbeat_answer(
+        authorization=request.headers.get("Authorization", ""), body=request.body
+    )
+    return HttpResponse(body, status=status, content_type="application/json")

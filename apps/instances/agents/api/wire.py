@@ -34,13 +34,18 @@ def error_response(exc: ApplicationError) -> JsonResponse:
 
 
 def parse_message(request: HttpRequest, model: type[M], *, version: int) -> M:
-    """The request body as ``model``; 400 ``invalid_json`` for a body that is not a JSON
+    """The request body as ``model`` (see :func:`parse_body`)."""
+    return parse_body(request.body, model, version=version)
+
+
+def parse_body(body: bytes, model: type[M], *, version: int) -> M:
+    """``body`` as ``model``; 400 ``invalid_json`` for a body that is not a JSON
     object, ``unsupported_protocol`` for a ``protocol_version`` other than ``version``
     (checked before the shape, since another protocol's message may not have our fields), or
     ``invalid_value`` naming the first bad field. A body without ``protocol_version`` is read
     as ``version``."""
     try:
-        raw = json.loads(request.body)
+        raw = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApplicationError(f"The body is not JSON: {exc}", code="invalid_json") from None
     if not isinstance(raw, dict):
@@ -58,7 +63,12 @@ def parse_message(request: HttpRequest, model: type[M], *, version: int) -> M:
 
 def bearer_token(request: HttpRequest, error: ApplicationError) -> str:
     """The ``Authorization: Bearer`` token, or ``error`` raised."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return bearer_from_header(request.headers.get("Authorization", ""), error)
+
+
+def bearer_from_header(header: str, error: ApplicationError) -> str:
+    """The token of an ``Authorization: Bearer`` header value, or ``error`` raised."""
+    scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise error
     return token.strip()

@@ -1,0 +1,182 @@
+"""Cheap heartbeats (issue 19): one narrow query in steady state, only what changed written,
+the lease renewed, the answer from the memo; anything that matters takes the full path. And the
+ASGI fast path answers as the Django view does."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core.cache import cache
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+import agent
+from agent.protocol import AgentState, EngineMetrics, EngineStatus, Heartbeat
+from apps.instances.agents.api.asgi import HeartbeatApp
+from apps.instances.choices import InstanceStatus as S
+from apps.instances.models import Instance
+from apps.instances.selectors import heartbeat_lease_key
+from apps.instances.services import instance_drain
+from apps.models.models import LlmModel
+from inventiv import crypto
+from tests.fleet.conftest import in_thread
+from tests.instances.factories import make_instance
+
+PATH = "/internal/agent/v1/heartbeat"
+ENGINE = EngineStatus(healthy=True, model_listed=True, warmed_up=True, pid=7)
+
+
+def _serving(model: LlmModel) -> tuple[Instance, str]:
+    credential = crypto.new_token("ivc_")
+    instance, _ = make_instance(
+        model,
+        S.READY,
+        credential_hash=crypto.token_hash(credential),
+        registered_at=timezone.now(),
+        last_heartbeat_at=timezone.now(),
+        agent_version=agent.__version__,
+    )
+    return instance, credential
+
+
+def _body(instance: Instance, state: AgentState = AgentState.READY, **kw: Any) -> bytes:
+    return (
+        Heartbeat(
+            instance_id=str(instance.id),
+            agent_version=agent.__version__,
+            state=state,
+            engine=kw.pop("engine", ENGINE),
+            **kw,
+        )
+        .model_dump_json()
+        .encode()
+    )
+
+
+def _beat(client: Client, credential: str, body: bytes) -> Any:
+    return client.post(
+        PATH, body, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {credential}"
+    )
+
+
+@pytest.mark.django_db
+def test_a_steady_beat_costs_one_query_and_renews_the_lease(
+    client: Client, mock_model: LlmModel
+) -> None:
+    # Given a ready instance whose agent beat once (the full path)
+    instance, credential = _serving(mock_model)
+    first = _beat(client, credential, _body(instance))
+    assert first.status_code == 200
+    cache.delete(heartbeat_lease_key(instance.id))
+    # When it beats again with nothing changed
+    with CaptureQueriesContext(connection) as captured:
+        again = _beat(client, credential, _body(instance))
+    # Then one query (the narrow, indexed look-up by credential), the same answer, the lease
+    assert again.status_code == 200
+    assert again.json() == first.json()
+    assert len(captured.captured_queries) == 1, [q["sql"] for q in captured]
+    assert "credential_hash" in captured.captured_queries[0]["sql"]
+    assert cache.get(heartbeat_lease_key(instance.id)) is not None
+
+
+@pytest.mark.django_db
+def test_it_writes_only_what_changed(client: Client, mock_model: LlmModel) -> None:
+    instance, credential = _serving(mock_model)
+    _beat(client, credential, _body(instance))
+    # Given a recorded beat older than the persistence period
+    old = timezone.now() - timedelta(seconds=60)
+    Instance.objects.filter(id=instance.id).update(last_heartbeat_at=old)
+    # When the agent beats with new metrics
+    metrics = EngineMetrics(requests_running=3, kv_cache_usage=0.5)
+    with CaptureQueriesContext(connection) as captured:
+        _beat(client, credential, _body(instance, metrics=metrics))
+    # Then one UPDATE writes the two, and nothing else
+    updates = [q["sql"] for q in captured if q["sql"].startswith("UPDATE")]
+    assert len(updates) == 1 and "engine_metrics" in updates[0]
+    assert "agent_state" not in updates[0] and "engine_status" not in updates[0]
+    instance.refresh_from_db()
+    assert instance.engine_metrics["requests_running"] == 3
+    assert instance.last_heartbeat_at > old
+
+
+@pytest.mark.django_db
+def test_a_change_the_full_path_acts_upon_is_never_answered_from_the_memo(
+    client: Client, mock_model: LlmModel
+) -> None:
+    instance, credential = _serving(mock_model)
+    assert _beat(client, credential, _body(instance)).json()["desired"]["action"] == "serve"
+    # When the engine goes down: the instance is no longer routable
+    down = EngineStatus(healthy=False, restarts=1, last_error="exit 1")
+    _beat(client, credential, _body(instance, AgentState.ENGINE_DOWN, engine=down))
+    assert Instance.objects.get(id=instance.id).status == S.STARTING
+    # When it is ready again: ready again
+    _beat(client, credential, _body(instance))
+    assert Instance.objects.get(id=instance.id).status == S.READY
+    _beat(client, credential, _body(instance))  # memoised now
+    # When the control plane drains it: the next answer says drain
+    instance_drain(instance=Instance.objects.get(id=instance.id), reason="scaled down")
+    answer = _beat(client, credential, _body(instance, AgentState.DRAINING)).json()
+    assert answer["desired"]["action"] == "drain"
+
+
+@pytest.mark.django_db
+def test_an_unknown_credential_is_refused_before_the_body_is_read(
+    client: Client, mock_model: LlmModel
+) -> None:
+    response = _beat(client, "ivc_nobody", b"not json")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_agent_credentials"
+
+
+async def _asgi(app: HeartbeatApp, body: bytes, credential: str) -> tuple[int, bytes]:
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": PATH,
+        "headers": [(b"authorization", f"Bearer {credential}".encode())],
+    }
+    chunks = [body[i : i + 4096] for i in range(0, len(body), 4096)] or [b""]
+    messages = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+        for i, c in enumerate(chunks)
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent[0]["status"], sent[1]["body"]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_asgi_fast_path_answers_as_the_view(mock_model: LlmModel) -> None:
+    instance, credential = await in_thread(_serving, mock_model)
+    passed: list[str] = []
+
+    async def default(scope: Any, receive: Any, send: Any) -> None:
+        passed.append(scope["path"])
+
+    app = HeartbeatApp(default)
+    # A beat: 200 and the desired state; twice (the second from the memo), the same answer
+    status, body = await _asgi(app, _body(instance), credential)
+    assert status == 200 and json.loads(body)["desired"]["action"] == "serve"
+    assert await _asgi(app, _body(instance), credential) == (status, body)
+    # Refusals in the envelope: a bad credential, a body over the limit
+    status, body = await _asgi(app, _body(instance), "ivc_wrong")
+    assert status == 401 and json.loads(body)["error"]["code"] == "invalid_agent_credentials"
+    status, body = await _asgi(app, b"x" * (300 * 1024), credential)
+    assert status == 413 and json.loads(body)["error"]["code"] == "request_too_large"
+    # Anything else goes on to Django
+    await app({"type": "http", "method": "GET", "path": PATH}, None, None)
+    await app({"type": "http", "method": "POST", "path": "/internal/agent/v1/register"}, None, None)
+    assert passed == [PATH, "/internal/agent/v1/register"]
+    app._executor.shutdown(wait=True)  # type: ignore[union-attr]
