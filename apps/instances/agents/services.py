@@ -34,8 +34,8 @@ from apps.instances.choices import InstanceStatus, ProviderKind
 from apps.instances.models import Instance, OnPremAssignment
 from apps.instances.models.onprem import tunneled_instance_ids
 from apps.instances.providers.sizing import TENSOR_PARALLEL_SIZES
-from apps.instances.services import instance_request_termination, instance_transition
 from apps.instances.selectors import heartbeat_lease_key, heartbeat_persist_s
+from apps.instances.services import instance_request_termination, instance_transition
 from apps.models.models import HubToken
 from inventiv import crypto
 from inventiv.errors import ApplicationError
