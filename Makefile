@@ -11,7 +11,7 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 PYTEST_WORKERS ?= auto
 PYTEST_ARGS ?=
 
-.PHONY: help demo test install install-dev services lint typecheck bench lock clean
+.PHONY: help demo demo-stop test install install-dev services lint typecheck bench lock clean
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -35,11 +35,14 @@ install-dev: $(VENV)/.dev-installed
 help:
 	@awk '/^## /{doc=substr($$0,4); next} /^[a-z][a-z-]*:/{if (doc != "") {split($$0, t, ":"); printf "  make %-12s %s\n", t[1], doc}} {doc=""}' $(MAKEFILE_LIST)
 
+# One Python start; system checks skipped (about a second; `make test` runs them).
 ## The whole platform in one process (SQLite, in-process broker, local provider, mock engine).
 demo: install
-	@env -u DATABASE_URL -u REDIS_URL $(PY) manage.py migrate -v0
-	@env -u DATABASE_URL -u REDIS_URL $(PY) manage.py demo_setup --base-url http://127.0.0.1:$(PORT)
-	@env -u DATABASE_URL -u REDIS_URL $(PY) manage.py run_embedded --port $(PORT)
+	@env -u DATABASE_URL -u REDIS_URL $(PY) manage.py run_embedded --demo --skip-checks --port $(PORT)
+
+## Stop the demo's local agent, which `make demo` leaves running for its next start.
+demo-stop: install
+	@env -u DATABASE_URL -u REDIS_URL $(PY) manage.py run_embedded --stop-agents
 
 ## Start PostgreSQL and Redis when they are not running (Debian service layout).
 services:

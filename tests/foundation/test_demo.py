@@ -1,11 +1,17 @@
-"""What `make demo` runs, end to end in the embedded mode: the printed admin login, API key and
-openai example work against the demo model code on a local agent with the mock engine."""
+"""What `make demo` runs, end to end in the embedded mode: the printed portal login, API key and
+openai example work against the demo model code on a local agent with the mock engine; a second
+`make demo` reattaches to the agent the first one left running and streams at once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +23,43 @@ from tests.live import login
 from tests.processes import ROOT, ProcessGroup, embedded_env, free_port, wait_for
 
 pytestmark = pytest.mark.slow
+
+# What the Makefile's demo target runs (checked below, so the test follows the Makefile).
+DEMO = ["run_embedded", "--demo", "--skip-checks", "--port"]
+# Generous on purpose: this checks the path (one start, reattached agent, no provisioning);
+# the speed is measured by bench/demo.py (docs/operations.md).
+SECOND_START_BOUND_S = 15.0
+
+
+def _agents_of(base_url: str) -> list[int]:
+    """Pids of the local agents and engines serving the control plane at ``base_url`` (agents
+    get an allow-listed environment: found by the control plane URL they carry)."""
+    marker = f"INVENTIV_CONTROL_PLANE_URL={base_url}\0".encode()
+    found = []
+    for pids in _tagged_pids().values():
+        for pid in pids:
+            try:
+                if marker in Path(f"/proc/{pid}/environ").read_bytes():
+                    found.append(pid)
+            except OSError:
+                continue
+    return sorted(found)
+
+
+def _first_token(base_url: str, api_key: str) -> str:
+    """The first content chunk of a streamed chat completion (raises until one arrives)."""
+    body = {"model": "demo-chat", "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with httpx.stream(
+        "POST", f"{base_url}/v1/chat/completions", json=body, headers=headers, timeout=10
+    ) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                delta = json.loads(line[6:])["choices"][0]["delta"].get("content")
+                if delta:
+                    return str(delta)
+    raise AssertionError("the stream ended without content")
 
 
 def test_the_demo_serves_a_streamed_answer_with_the_printed_key(
@@ -71,20 +114,85 @@ def test_the_demo_serves_a_streamed_answer_with_the_printed_key(
     ).json()
     assert [m["id"] for m in models["data"]] == ["demo-chat"]
 
-    # When the platform stops, then its local instances stop with it
-    def demo_agents() -> list[int]:
-        # (agents get an allow-listed environment: found by the control plane they serve)
-        marker = f"INVENTIV_CONTROL_PLANE_URL={base_url}\0".encode()
-        found = []
-        for pids in _tagged_pids().values():
-            for pid in pids:
-                try:
-                    if marker in Path(f"/proc/{pid}/environ").read_bytes():
-                        found.append(pid)
-                except OSError:
-                    continue
-        return found
-
-    assert demo_agents(), "the demo's agent and engine run for the demo's control plane"
+    # When the platform stops (without --demo or --keep-agents), its local instances stop too
+    assert _agents_of(base_url), "the demo's agent and engine run for the demo's control plane"
     proc.stop()
-    assert wait_for(lambda: not demo_agents(), timeout=15, message="no demo agent left")
+    assert wait_for(lambda: not _agents_of(base_url), timeout=15, message="no demo agent left")
+
+
+def test_a_second_make_demo_reattaches_to_its_agent_and_streams_at_once(
+    tmp_path: Path, processes: ProcessGroup
+) -> None:
+    # Given the Makefile's demo command on a fresh, unmigrated state directory
+    makefile = (ROOT / "Makefile").read_text()
+    assert "manage.py " + " ".join(DEMO) + " $(PORT)" in makefile
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "INVENTIV_TEST_DB_NAME")
+    }
+    env["INVENTIV_STATE_DIR"] = str(tmp_path / "state")
+    processes.env = env
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "manage.py", *DEMO, str(port)]
+    try:
+        # When it runs a first time: it migrates, prints the banner and serves
+        first = processes.start("demo-1", command)
+        banner = wait_for(
+            lambda: re.search(r"Portal login   : (\S+)\s+(\S+) / (\S+)", first.log()),
+            timeout=60,
+            message="the banner",
+        )
+        api_key = re.search(r"API key        : (\S+)", first.log())[1]  # type: ignore[index]
+        assert banner[1] == f"{base_url}/accounts/login/"
+        state = json.loads((tmp_path / "state" / "demo.json").read_text())
+        assert (banner[2], banner[3], api_key) == (
+            "admin@inventiv.local",
+            state["password"],
+            state["api_key"],
+        )
+        assert wait_for(lambda: _first_token(base_url, api_key), timeout=40, interval=0.1)
+        portal = login(base_url, banner[2], banner[3])
+        assert portal.get("/admin/").status_code == 200
+        agents = _agents_of(base_url)
+        assert agents
+
+        # ... and is stopped with Ctrl-C: its agent stays, parked
+        first.kill(signal.SIGINT)
+        first.proc.wait(20)
+        assert "Stopped" not in first.log()
+        assert _agents_of(base_url) == agents
+
+        # When `make demo` runs again
+        started = time.monotonic()
+        second = processes.start("demo-2", command)
+        wait_for(
+            lambda: _first_token(base_url, api_key),
+            timeout=SECOND_START_BOUND_S,
+            interval=0.05,
+            message="the second start's first token",
+        )
+        elapsed = time.monotonic() - started
+        # Then it streamed within the bound, through the same agent (reattached, not a new
+        # machine), with the same printed login and key
+        assert elapsed < SECOND_START_BOUND_S
+        assert _agents_of(base_url) == agents
+        assert "1 reattached, 0 replaced" in second.log()
+        assert state["password"] in second.log() and api_key in second.log()
+        second.kill(signal.SIGINT)
+        second.proc.wait(20)
+
+        # When the agent is stopped with `make demo-stop`'s command, then none is left
+        subprocess.run(
+            [sys.executable, "manage.py", "run_embedded", "--stop-agents"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        assert not _agents_of(base_url)
+    finally:
+        for pid in _agents_of(base_url):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -15,6 +15,7 @@ from apps.instances.orchestrator.provisioning import (
     TransientProvisioningError,
     instance_provision,
     instance_terminate,
+    local_fleet_reattach,
     local_fleet_shutdown,
 )
 from apps.instances.orchestrator.reconcile import (
@@ -44,6 +45,7 @@ __all__ = [
     "instance_power_apply",
     "instance_provision",
     "instance_terminate",
+    "local_fleet_reattach",
     "local_fleet_shutdown",
     "model_code_converge",
     "model_code_finish_decommission",

@@ -251,3 +251,27 @@ def local_fleet_shutdown(*, reason: str) -> int:
         if instance_terminate(instance_id=str(instance.id)) == "terminated":
             count += 1
     return count
+
+
+def local_fleet_reattach(*, reason: str) -> tuple[int, int]:
+    """At the start of an embedded platform whose local agents were left running (``--keep-
+    agents``): a local instance whose tagged processes are alive is reattached (its heartbeat
+    clock restarts now, so the first reconcile does not mark it unavailable before the agent,
+    retrying every heartbeat interval, reports in); one whose processes are gone (a reboot) is
+    terminated at once, so the first reconcile provisions a fresh one instead of waiting for
+    the heartbeat deadline. Returns (reattached, replaced)."""
+    reattached = replaced = 0
+    serving = (S.STARTING, S.READY, S.UNAVAILABLE)
+    for instance in Instance.objects.select_related("provider", "llm_model").filter(
+        provider__kind=ProviderKind.LOCAL, status__in=HOLDS_MACHINE
+    ):
+        alive = get_adapter(instance.provider).find_machine(str(instance.id)) is not None
+        if alive and instance.status in serving:
+            reattached += Instance.objects.filter(pk=instance.pk, status=instance.status).update(
+                last_heartbeat_at=timezone.now()
+            )
+        elif not alive and instance.status != S.TERMINATING:
+            instance_request_termination(instance=instance, reason=reason)
+            if instance_terminate(instance_id=str(instance.id)) == "terminated":
+                replaced += 1
+    return reattached, replaced

@@ -1,5 +1,10 @@
 """Run the whole platform in one process: web + gateway (uvicorn), a Celery worker (threads)
-and beat, on whatever settings say (the embedded default: SQLite, in-memory broker/layer)."""
+and beat, on whatever settings say (the embedded default: SQLite, in-memory broker/layer).
+
+``--demo`` (what ``make demo`` runs) does the demo's whole start in this one Python process:
+migrate only when a migration is unapplied, the demo's admin, model code and key
+(``demo_setup``), the banner, and it leaves the demo's local agent running on exit so that the
+next start reattaches to it (``make demo-stop`` stops it)."""
 
 from __future__ import annotations
 
@@ -12,9 +17,13 @@ from typing import Any
 import uvicorn
 from celery.beat import EmbeddedService
 from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 
-from apps.instances.orchestrator import local_fleet_shutdown
+from apps.instances.management.commands.demo_setup import demo_banner, demo_ensure
+from apps.instances.orchestrator import local_fleet_reattach, local_fleet_shutdown
 from apps.instances.tasks import reconcile_task
 from inventiv.celery import app as celery_app
 
@@ -23,6 +32,16 @@ logger = logging.getLogger(__name__)
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(0)
+
+
+def _migrate_if_needed() -> bool:
+    """``migrate`` only when a migration is unapplied (building the plan takes ~0.1 s, a
+    ``migrate`` with nothing to do about a second). Returns whether it migrated."""
+    executor = MigrationExecutor(connection)
+    if not executor.migration_plan(executor.loader.graph.leaf_nodes()):
+        return False
+    call_command("migrate", verbosity=0)
+    return True
 
 
 class Command(BaseCommand):
@@ -38,6 +57,17 @@ class Command(BaseCommand):
             action="store_true",
             help="leave local agents running on exit (they reconnect on the next start)",
         )
+        parser.add_argument(
+            "--demo",
+            action="store_true",
+            help="migrate if needed, prepare the demo (demo_setup), print its banner, and keep "
+            "its agents on exit (the next start reattaches)",
+        )
+        parser.add_argument(
+            "--stop-agents",
+            action="store_true",
+            help="stop the local instances left running (--keep-agents, --demo) and exit",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not settings.EMBEDDED and settings.CELERY_BROKER_URL.startswith("memory"):
@@ -46,6 +76,31 @@ class Command(BaseCommand):
             settings.PUBLIC_URL = f"http://{options['host']}:{options['port']}"
         if not os.environ.get("INVENTIV_AGENT_API_URL"):
             settings.AGENT_API_URL = settings.PUBLIC_URL
+        if options["stop_agents"]:
+            stopped = local_fleet_shutdown(reason="stopped by run_embedded --stop-agents")
+            self.stdout.write(f"Stopped {stopped} local instance(s).")
+            return
+        keep_agents = options["keep_agents"] or options["demo"]
+        if options["demo"]:
+            _migrate_if_needed()
+            password, api_key = demo_ensure()
+            for line in demo_banner(settings.PUBLIC_URL, password, api_key):
+                self.stdout.write(line)
+            self.stdout.write(
+                "  Ctrl-C stops the platform; the demo's agent keeps running so that the next "
+                "`make demo` answers at once (`make demo-stop` stops it)."
+            )
+            self.stdout.flush()
+        # Agents left running by the previous start (--keep-agents) are reattached; instances
+        # whose agent is gone (a reboot) are replaced at once, not after the heartbeat deadline.
+        reattached, replaced = local_fleet_reattach(reason="its agent did not survive the restart")
+        if reattached or replaced:
+            logger.info("local instances: %d reattached, %d replaced", reattached, replaced)
+        # The ASGI application first: importing it (the gateway, aiohttp, Channels) is most of
+        # the time between the banner and the first answer; the worker's threads would only
+        # compete with it for the interpreter.
+        from inventiv.asgi import application
+
         worker = celery_app.WorkController(
             pool_cls="threads",
             concurrency=options["concurrency"],
@@ -67,7 +122,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
             uvicorn.run(
-                "inventiv.asgi:application",
+                application,
                 host=options["host"],
                 port=options["port"],
                 lifespan="off",
@@ -83,6 +138,6 @@ class Command(BaseCommand):
             if beat is not None:
                 beat.stop()
             worker.stop(in_sighandler=False)
-            if not options["keep_agents"]:
+            if not keep_agents:
                 stopped = local_fleet_shutdown(reason="the embedded platform stopped")
                 self.stdout.write(f"Stopped {stopped} local instance(s).")
