@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-import redis.asyncio as aioredis
 from django.conf import settings
 
 from apps.gateway import budget, ratelimit
@@ -27,6 +26,7 @@ from apps.gateway.budget import PERIOD_TTL_S, Reservation, period_of
 from apps.gateway.errors import GatewayError, retry_after
 from apps.gateway.ratelimit import LEASE_S as RATE_LEASE_S
 from apps.gateway.ratelimit import Decision, Limits
+from apps.gateway.redis_pipe import Script, shared_pipe
 
 # KEYS: the rate limiter's three, then the reservation's eleven. ARGV: rpm, tpm, concurrency,
 # request id, lease; prompt estimate, max tokens, budget lease, period TTL.
@@ -98,15 +98,18 @@ class Backend(Protocol):
     async def finish(self, ticket: Ticket, prompt_tokens: int, completion_tokens: int) -> None: ...
 
 
+_ADMIT_SCRIPT, _FINISH_SCRIPT = Script(_ADMIT), Script(_FINISH)
+
+
 class RedisGovernance:
-    def __init__(self, client: aioredis.Redis | None = None) -> None:
+    """Both steps on the event loop's pipelined connection (``apps.gateway.redis_pipe``)."""
+
+    def __init__(self) -> None:
         url = settings.REDIS_URL
         assert url, "the Redis implementation is picked only when REDIS_URL is set"
-        self._redis = client or aioredis.Redis.from_url(url, max_connections=64)
+        self._url: str = url
         self._rl = ratelimit.prefix()
         self._bud = budget.prefix()
-        self._admit = self._redis.register_script(_ADMIT)
-        self._finish = self._redis.register_script(_FINISH)
 
     async def admit(
         self,
@@ -121,9 +124,10 @@ class RedisGovernance:
     ) -> tuple[Decision, Reservation]:
         keys = ratelimit.limit_keys(self._rl, limits.key_id)
         keys += budget.reserve_keys(self._bud, limits.key_id, org_id, model_code_id, period)
-        code, retry_ms, scope, exhausted, worst = await self._admit(
-            keys=keys,
-            args=[
+        code, retry_ms, scope, exhausted, worst = await shared_pipe(self._url).evalsha(
+            _ADMIT_SCRIPT,
+            keys,
+            [
                 limits.rpm,
                 limits.tpm,
                 limits.concurrency,
@@ -146,9 +150,10 @@ class RedisGovernance:
         keys += budget.settle_keys(
             self._bud, limits.key_id, ticket.org_id, ticket.model_code_id, ticket.period
         )
-        await self._finish(
-            keys=keys,
-            args=[
+        await shared_pipe(self._url).evalsha(
+            _FINISH_SCRIPT,
+            keys,
+            [
                 limits.tpm,
                 limits.concurrency,
                 ticket.request_id,

@@ -47,11 +47,11 @@ from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 import redis
-import redis.asyncio as aioredis
 from django.conf import settings
 
 from apps.gateway import metrics
 from apps.gateway.errors import GatewayError
+from apps.gateway.redis_pipe import close_shared, shared_pipe
 from apps.gateway.request import Message, Request, Send
 from apps.gateway.usage_record import FINAL_SEQ, UsageRecordData
 
@@ -127,8 +127,10 @@ return 1
 
 
 class RedisUsageBuffer:
-    """Clients are created on first use: the async one inside the gateway's event loop, the
-    sync one in the worker. ``url``: another Redis than ``REDIS_URL`` (tests, benchmarks)."""
+    """The gateway's side (async) goes through its event loop's pipelined connection
+    (``apps.gateway.redis_pipe``, shared with governance: one transaction per write, pipelined
+    with the requests' scripts); the worker's (sync) through redis-py, created on first use.
+    ``url``: another Redis than ``REDIS_URL`` (tests, benchmarks)."""
 
     def __init__(self, url: str | None = None) -> None:
         self._url = url or _redis_url()
@@ -137,16 +139,8 @@ class RedisUsageBuffer:
         self._gateways = prefix + "gateways"
         self._alive = prefix + "alive:"
         self._inflight = prefix + "inflight:"
-        self._async: aioredis.Redis | None = None
         self._sync: redis.Redis | None = None
         self._group_ready = False
-
-    def _aclient(self) -> aioredis.Redis:
-        if self._async is None:
-            self._async = aioredis.Redis.from_url(
-                self._url, max_connections=16, socket_timeout=5, socket_connect_timeout=2
-            )
-        return self._async
 
     def _client(self) -> redis.Redis:
         if self._sync is None:
@@ -159,30 +153,32 @@ class RedisUsageBuffer:
         self, *, gateway_id: str, finals: dict[str, bytes], checkpoints: dict[str, bytes]
     ) -> None:
         hash_key = self._inflight + gateway_id
-        async with self._aclient().pipeline(transaction=True) as pipe:
-            for raw in finals.values():
-                pipe.xadd(self._stream, {b"r": raw})
-            if finals:
-                pipe.hdel(hash_key, *finals)
-            if checkpoints:
-                pipe.hset(hash_key, mapping=cast("Any", checkpoints))
-            await pipe.execute()
+        commands: list[tuple[Any, ...]] = [
+            ("XADD", self._stream, "*", b"r", raw) for raw in finals.values()
+        ]
+        if finals:
+            commands.append(("HDEL", hash_key, *finals))
+        if checkpoints:
+            fields = [part for item in checkpoints.items() for part in item]
+            commands.append(("HSET", hash_key, *fields))
+        if commands:
+            await shared_pipe(self._url).transaction(commands)
 
     async def heartbeat(self, *, gateway_id: str, ttl_s: float) -> int:
-        async with self._aclient().pipeline(transaction=True) as pipe:
-            pipe.set(self._alive + gateway_id, b"1", px=int(ttl_s * 1000))
-            pipe.sadd(self._gateways, gateway_id)
-            pipe.xlen(self._stream)
-            result = await pipe.execute()
+        result = await shared_pipe(self._url).transaction(
+            [
+                ("SET", self._alive + gateway_id, b"1", "PX", int(ttl_s * 1000)),
+                ("SADD", self._gateways, gateway_id),
+                ("XLEN", self._stream),
+            ]
+        )
         return int(result[-1])
 
     async def retire(self, *, gateway_id: str) -> None:
-        await self._aclient().delete(self._alive + gateway_id)
+        await shared_pipe(self._url).execute("DEL", self._alive + gateway_id)
 
     async def aclose(self) -> None:
-        if self._async is not None:
-            await self._async.aclose()
-            self._async = None
+        await close_shared()
 
     def _ensure_group(self) -> None:
         try:
