@@ -1,4 +1,6 @@
+from django.templatetags.static import static
 from django.urls import path
+from django.views.generic import RedirectView
 
 from apps.portal.views import dashboard, instances, keys, models, org, playground, usage
 
@@ -6,6 +8,8 @@ app_name = "portal"
 
 urlpatterns = [
     path("", dashboard.dashboard, name="dashboard"),
+    # Browsers ask for it on every page (allauth's and the admin's too).
+    path("favicon.ico", RedirectView.as_view(url=static("portal/favicon.svg")), name="favicon"),
     path("models/new/", models.wizard, name="wizard"),
     path("models/new/offers/", models.wizard_offers, name="wizard-offers"),
     path("models/<int:model_code_id>/", models.model_page, name="model"),
