@@ -56,11 +56,11 @@
         const currencies = Object.keys(data.spend || {});
         values = currencies.map(function (c) { return data.spend[c]; });
         series = currencies.map(function (c, i) {
-          return { label: "spend (" + c + ")", stroke: ["#a15c00", "#7a3db8", "#16794c"][i % 3], fill: "rgba(161,92,0,.25)", paths: bars() };
+          return { label: "spend (" + c + ")", stroke: ["#a15c00", "#7a3db8", "#16794c"][i % 3], fill: "rgba(161,92,0,.25)", paths: bars(), points: { show: false } };
         });
       } else {
         values = [data[metric]];
-        series = [{ label: metric, stroke: "#2f5bd3", fill: "rgba(47,91,211,.3)", paths: bars() }];
+        series = [{ label: metric, stroke: "#2f5bd3", fill: "rgba(47,91,211,.3)", paths: bars(), points: { show: false } }];
       }
       el.innerHTML = "";
       const width = Math.max(el.clientWidth || 300, 260);

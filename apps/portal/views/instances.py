@@ -42,9 +42,8 @@ def timeline(instance: Instance) -> list[dict[str, Any]]:
         for e in instance.events.order_by("created_at", "id")
     ]
     for attempt in instance.attempts.select_related("provider").order_by("created_at", "id"):
-        where = " ".join(
-            x for x in (attempt.provider.name, attempt.instance_type_code, attempt.zone) if x
-        )
+        parts = (attempt.provider.name, attempt.instance_type_code, attempt.zone)
+        where = " ".join(dict.fromkeys(x for x in parts if x))
         detail = attempt.message
         if attempt.error_code:
             detail = f"{attempt.error_code}: {detail}" if detail else attempt.error_code
