@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 import uvicorn
@@ -42,6 +43,50 @@ def _migrate_if_needed() -> bool:
         return False
     call_command("migrate", verbosity=0)
     return True
+
+
+class _Background:
+    """The in-process Celery worker (threads) and beat, started once the server listens."""
+
+    def __init__(self, *, concurrency: int, beat: bool) -> None:
+        self.concurrency = concurrency
+        self.with_beat = beat
+        self.worker: Any = None
+        self.beat: EmbeddedService | None = None
+        self.lock = threading.Lock()
+        self.stopped = False
+
+    def start_when_listening(self, server: uvicorn.Server) -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.01)
+        with self.lock:
+            if self.stopped or server.should_exit:
+                return
+            self.worker = celery_app.WorkController(
+                pool_cls="threads",
+                concurrency=self.concurrency,
+                loglevel="INFO",
+                without_heartbeat=True,
+                without_mingle=True,
+                without_gossip=True,
+            )
+            threading.Thread(target=self.worker.start, name="celery-worker", daemon=True).start()
+            # Converge at once: commands sent before this process existed (e.g. by demo_setup)
+            # went to another process's in-memory broker.
+            reconcile_task.delay()
+            if self.with_beat:
+                self.beat = EmbeddedService(
+                    celery_app, thread=True, scheduler_cls="celery.beat:Scheduler"
+                )
+                self.beat.start()
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+            if self.beat is not None:
+                self.beat.stop()
+            if self.worker is not None:
+                self.worker.stop(in_sighandler=False)
 
 
 class Command(BaseCommand):
@@ -96,32 +141,13 @@ class Command(BaseCommand):
         reattached, replaced = local_fleet_reattach(reason="its agent did not survive the restart")
         if reattached or replaced:
             logger.info("local instances: %d reattached, %d replaced", reattached, replaced)
-        # The ASGI application first: importing it (the gateway, aiohttp, Channels) is most of
-        # the time between the banner and the first answer; the worker's threads would only
-        # compete with it for the interpreter.
+        # The ASGI application first, then the server; the worker and beat start once it
+        # listens: importing the app (the gateway, aiohttp, Channels) is most of the time
+        # between the banner and the first answer, and a reattached agent answers without them.
         from inventiv.asgi import application
 
-        worker = celery_app.WorkController(
-            pool_cls="threads",
-            concurrency=options["concurrency"],
-            loglevel="INFO",
-            without_heartbeat=True,
-            without_mingle=True,
-            without_gossip=True,
-        )
-        threading.Thread(target=worker.start, name="celery-worker", daemon=True).start()
-        # Converge at once: commands sent before this process existed (e.g. by demo_setup)
-        # went to another process's in-memory broker.
-        reconcile_task.delay()
-        beat = None
-        if not options["no_beat"]:
-            beat = EmbeddedService(celery_app, thread=True, scheduler_cls="celery.beat:Scheduler")
-            beat.start()
-        # uvicorn re-raises SIGTERM/SIGINT once it has shut down; make SIGTERM exit through the
-        # ``finally`` below (as Ctrl-C does) so that local instances are stopped.
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        try:
-            uvicorn.run(
+        server = uvicorn.Server(
+            uvicorn.Config(
                 application,
                 host=options["host"],
                 port=options["port"],
@@ -134,10 +160,21 @@ class Command(BaseCommand):
                 timeout_keep_alive=5,
                 limit_concurrency=1024,
             )
+        )
+        background = _Background(concurrency=options["concurrency"], beat=not options["no_beat"])
+        threading.Thread(
+            target=background.start_when_listening, args=(server,), name="embedded-start"
+        ).start()
+        # uvicorn re-raises SIGTERM/SIGINT once it has shut down; make SIGTERM exit through the
+        # ``finally`` below (as Ctrl-C does) so that local instances are stopped.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        try:
+            server.run()
+            if not server.started:
+                raise CommandError(f"the server could not start on port {options['port']}")
         finally:
-            if beat is not None:
-                beat.stop()
-            worker.stop(in_sighandler=False)
+            server.should_exit = True
+            background.stop()
             if not keep_agents:
                 stopped = local_fleet_shutdown(reason="the embedded platform stopped")
                 self.stdout.write(f"Stopped {stopped} local instance(s).")
