@@ -18,6 +18,7 @@ from django.utils import timezone
 import agent
 from agent.protocol import AgentState, EngineMetrics, EngineStatus, Heartbeat
 from apps.instances.agents.api.asgi import HeartbeatApp
+from apps.instances.agents.services import heartbeat_leases_flush
 from apps.instances.choices import InstanceStatus as S
 from apps.instances.models import Instance
 from apps.instances.selectors import heartbeat_lease_key
@@ -72,6 +73,7 @@ def test_a_steady_beat_costs_one_query_and_renews_the_lease(
     instance, credential = _serving(mock_model)
     first = _beat(client, credential, _body(instance))
     assert first.status_code == 200
+    heartbeat_leases_flush()
     cache.delete(heartbeat_lease_key(instance.id))
     # When it beats again with nothing changed
     with CaptureQueriesContext(connection) as captured:
@@ -81,6 +83,7 @@ def test_a_steady_beat_costs_one_query_and_renews_the_lease(
     assert again.json() == first.json()
     assert len(captured.captured_queries) == 1, [q["sql"] for q in captured]
     assert "credential_hash" in captured.captured_queries[0]["sql"]
+    heartbeat_leases_flush()  # (a thread of the process does it every LEASE_FLUSH_S)
     assert cache.get(heartbeat_lease_key(instance.id)) is not None
 
 
@@ -180,3 +183,21 @@ async def test_the_asgi_fast_path_answers_as_the_view(mock_model: LlmModel) -> N
     await app({"type": "http", "method": "POST", "path": "/internal/agent/v1/register"}, None, None)
     assert passed == [PATH, "/internal/agent/v1/register"]
     app._executor.shutdown(wait=True)  # type: ignore[union-attr]
+
+
+@pytest.mark.django_db
+def test_a_new_hugging_face_token_reaches_the_agent_at_its_next_beat(
+    client: Client, mock_model: LlmModel
+) -> None:
+    from apps.models.models import HubToken
+
+    # Given a memoised answer without a token
+    instance, credential = _serving(mock_model)
+    _beat(client, credential, _body(instance))
+    assert _beat(client, credential, _body(instance)).json()["desired"]["engine"]["hf_token"] == ""
+    # When the organization sets one, then the next beat carries it
+    HubToken.objects.create(
+        organization_id=mock_model.organization_id, token_encrypted=crypto.encrypt("hf_new")
+    )
+    answer = _beat(client, credential, _body(instance)).json()
+    assert answer["desired"]["engine"]["hf_token"] == "hf_new"

@@ -8,15 +8,19 @@ warning (logged, and said in the registration's history row)."""
 
 from __future__ import annotations
 
+import functools
 import hmac
+import json
 import logging
+import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from agent.protocol import (
@@ -31,12 +35,12 @@ from agent.protocol import (
 )
 from apps.instances.agents.versions import CONTROL_PLANE_VERSION, agent_version_mismatch
 from apps.instances.choices import InstanceStatus, ProviderKind
-from apps.instances.models import Instance, OnPremAssignment
+from apps.instances.models import Instance, OnPremAssignment, Provider
 from apps.instances.models.onprem import tunneled_instance_ids
 from apps.instances.providers.sizing import TENSOR_PARALLEL_SIZES
 from apps.instances.selectors import heartbeat_lease_key, heartbeat_persist_s
 from apps.instances.services import instance_request_termination, instance_transition
-from apps.models.models import HubToken
+from apps.models.models import HubToken, LlmModel
 from inventiv import crypto
 from inventiv.errors import ApplicationError
 
@@ -316,28 +320,51 @@ def agent_heartbeat(*, instance: Instance, heartbeat: Heartbeat) -> HeartbeatRes
 # a per-process memo of the last full answer; anything the full path would act upon (a status
 # changed, another state, engine status, agent version or certificate reported, the model code
 # edited) takes the full path, ``agent_heartbeat``, again.
-_QUICK_FIELDS = (
-    "id",
-    "credential_hash",
-    "status",
-    "status_changed_at",
-    "agent_state",
-    "agent_version",
-    "engine_status",
-    "engine_metrics",
-    "last_heartbeat_at",
-    "llm_model__updated_at",
-    "provider__kind",
+_QUICK_COLUMNS = (
+    ("id", "i.id"),
+    ("credential_hash", "i.credential_hash"),
+    ("status", "i.status"),
+    ("status_changed_at", "i.status_changed_at"),
+    ("agent_state", "i.agent_state"),
+    ("agent_version", "i.agent_version"),
+    ("engine_status", "i.engine_status"),
+    ("engine_metrics", "i.engine_metrics"),
+    ("last_heartbeat_at", "i.last_heartbeat_at"),
+    ("llm_model__updated_at", "m.updated_at"),
+    ("provider__kind", "p.kind"),
+    ("hub_token__updated_at", "h.updated_at"),
 )
-# A memoised answer is recomputed at least this often (the organization's Hugging Face token,
-# or a model code changed by a bulk update, reach a running agent within this delay).
-HEARTBEAT_MEMO_TTL_S = 30.0
+
+
+@functools.cache
+def _identify_sql() -> str:
+    """One indexed look-up by credential hash (raw SQL: the ORM's compiler cost more than the
+    query itself, measured 0.3 ms against 0.07 ms)."""
+    columns = ", ".join(sql for _, sql in _QUICK_COLUMNS)
+    # Only constant names here (columns above, the models' tables); the hash is a parameter.
+    return (
+        f"SELECT {columns} FROM {Instance._meta.db_table} i"  # noqa: S608
+        f" JOIN {LlmModel._meta.db_table} m ON m.id = i.llm_model_id"
+        f" JOIN {Provider._meta.db_table} p ON p.id = i.provider_id"
+        f" LEFT JOIN {HubToken._meta.db_table} h ON h.organization_id = i.organization_id"
+        " WHERE i.credential_hash = %s AND i.credential_hash <> ''"
+    )
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+# A memoised answer is recomputed at least this often anyway (a safety net: what it depends on
+# is in its version, and a deployed model code's engine fields are frozen).
+HEARTBEAT_MEMO_TTL_S = 300.0
 _MEMO_MAX = 200_000
 
 
 @dataclass(frozen=True, slots=True)
 class _BeatMemo:
-    version: tuple[Any, ...]  # (status, status_changed_at, model code's updated_at)
+    # (status, status_changed_at, model code's updated_at, Hugging Face token's updated_at)
+    version: tuple[Any, ...]
     reported: tuple[Any, ...]  # (state, engine status, agent version, certificate)
     reply: bytes
     until: float  # monotonic
@@ -355,26 +382,79 @@ def _reported(heartbeat: Heartbeat) -> tuple[Any, ...]:
     )
 
 
+# Leases are renewed in batches: one ``set_many`` (one round trip) every LEASE_FLUSH_S from a
+# thread of the process, instead of one cache write per beat (measured 0.25 ms of CPU each).
+LEASE_FLUSH_S = 0.5
+_leases: dict[str, float] = {}
+_leases_lock = threading.Lock()
+_flusher_pid: int | None = None
+
+
 def heartbeat_lease_renew(instance_id: str, now: float) -> None:
-    """The instance's heartbeat lease (``apps.instances.selectors.instance_last_beats``)."""
-    cache.set(
-        heartbeat_lease_key(instance_id), now, timeout=max(4 * settings.HEARTBEAT_DEADLINE_S, 120)
-    )
+    """Renew the instance's heartbeat lease (``apps.instances.selectors.instance_last_beats``)
+    within ``LEASE_FLUSH_S``."""
+    global _flusher_pid
+    with _leases_lock:
+        _leases[instance_id] = now
+    if _flusher_pid != os.getpid():
+        _flusher_pid = os.getpid()
+        threading.Thread(target=_flush_leases_forever, name="heartbeat-leases", daemon=True).start()
+
+
+def heartbeat_leases_flush() -> int:
+    """Write the leases renewed since the last flush; how many."""
+    global _leases
+    with _leases_lock:
+        pending, _leases = _leases, {}
+    if pending:
+        cache.set_many(
+            {heartbeat_lease_key(k): v for k, v in pending.items()},
+            timeout=max(4 * settings.HEARTBEAT_DEADLINE_S, 120),
+        )
+    return len(pending)
+
+
+def _flush_leases_forever() -> None:
+    while True:
+        time.sleep(LEASE_FLUSH_S)
+        try:
+            heartbeat_leases_flush()
+        except Exception:  # Redis away for a moment: the database's beats still stand
+            logger.exception("heartbeat leases could not be written")
 
 
 def agent_identify(*, credential: str) -> dict[str, Any]:
     """The few columns of the instance this credential belongs to (one indexed query), or
     ``AgentAuthError``."""
     hashed = crypto.token_hash(credential)
-    row = (
-        Instance.objects.filter(credential_hash=hashed)
-        .exclude(credential_hash="")
-        .values(*_QUICK_FIELDS)
-        .first()
-    )
-    if row is None or not hmac.compare_digest(row["credential_hash"], hashed):
+    with connection.cursor() as cursor:
+        cursor.execute(_identify_sql(), [hashed])
+        found = cursor.fetchone()
+    if found is None:
         raise AgentAuthError("Invalid agent credential.")
+    row = dict(zip((name for name, _ in _QUICK_COLUMNS), found, strict=True))
+    if not hmac.compare_digest(row["credential_hash"], hashed):
+        raise AgentAuthError("Invalid agent credential.")
+    row["id"] = str(row["id"])
+    row["engine_status"] = _json(row["engine_status"])
+    row["engine_metrics"] = _json(row["engine_metrics"])
     return row
+
+
+def _write_beat(instance_id: str, fields: dict[str, Any]) -> None:
+    """One UPDATE of ``last_heartbeat_at`` and/or ``engine_metrics`` (raw, as the look-up)."""
+    sets, params = [], []
+    if "last_heartbeat_at" in fields:
+        sets.append("last_heartbeat_at = %s")
+        params.append(fields["last_heartbeat_at"])
+    if "engine_metrics" in fields:
+        sets.append("engine_metrics = %s::jsonb")
+        params.append(json.dumps(fields["engine_metrics"]))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Instance._meta.db_table} SET {', '.join(sets)} WHERE id = %s",  # noqa: S608
+            [*params, instance_id],
+        )
 
 
 def agent_heartbeat_quick(*, row: dict[str, Any], heartbeat: Heartbeat) -> bytes:
@@ -386,7 +466,12 @@ def agent_heartbeat_quick(*, row: dict[str, Any], heartbeat: Heartbeat) -> bytes
     if heartbeat.instance_id != instance_id:
         raise AgentAuthError("This credential belongs to another instance.")
     wall, now = time.time(), timezone.now()
-    version = (row["status"], row["status_changed_at"], row["llm_model__updated_at"])
+    version = (
+        row["status"],
+        row["status_changed_at"],
+        row["llm_model__updated_at"],
+        row["hub_token__updated_at"],
+    )
     reported = _reported(heartbeat)
     memo = _memo.get(instance_id)
     if (
@@ -406,7 +491,7 @@ def agent_heartbeat_quick(*, row: dict[str, Any], heartbeat: Heartbeat) -> bytes
         if last is None or (now - last).total_seconds() >= heartbeat_persist_s():
             fields["last_heartbeat_at"] = now
         if fields:
-            Instance.objects.filter(id=instance_id).update(**fields)
+            _write_beat(instance_id, fields)
         heartbeat_lease_renew(instance_id, wall)
         return memo.reply
     instance = Instance.objects.select_related("llm_model", "provider", "instance_type").get(
