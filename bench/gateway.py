@@ -312,7 +312,6 @@ async def _run(
     duration: float,
     max_tokens: int,
     cpu: Callable[[], float] | None,
-    ssl: Any = True,  # aiohttp's: bench.dataplane pins the agent front's certificate
 ) -> Result:
     import aiohttp
     import orjson
@@ -338,7 +337,7 @@ async def _run(
             start = time.perf_counter()
             seen = 0
             try:
-                async with session.post(url, data=body, headers=headers, ssl=ssl) as resp:
+                async with session.post(url, data=body, headers=headers) as resp:
                     first = None
                     if stream:
                         async for data in resp.content.iter_any():

@@ -451,7 +451,9 @@ HEARTBEAT_DEADLINE_S = env_float("INVENTIV_HEARTBEAT_DEADLINE_S", 30.0, minimum=
 UNAVAILABLE_REPLACE_AFTER_S = env_float("INVENTIV_UNAVAILABLE_REPLACE_AFTER_S", 60.0, minimum=0)
 BOOT_DEADLINE_S = env_float("INVENTIV_BOOT_DEADLINE_S", 600.0, minimum=0.1)
 STARTUP_DEADLINE_S = env_float("INVENTIV_STARTUP_DEADLINE_S", 1800.0, minimum=0.1)
-DRAIN_DEADLINE_S = env_float("INVENTIV_DRAIN_DEADLINE_S", 120.0, minimum=0.1)
+# How long a draining instance may finish its streams, for model codes without their own
+# drain_timeout_s (docs/autoscaling.md): long enough for a long stream.
+DRAIN_DEADLINE_S = env_float("INVENTIV_DRAIN_DEADLINE_S", 900.0, minimum=0.1)
 BOOTSTRAP_TOKEN_TTL_S = env_float("INVENTIV_BOOTSTRAP_TOKEN_TTL_S", 900.0, minimum=1)
 # A provision/terminate command nobody took up after this long is re-sent by the reconciler (a
 # lost enqueue; above the tasks' retry backoff, 120 s). A command in progress holds a lease: it

@@ -5,7 +5,10 @@ An instance costs its ``hourly_price`` (copied from its instance type when it wa
 the moment it entered ``booting`` (the machine exists at the provider) until it entered
 ``terminated``, taken from its append-only history (``InstanceEvent``); a live instance accrues
 up to now. Cost accrues per whole minute started within the window (a machine billed for 61
-seconds costs 2 minutes), clipped to the window ``[since, until)``.
+seconds costs 2 minutes), clipped to the window ``[since, until)``. While it is
+``powered_off`` (scaled to zero by power-off, docs/autoscaling.md) it costs only what the
+provider still bills, its kept disk (``provider_data["powered_off_hourly_price"]``, recorded
+at power-off), until it is powered on or terminated.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from apps.instances.models import Instance, InstanceEvent
 
 _START = InstanceStatus.BOOTING
 _END = InstanceStatus.TERMINATED
+_OFF = InstanceStatus.POWERED_OFF
+_LEAVE_OFF = InstanceStatus.TERMINATING  # a powered-off machine leaves to booting or this
 _CENTS = Decimal("0.000001")
 
 
@@ -38,6 +43,7 @@ class InstanceCost:
     hourly_price: Decimal
     minutes: int
     cost: Decimal
+    powered_off_minutes: int = 0  # at the kept disk's price, included in ``cost``
 
 
 def _currency(instance: Instance) -> str:
@@ -53,8 +59,11 @@ def instance_costs(*, since: datetime, until: datetime) -> list[InstanceCost]:
     )
     by_id = {i.id: i for i in instances}
     spans: dict[uuid.UUID, list[datetime | None]] = {}
+    off: dict[uuid.UUID, list[tuple[datetime, datetime | None]]] = defaultdict(list)
     events = (
-        InstanceEvent.objects.filter(instance_id__in=list(by_id), to_status__in=[_START, _END])
+        InstanceEvent.objects.filter(
+            instance_id__in=list(by_id), to_status__in=[_START, _END, _OFF, _LEAVE_OFF]
+        )
         .order_by("id")
         .values_list("instance_id", "to_status", "created_at")
     )
@@ -64,6 +73,11 @@ def instance_costs(*, since: datetime, until: datetime) -> list[InstanceCost]:
             span[0] = at
         elif status == _END:
             span[1] = at
+        kept = off[instance_id]
+        if status == _OFF:
+            kept.append((at, None))
+        elif kept and kept[-1][1] is None:
+            kept[-1] = (kept[-1][0], at)  # powered on again, or terminated
     costs = []
     for instance_id, (start, end) in spans.items():
         if start is None:
@@ -72,8 +86,14 @@ def instance_costs(*, since: datetime, until: datetime) -> list[InstanceCost]:
         if hi <= lo:
             continue
         instance = by_id[instance_id]
-        minutes = math.ceil((hi - lo).total_seconds() / 60)
-        cost = (instance.hourly_price * minutes / 60).quantize(_CENTS)
+        off_s = sum(
+            max(0.0, (min(b or hi, hi) - max(a, lo)).total_seconds()) for a, b in off[instance_id]
+        )
+        minutes = math.ceil(((hi - lo).total_seconds() - off_s) / 60)
+        off_minutes = math.ceil(off_s / 60)
+        cost = (
+            instance.hourly_price * minutes / 60 + _kept_price(instance) * off_minutes / 60
+        ).quantize(_CENTS)
         costs.append(
             InstanceCost(
                 str(instance.id),
@@ -84,9 +104,15 @@ def instance_costs(*, since: datetime, until: datetime) -> list[InstanceCost]:
                 instance.hourly_price,
                 minutes,
                 cost,
+                off_minutes,
             )
         )
     return sorted(costs, key=lambda c: (c.model_code_id, c.instance_id))
+
+
+def _kept_price(instance: Instance) -> Decimal:
+    """What the instance costs per hour while powered off (recorded at power-off)."""
+    return Decimal(str((instance.provider_data or {}).get("powered_off_hourly_price", "0")))
 
 
 @dataclass(frozen=True)
@@ -165,7 +191,10 @@ def cost_forecast(
     forecast (month to date + burn until the month's end), all currencies summed as one."""
     to_date = sum((c.cost for c in instance_costs(since=month_start, until=now)), Decimal(0))
     live = Instance.objects.filter(terminated_at__isnull=True, events__to_status=_START)
-    burn = Decimal(live.distinct().aggregate(total=Sum("hourly_price"))["total"] or 0)
+    burn = Decimal(
+        live.exclude(status=_OFF).distinct().aggregate(total=Sum("hourly_price"))["total"] or 0
+    )
+    burn += sum((_kept_price(i) for i in live.filter(status=_OFF).distinct()), Decimal(0))
     hours_left = Decimal((month_end - now).total_seconds()) / 3600
     return {
         "month_to_date_cost": to_date.quantize(_CENTS),

@@ -19,6 +19,8 @@ class InstanceStatus(models.TextChoices):
     READY = "ready", "Ready"  # engine healthy, model listed, warm-up answered: routable
     UNAVAILABLE = "unavailable", "Unavailable"  # missed heartbeats; replaced if it stays so
     DRAINING = "draining", "Draining"  # no new work; waiting for in-flight requests
+    POWERING_OFF = "powering_off", "Powering off"  # drained; machine being stopped, disk kept
+    POWERED_OFF = "powered_off", "Powered off"  # scaled to zero: stopped, disk kept; woken later
     TERMINATING = "terminating", "Terminating"  # releasing the machine and its resources
     TERMINATED = "terminated", "Terminated"  # nothing left at the provider
     PROVISIONING_FAILED = "provisioning_failed", "Provisioning failed"  # no machine obtained
@@ -36,6 +38,11 @@ FAILED = frozenset({S.PROVISIONING_FAILED, S.STARTUP_FAILED})
 TERMINAL = frozenset({S.TERMINATED})
 # Holding (or possibly holding) a machine at the provider.
 HOLDS_MACHINE = frozenset(set(S) - TERMINAL)
+# Scaled to zero by power-off (docs/autoscaling.md): not a replica, but a machine kept.
+POWERED_DOWN = frozenset({S.POWERING_OFF, S.POWERED_OFF})
+# The provider kinds whose adapter can power machines off and on (``ProviderAdapter.power``);
+# named here so that the web process need not import a cloud SDK to know (a test checks it).
+POWER_KINDS = frozenset({ProviderKind.LOCAL, ProviderKind.SCALEWAY, ProviderKind.AWS})
 
 TRANSITIONS: dict[InstanceStatus, frozenset[InstanceStatus]] = {
     S.PROVISIONING: frozenset({S.BOOTING, S.PROVISIONING_FAILED, S.TERMINATING}),
@@ -43,7 +50,10 @@ TRANSITIONS: dict[InstanceStatus, frozenset[InstanceStatus]] = {
     S.STARTING: frozenset({S.READY, S.UNAVAILABLE, S.STARTUP_FAILED, S.DRAINING, S.TERMINATING}),
     S.READY: frozenset({S.STARTING, S.UNAVAILABLE, S.DRAINING, S.TERMINATING}),
     S.UNAVAILABLE: frozenset({S.READY, S.STARTING, S.DRAINING, S.TERMINATING}),
-    S.DRAINING: frozenset({S.TERMINATING}),
+    S.DRAINING: frozenset({S.POWERING_OFF, S.TERMINATING}),
+    S.POWERING_OFF: frozenset({S.POWERED_OFF, S.TERMINATING}),
+    # Woken: powered on, the machine boots and its agent resumes with its stored credential.
+    S.POWERED_OFF: frozenset({S.BOOTING, S.TERMINATING}),
     S.TERMINATING: frozenset({S.TERMINATED}),
     S.TERMINATED: frozenset(),
     S.PROVISIONING_FAILED: frozenset({S.TERMINATING}),

@@ -20,6 +20,8 @@ from django.utils import timezone
 from apps.instances import commands
 from apps.instances.choices import (
     HOLDS_MACHINE,
+    POWER_KINDS,
+    POWERED_DOWN,
     InstanceStatus,
     ProviderKind,
     can_transition,
@@ -27,7 +29,7 @@ from apps.instances.choices import (
 from apps.instances.models import Instance, InstanceEvent, Provider
 from apps.instances.providers import get_adapter
 from apps.instances.providers.base import NotSupported, PowerAction, ProviderError
-from apps.models.choices import ModelStatus
+from apps.models.choices import DEPLOYED_STATUSES, ModelStatus, ScaleToZeroMode
 from apps.models.models import LlmModel
 from apps.models.services import model_transition
 from inventiv import crypto
@@ -224,6 +226,62 @@ def instance_drain(*, instance: Instance, reason: str) -> bool:
     if status in (S.STARTING, S.UNAVAILABLE, S.PROVISIONING, S.BOOTING):
         return instance_request_termination(instance=instance, reason=reason, expected=status)
     raise Conflict(f"An instance in status {instance.status} cannot be drained.")
+
+
+def _keeps_machine_at_zero(instance: Instance) -> bool:
+    """Whether this drained instance is the one its model code keeps powered off (the model
+    code locked by the caller): it scales to zero by power-off and wants no replica now, the
+    provider can power machines off, the machine served (its disk has the model), and no
+    other machine of the model code is kept already."""
+    model = LlmModel.objects.select_for_update().get(id=instance.llm_model_id)
+    return (
+        model.scale_to_zero_mode == ScaleToZeroMode.POWER_OFF
+        and model.desired_replicas == 0
+        and model.status in DEPLOYED_STATUSES
+        and instance.provider.kind in POWER_KINDS
+        and bool(instance.provider_resource_id)
+        and instance.registered_at is not None
+        and not model.instances.filter(status__in=POWERED_DOWN).exclude(id=instance.id).exists()
+    )
+
+
+def instance_finish_drain(
+    *, instance: Instance, reason: str, expected: InstanceStatus = S.DRAINING
+) -> bool:
+    """A draining instance is done (its agent reports nothing in flight, or its drain deadline
+    passed): terminate it, or, when its model code scales to zero by power-off
+    (``scale_to_zero_mode``) and this is the machine it keeps, power it off
+    (``powering_off``, then ``instance_power_task`` stops the machine, disk kept). False when
+    the instance is no longer ``expected`` (another writer won)."""
+    with transaction.atomic():
+        if _keeps_machine_at_zero(instance):
+            if not instance_transition(
+                instance=instance,
+                to=S.POWERING_OFF,
+                expected=expected,
+                reason=f"{reason}; scaled to zero: powering off, disk kept",
+                fields={"command_sent_at": timezone.now()},
+            ):
+                return False
+            commands.power_instance(instance_id=str(instance.id), action=str(PowerAction.POWEROFF))
+            return True
+        return instance_request_termination(instance=instance, reason=reason, expected=expected)
+
+
+def instance_power_on_to_wake(*, instance: Instance, reason: str) -> bool:
+    """Wake a powered-off instance instead of creating one: ``powered_off`` → ``booting`` and
+    ``instance_power_task`` powers the machine on; its agent resumes with its stored
+    credential (no new registration, no model download). False if it lost a race."""
+    if not instance_transition(
+        instance=instance,
+        to=S.BOOTING,
+        expected=S.POWERED_OFF,
+        reason=reason,
+        fields={"command_sent_at": timezone.now()},
+    ):
+        return False
+    commands.power_instance(instance_id=str(instance.id), action=str(PowerAction.POWERON))
+    return True
 
 
 def instance_power(*, instance: Instance, action: str, requested_by: str = "") -> None:

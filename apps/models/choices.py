@@ -34,6 +34,13 @@ def model_can_transition(current: str, to: str) -> bool:
     return ModelStatus(to) in MODEL_TRANSITIONS[ModelStatus(current)]
 
 
+class ScaleToZeroMode(models.TextChoices):
+    """What scaling to zero does with the last machine (docs/autoscaling.md)."""
+
+    TERMINATE = "terminate", "Terminate"  # release everything; the next wake creates a machine
+    POWER_OFF = "power_off", "Power off"  # stop it, disk kept; the next wake powers it on
+
+
 class RoutingPolicy(models.TextChoices):
     LEAST_OUTSTANDING = "least_outstanding", "Least outstanding requests"
     SESSION_AFFINITY = "session_affinity", "Session affinity (by header)"

@@ -10,6 +10,7 @@ from apps.models.choices import (
     Engine,
     ModelStatus,
     RoutingPolicy,
+    ScaleToZeroMode,
 )
 
 
@@ -55,6 +56,18 @@ class LlmModel(models.Model):
     scale_timezone = models.CharField(max_length=64, default="UTC")
     # How long the gateway holds a request while a replica wakes from zero (cold starts).
     hold_timeout_s = models.PositiveIntegerField(default=600)
+    # Optional latency bound: scale up while the gateways' time to first token p95 over the
+    # last ``latency_window_s`` passes it.
+    ttft_p95_bound_ms = models.PositiveIntegerField(null=True, blank=True)
+    latency_window_s = models.PositiveIntegerField(default=60)
+    # How long a draining instance may serve its last streams before it is stopped anyway
+    # (null: the platform's INVENTIV_DRAIN_DEADLINE_S).
+    drain_timeout_s = models.PositiveIntegerField(null=True, blank=True)
+    # Scaling to zero terminates the last machine, or powers it off (disk kept, next wake
+    # without creation nor model download) where the provider can.
+    scale_to_zero_mode = models.CharField(
+        max_length=16, choices=ScaleToZeroMode.choices, default=ScaleToZeroMode.TERMINATE
+    )
     routing_policy = models.CharField(
         max_length=32, choices=RoutingPolicy.choices, default=RoutingPolicy.LEAST_OUTSTANDING
     )
@@ -87,6 +100,10 @@ class LlmModel(models.Model):
             models.CheckConstraint(
                 condition=models.Q(min_replicas__lte=models.F("max_replicas")),
                 name="llmmodel_min_le_max_replicas",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(scale_to_zero_mode__in=ScaleToZeroMode.values),
+                name="llmmodel_scale_to_zero_mode_valid",
             ),
         ]
         indexes = [models.Index(fields=["status"], name="llmmodel_status_idx")]

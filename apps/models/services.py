@@ -20,7 +20,13 @@ from agent.engine_args import validate_engine_args, validate_model_id, validate_
 from apps.accounts.models import Organization
 from apps.accounts.services import audit_record
 from apps.instances import hosting
-from apps.models.choices import DEPLOYED_STATUSES, Engine, ModelStatus, model_can_transition
+from apps.models.choices import (
+    DEPLOYED_STATUSES,
+    Engine,
+    ModelStatus,
+    ScaleToZeroMode,
+    model_can_transition,
+)
 from apps.models.models import (
     HubToken,
     LlmModel,
@@ -320,12 +326,27 @@ POLICY_FIELDS = (
     "scale_schedules",
     "scale_timezone",
     "hold_timeout_s",
+    "ttft_p95_bound_ms",
+    "latency_window_s",
+    "drain_timeout_s",
+    "scale_to_zero_mode",
 )
 _HHMM = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
 
 
 def _policy_error(param: str, message: str) -> ApplicationError:
     return ApplicationError(f"{param}: {message}", param=param)
+
+
+def _check_range(
+    values: dict[str, Any], name: str, low: int, high: int, *, nullable: bool = False
+) -> None:
+    value = values[name]
+    if value is None and nullable:
+        return
+    if type(value) is not int or not low <= value <= high:
+        extra = ", or null" if nullable else ""
+        raise _policy_error(name, f"an integer {low} .. {high}{extra}.")
 
 
 def _validate_schedules(schedules: Any, max_replicas: int) -> list[dict[str, Any]]:
@@ -380,6 +401,21 @@ def model_set_scaling_policy(*, model: LlmModel, **changes: Any) -> LlmModel:
     kv = values["target_kv_cache_usage"]
     if kv is not None and not 0 < kv <= 1:
         raise _policy_error("target_kv_cache_usage", "a fraction in (0, 1].")
+    _check_range(values, "ttft_p95_bound_ms", 1, 600_000, nullable=True)
+    _check_range(values, "latency_window_s", 10, 3_600)
+    _check_range(values, "drain_timeout_s", 10, 86_400, nullable=True)
+    if values["scale_to_zero_mode"] not in ScaleToZeroMode.values:
+        raise _policy_error("scale_to_zero_mode", "terminate or power_off.")
+    if (
+        values["scale_to_zero_mode"] == ScaleToZeroMode.POWER_OFF
+        and model.provider is not None
+        and not hosting.provider_can_power_off(model.provider)
+    ):
+        raise _policy_error(
+            "scale_to_zero_mode",
+            f"the provider {model.provider.name} ({model.provider.kind}) cannot power machines"
+            " off; use terminate.",
+        )
     try:
         ZoneInfo(values["scale_timezone"])
     except (ZoneInfoNotFoundError, ValueError, TypeError):
@@ -412,15 +448,35 @@ def model_set_scaling_policy(*, model: LlmModel, **changes: Any) -> LlmModel:
 def scaling_quota_set(
     *, organization: Organization, max_gpus: int | None, max_instances: int | None
 ) -> ScalingQuota:
-    """Set (or clear, with None) an organization's ceiling on GPUs and instances."""
+    """Set (or clear, with None) an organization's ceiling on GPUs and instances (audited as
+    ``scaling_quota.set``). Who may is the caller's business: operators only (the REST view)."""
     for name, value in (("max_gpus", max_gpus), ("max_instances", max_instances)):
         if value is not None and not 0 <= value <= 100_000:
             raise _policy_error(name, "an integer 0 .. 100000, or null for no ceiling.")
-    quota, _ = ScalingQuota.objects.update_or_create(
-        organization=organization,
-        defaults={"max_gpus": max_gpus, "max_instances": max_instances},
-    )
+    with transaction.atomic():
+        quota, _ = ScalingQuota.objects.update_or_create(
+            organization=organization,
+            defaults={"max_gpus": max_gpus, "max_instances": max_instances},
+        )
+        audit_record(
+            action="scaling_quota.set",
+            organization_id=organization.id,
+            target=quota,
+            data={"max_gpus": max_gpus, "max_instances": max_instances},
+        )
     return quota
+
+
+def scaling_quota_usage(*, organization: Organization) -> dict[str, int]:
+    """What counts against the quota now: the desired replicas of the organization's deployed
+    model codes, and their GPUs (replicas x GPUs per replica)."""
+    used_instances = used_gpus = 0
+    for replicas, gpus in LlmModel.objects.filter(
+        organization=organization, status__in=DEPLOYED_STATUSES
+    ).values_list("desired_replicas", "gpu_count"):
+        used_instances += replicas
+        used_gpus += replicas * gpus
+    return {"used_instances": used_instances, "used_gpus": used_gpus}
 
 
 def model_autoscale(

@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from apps.accounts.models import Organization
+from apps.accounts.models import AuditEntry, Organization, User
+from apps.instances.hosting import POWER_KINDS
 from apps.instances.models import Provider
+from apps.instances.providers import get_adapter
 from apps.models.models import LlmModel, ScalingQuota
 from apps.models.services import scaling_quota_set
 from inventiv.errors import ApplicationError
@@ -65,6 +67,10 @@ def test_it_sets_a_policy_and_clamps_the_desired_count_into_it(api: APIClient) -
         ({"target_kv_cache_usage": 1.5}, "target_kv_cache_usage"),
         ({"scale_timezone": "Mars/Olympus"}, "scale_timezone"),
         ({"hold_timeout_s": 0}, "hold_timeout_s"),
+        ({"ttft_p95_bound_ms": 0}, "ttft_p95_bound_ms"),
+        ({"latency_window_s": 5}, "latency_window_s"),
+        ({"drain_timeout_s": 5}, "drain_timeout_s"),
+        ({"scale_to_zero_mode": "hibernate"}, "scale_to_zero_mode"),
         (
             {
                 "scale_schedules": [
@@ -120,3 +126,88 @@ def test_an_organization_quota_is_set_and_cleared(owner_org: Organization) -> No
     assert ScalingQuota.objects.get(organization=owner_org).max_gpus is None
     with pytest.raises(ApplicationError):
         scaling_quota_set(organization=owner_org, max_gpus=-1, max_instances=None)
+
+
+def test_it_sets_the_latency_bound_the_drain_timeout_and_power_off_to_zero(
+    api: APIClient,
+) -> None:
+    model_id = _deployed(api)
+    body = api.get(f"/api/v1/model-codes/{model_id}/").json()
+    assert body["scale_to_zero_mode"] == "terminate"
+    assert (body["ttft_p95_bound_ms"], body["drain_timeout_s"]) == (None, None)
+    response = api.patch(
+        f"/api/v1/model-codes/{model_id}/scaling/",
+        {
+            "ttft_p95_bound_ms": 800,
+            "latency_window_s": 120,
+            "drain_timeout_s": 1800,
+            "scale_to_zero_mode": "power_off",
+        },
+        format="json",
+    )
+    assert response.status_code == 200, response.json()
+    model = LlmModel.objects.get(id=model_id)
+    assert (model.ttft_p95_bound_ms, model.latency_window_s) == (800, 120)
+    assert (model.drain_timeout_s, model.scale_to_zero_mode) == (1800, "power_off")
+    # null clears the bound and gives the drain back to the platform's deadline
+    api.patch(
+        f"/api/v1/model-codes/{model_id}/scaling/",
+        {"ttft_p95_bound_ms": None, "drain_timeout_s": None},
+        format="json",
+    )
+    model.refresh_from_db()
+    assert (model.ttft_p95_bound_ms, model.drain_timeout_s) == (None, None)
+
+
+def test_it_refuses_power_off_on_a_provider_that_cannot_power_machines_off(
+    api: APIClient,
+) -> None:
+    model_id = _deployed(api)
+    onprem = Provider.objects.create(name="rack", kind="onprem")
+    model = LlmModel.objects.get(id=model_id)
+    LlmModel.objects.filter(id=model_id).update(provider=onprem)
+    response = api.patch(
+        f"/api/v1/model-codes/{model.id}/scaling/",
+        {"scale_to_zero_mode": "power_off"},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "scale_to_zero_mode"
+    assert "rack (onprem)" in response.json()["error"]["message"]
+    assert LlmModel.objects.get(id=model_id).scale_to_zero_mode == "terminate"
+
+
+@pytest.mark.parametrize("kind", ["local", "scaleway", "aws", "onprem"])
+def test_the_kinds_that_can_power_off_are_the_adapters_that_implement_power(kind: str) -> None:
+    provider = Provider(name=f"p-{kind}", kind=kind)
+    assert (kind in POWER_KINDS) == get_adapter(provider).supports_power
+
+
+def test_members_read_the_quota_and_only_operators_set_it(
+    api: APIClient, owner_org: Organization, staff: User
+) -> None:
+    _deployed(api, replicas=2)
+    url = f"/api/v1/organizations/{owner_org.slug}/scaling-quota/"
+    body = api.get(url).json()
+    assert body == {
+        "organization": owner_org.slug,
+        "max_gpus": None,
+        "max_instances": None,
+        "used_gpus": 0,
+        "used_instances": 2,
+    }
+    # the organization's owner may not raise its own ceiling
+    refused = api.put(url, {"max_gpus": 8, "max_instances": 4}, format="json")
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "permission_denied"
+    assert not ScalingQuota.objects.filter(organization=owner_org).exists()
+    operator = APIClient()
+    operator.force_authenticate(staff)
+    bad = operator.put(url, {"max_gpus": -1, "max_instances": 4}, format="json")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_gpus"
+    done = operator.put(url, {"max_gpus": 8, "max_instances": None}, format="json")
+    assert done.status_code == 200, done.json()
+    assert (done.json()["max_gpus"], done.json()["max_instances"]) == (8, None)
+    assert api.get(url).json()["max_gpus"] == 8
+    assert AuditEntry.objects.filter(action="scaling_quota.set").count() == 1
+    assert operator.get("/api/v1/organizations/nope/scaling-quota/").status_code == 404

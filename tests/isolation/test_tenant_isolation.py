@@ -32,7 +32,7 @@ from apps.billing.services.budgets import budget_set
 from apps.gateway.services import api_key_create
 from apps.instances.choices import InstanceStatus, ProviderKind
 from apps.instances.models import Provider
-from apps.models.models import LlmModel
+from apps.models.models import LlmModel, ScalingQuota
 from apps.models.services import model_create
 from tests.instances.factories import make_instance
 
@@ -80,6 +80,8 @@ ENDPOINTS: dict[tuple[str, str], str | Capability] = {
     ("hub-token", "get"): C.MODELS_MANAGE,
     ("hub-token", "put"): C.MODELS_MANAGE,
     ("hub-token", "delete"): C.MODELS_MANAGE,
+    ("organization-scaling-quota", "get"): C.READ,
+    ("organization-scaling-quota", "put"): STAFF,  # the quota caps the platform's spend
     ("instance-list", "get"): C.READ,
     ("instance-detail", "get"): C.READ,
     ("instance-drain", "post"): C.DEPLOYMENTS_MANAGE,
@@ -220,6 +222,7 @@ class World:
             "access-token-list": {"name": "t2"},
             "invitation-accept": {"token": "ivi_nothing_here"},
             "hub-token": {"token": "hf_x"},
+            "organization-scaling-quota": {"max_gpus": 4, "max_instances": 2},
             "budget-list": {"organization": self.org.slug, "currency": "EUR", "monthly_limit": "5"},
         }.get(name, {})
 
@@ -298,4 +301,5 @@ def _snapshot(world: World) -> tuple[Any, ...]:
         tuple(ApiKey.objects.order_by("id").values_list("id", "revoked_at")),
         tuple(Instance.objects.order_by("id").values_list("id", "status")),
         tuple(Budget.objects.order_by("id").values_list("id", "monthly_limit")),
+        tuple(ScalingQuota.objects.order_by("id").values_list("id", "max_gpus", "max_instances")),
     )

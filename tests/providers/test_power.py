@@ -1,5 +1,5 @@
 """Getting a machine by its provider id and power actions: the Scaleway adapter (real SDK,
-fake API), the AWS adapter (moto), the local and on-premise adapters (which have none), the
+fake API), the AWS adapter (moto), the on-premise adapter (which has none), the
 terminate step finding a machine whose tags were lost, and the admin's "Reboot machine"."""
 
 from __future__ import annotations
@@ -216,19 +216,18 @@ def test_terminate_releases_an_aws_machine_whose_tags_were_lost(
     assert live_instances() == []
 
 
-# --- local and on-premise: no power actions -------------------------------------------------
+# --- on-premise: no power actions (the local provider's: tests/autoscaling/test_power_off.py) --
 
 
-def test_local_and_onprem_refuse_power_actions_clearly(db: Any) -> None:
+def test_onprem_refuses_power_actions_clearly(db: Any) -> None:
     # given
     local = LocalAdapter(Provider(name="local", kind="local"))
     onprem = OnPremAdapter(Provider.objects.create(name="lab", kind="onprem"))
-    machine = Machine(resource_id="local-1", instance_id=None, state="running")
-    for adapter in (local, onprem):
-        # when / then
-        assert not adapter.supports_power
-        with pytest.raises(NotSupported, match=f"reboot is not supported by {adapter.kind}$"):
-            adapter.power(machine, PowerAction.REBOOT)
+    machine = Machine(resource_id="onprem-1", instance_id=None, state="running")
+    # when / then
+    assert not onprem.supports_power
+    with pytest.raises(NotSupported, match=r"reboot is not supported by onprem$"):
+        onprem.power(machine, PowerAction.REBOOT)
     # and ids that name no live machine are not found
     with pytest.raises(MachineNotFound):
         onprem.get_machine("onprem-999999")

@@ -34,12 +34,12 @@ from agent.protocol import (
     RegisterResponse,
 )
 from apps.instances.agents.versions import CONTROL_PLANE_VERSION, agent_version_mismatch
-from apps.instances.choices import InstanceStatus, ProviderKind
+from apps.instances.choices import POWERED_DOWN, InstanceStatus, ProviderKind
 from apps.instances.models import Instance, OnPremAssignment, Provider
 from apps.instances.models.onprem import tunneled_instance_ids
 from apps.instances.providers.sizing import TENSOR_PARALLEL_SIZES
 from apps.instances.selectors import heartbeat_lease_key, heartbeat_persist_s
-from apps.instances.services import instance_request_termination, instance_transition
+from apps.instances.services import instance_finish_drain, instance_transition
 from apps.models.models import HubToken, LlmModel
 from inventiv import crypto
 from inventiv.errors import ApplicationError
@@ -153,6 +153,10 @@ def engine_spec_for(instance: Instance, *, tunnel: bool = False) -> EngineSpec:
 
 def desired_for(instance: Instance) -> Desired:
     status = S(instance.status)
+    if status in POWERED_DOWN:
+        # Kept at zero: drain, never stop (a stopped agent forgets the credential it resumes
+        # with when the machine is powered on again).
+        return Desired(action=DesiredAction.DRAIN, engine=engine_spec_for(instance))
     if status in SERVE_STATUSES or status == S.DRAINING:
         tunnel = tunnel_for(instance)
         return Desired(
@@ -304,8 +308,16 @@ def agent_heartbeat(*, instance: Instance, heartbeat: Heartbeat) -> HeartbeatRes
             expected=status,
             reason=f"engine not ready ({why}); restarts={engine.restarts}",
         )
+    elif status == S.BOOTING and instance.registered_at is not None:
+        # Woken from a power-off (scale to zero): the agent resumed with its stored credential.
+        instance_transition(
+            instance=instance,
+            to=S.STARTING,
+            expected=S.BOOTING,
+            reason="machine powered on: the agent resumed",
+        )
     elif state == AgentState.DRAINED and status == S.DRAINING:
-        instance_request_termination(instance=instance, reason="drained: no request in flight")
+        instance_finish_drain(instance=instance, reason="drained: no request in flight")
     return HeartbeatResponse(
         heartbeat_interval_s=settings.HEARTBEAT_INTERVAL_S, desired=desired_for(instance)
     )

@@ -20,6 +20,7 @@ from apps.instances.choices import FAILED, HOLDS_MACHINE, LIVE, InstanceStatus
 from apps.instances.models import Instance, OrchestratorLock
 from apps.instances.orchestrator.autoscaler import autoscale_all
 from apps.instances.orchestrator.leases import commands_with_dead_holders, lease_forget
+from apps.instances.orchestrator.power import instance_enforce_drain_deadlines
 from apps.instances.orchestrator.scaling import (
     model_code_converge,
     model_code_finish_decommission,
@@ -118,16 +119,8 @@ def _enforce_deadlines() -> dict[str, int]:
         ):
             if instance_fail(instance=instance, to=to, reason=text.format(s=seconds)):
                 failed += 1
-    drain_cutoff = now - timedelta(seconds=settings.DRAIN_DEADLINE_S)
-    for instance in Instance.objects.select_related("llm_model").filter(
-        status=S.DRAINING, status_changed_at__lt=drain_cutoff
-    ):
-        instance_request_termination(
-            instance=instance,
-            reason=f"drain deadline ({settings.DRAIN_DEADLINE_S:.0f}s) passed",
-            expected=S.DRAINING,
-        )
-    return {"deadline_failures": failed}
+    # Per model code (drain_timeout_s), and the scale-to-zero power-offs (orchestrator/power.py).
+    return {"deadline_failures": failed, **instance_enforce_drain_deadlines(now=now)}
 
 
 MASS_LOSS_LOCK = "mass-heartbeat-loss"

@@ -14,8 +14,13 @@ from django.utils import timezone
 from apps.instances.choices import HOLDS_MACHINE, LIVE, InstanceStatus
 from apps.instances.models import Instance
 from apps.instances.providers.placement import provider_for_model
-from apps.instances.services import instance_create, instance_drain, instance_request_termination
-from apps.models.choices import DEPLOYED_STATUSES, ModelStatus
+from apps.instances.services import (
+    instance_create,
+    instance_drain,
+    instance_power_on_to_wake,
+    instance_request_termination,
+)
+from apps.models.choices import DEPLOYED_STATUSES, ModelStatus, ScaleToZeroMode
 from apps.models.models import LlmModel
 from apps.models.services import model_transition
 
@@ -43,6 +48,7 @@ def _replacement_backoff_s(model: LlmModel, now: Any) -> float:
 class ConvergeResult:
     created: int = 0
     drained: int = 0
+    powered_on: int = 0
     waiting_backoff: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -65,6 +71,7 @@ def model_code_converge(*, model_code_id: int) -> ConvergeResult:
             return result
         live = list(model.instances.filter(status__in=LIVE).order_by("created_at"))
         missing = model.desired_replicas - len(live)
+        missing -= _wake_powered_off(model, missing, result)
         if missing > 0:
             backoff = _replacement_backoff_s(model, now)
             last = (
@@ -89,6 +96,28 @@ def model_code_converge(*, model_code_id: int) -> ConvergeResult:
                 result.drained += 1
     _model_code_settle(model_code_id=model_code_id)
     return result
+
+
+def _wake_powered_off(model: LlmModel, missing: int, result: ConvergeResult) -> int:
+    """Machines kept at zero (``powered_off``) are powered on before any is created: no new
+    machine, no model download. Kept machines of a model code that no longer scales to zero
+    by power-off are terminated. Returns how many were woken (the caller holds the model
+    code's row lock)."""
+    kept = list(model.instances.filter(status=S.POWERED_OFF).order_by("-status_changed_at"))
+    if model.scale_to_zero_mode != ScaleToZeroMode.POWER_OFF:
+        for instance in kept:
+            instance_request_termination(
+                instance=instance, reason="the model code no longer scales to zero by power-off"
+            )
+        return 0
+    woken = 0
+    for instance in kept[: max(missing, 0)]:
+        if instance_power_on_to_wake(
+            instance=instance, reason=f"woken: powering on (scaled to {model.desired_replicas})"
+        ):
+            woken += 1
+    result.powered_on += woken
+    return woken
 
 
 def _model_code_settle(*, model_code_id: int) -> None:

@@ -6,6 +6,10 @@ starts, which inherits its environment) has ``INVENTIV_INSTANCE_TAG=<instance id
 environment, and a record ``<state dir>/local-provider/<instance id>.json`` keeps its pid. So a
 control-plane restart, or a worker killed between spawn and record, leaks nothing: the
 ``/proc`` scan finds every tagged process.
+
+Power actions (scale to zero by power-off): powering off stops the processes and keeps the
+record (``stopped``) and the agent's state directory, the local "disk"; powering on starts the
+agent again, which resumes with its stored credential. The machine keeps its resource id.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 
@@ -29,6 +35,7 @@ from apps.instances.providers.base import (
     Machine,
     MachineNotFound,
     MachineSpec,
+    PowerAction,
     ProviderAdapter,
     ProviderError,
 )
@@ -93,18 +100,17 @@ class LocalAdapter(ProviderAdapter):
         return []
 
     def _machine(self, instance_id: str, pids: list[int]) -> Machine:
-        record_path = _records_dir() / f"{instance_id}.json"
         created_at = None
-        resource_id = f"local-{min(pids)}"
-        if record_path.exists():
-            with contextlib.suppress(ValueError, OSError):
-                record = json.loads(record_path.read_text())
-                resource_id = f"local-{record['pid']}"
+        resource_id = f"local-{min(pids)}" if pids else ""
+        record = _read_record(instance_id)
+        if record is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                resource_id = record.get("resource_id") or f"local-{record['pid']}"
                 created_at = datetime.fromisoformat(record["started_at"])
         return Machine(
             resource_id=resource_id,
             instance_id=instance_id,
-            state="running",
+            state="running" if pids else "stopped",
             zone="local",
             public_ip=None,
             private_ip="127.0.0.1",
@@ -115,40 +121,21 @@ class LocalAdapter(ProviderAdapter):
         existing = self.find_machine(spec.instance_id)
         if existing is not None:
             return existing
-        log_path = _records_dir() / f"{spec.instance_id}.log"
-        # An allow-listed environment: the control plane's secrets (SECRET_KEY, encryption
-        # keys, DATABASE_URL, cloud credentials...) never reach the agent nor its engine.
-        env = agent_environment(
-            os.environ,
+        proc = _spawn(spec.instance_id, spec.control_plane_url, spec.bootstrap_token)
+        started_at = datetime.now(UTC)
+        resource_id = f"local-{proc.pid}"
+        _write_record(
+            spec.instance_id,
             {
-                TAG_ENV: spec.instance_id,
-                "INVENTIV_CONTROL_PLANE_URL": spec.control_plane_url,
-                "INVENTIV_BOOTSTRAP_TOKEN": spec.bootstrap_token,
-                "INVENTIV_ADVERTISE_HOST": "127.0.0.1",
-                "PYTHONUNBUFFERED": "1",
+                "pid": proc.pid,
+                "resource_id": resource_id,
+                "started_at": started_at.isoformat(),
+                "port": spec.engine_port,
+                "control_plane_url": spec.control_plane_url,
             },
         )
-        try:
-            with open(log_path, "ab") as log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "agent"],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-        except OSError as exc:
-            raise ProviderError(f"could not start the agent: {exc}") from exc
-        _spawned.add(proc.pid)
-        started_at = datetime.now(UTC)
-        record = {"pid": proc.pid, "started_at": started_at.isoformat(), "port": spec.engine_port}
-        tmp = _records_dir() / f"{spec.instance_id}.json.tmp"
-        tmp.write_text(json.dumps(record))
-        tmp.replace(_records_dir() / f"{spec.instance_id}.json")
         return Machine(
-            resource_id=f"local-{proc.pid}",
+            resource_id=resource_id,
             instance_id=spec.instance_id,
             state="running",
             zone="local",
@@ -157,47 +144,151 @@ class LocalAdapter(ProviderAdapter):
         )
 
     def find_machine(self, instance_id: str) -> Machine | None:
+        """The instance's processes, or its record alone when powered off."""
         pids = _tagged_pids().get(instance_id)
-        return self._machine(instance_id, pids) if pids else None
+        if pids or _read_record(instance_id, stopped=True) is not None:
+            return self._machine(instance_id, pids or [])
+        return None
 
     def list_machines(self) -> list[Machine]:
-        return [self._machine(iid, pids) for iid, pids in _tagged_pids().items()]
+        found = _tagged_pids()
+        stopped = [
+            path.name.removesuffix(".json")
+            for path in _records_dir().glob("*.json")
+            if path.name.removesuffix(".json") not in found
+        ]
+        return [self._machine(iid, pids) for iid, pids in found.items()] + [
+            self._machine(iid, []) for iid in stopped if _read_record(iid, stopped=True)
+        ]
 
     def get_machine(self, resource_id: str) -> Machine:
-        """The instance whose tagged processes include pid ``N`` of ``local-N`` (a pid reused
-        by an untagged process is not ours: MachineNotFound). No power actions: a "machine" is
-        a process tree, to terminate and provision again."""
+        """The instance whose record carries ``local-N`` (kept across power cycles), or whose
+        tagged processes include pid ``N`` (a pid reused by an untagged process is not ours:
+        MachineNotFound)."""
         pid = resource_id.removeprefix("local-")
         if not pid.isdigit():
             raise MachineNotFound(f"{resource_id!r} is not a local machine id")
-        for instance_id, pids in _tagged_pids().items():
+        tagged = _tagged_pids()
+        for path in _records_dir().glob("*.json"):
+            instance_id = path.name.removesuffix(".json")
+            record = _read_record(instance_id)
+            if (
+                record is not None
+                and record.get("resource_id") == resource_id
+                and (instance_id in tagged or record.get("stopped"))
+            ):
+                return self._machine(instance_id, tagged.get(instance_id, []))
+        for instance_id, pids in tagged.items():
             if int(pid) in pids:
                 return self._machine(instance_id, pids)
         raise MachineNotFound(f"no tagged process {pid} on this host")
 
+    def power(self, machine: Machine, action: PowerAction) -> Machine:
+        """Power off: stop the agent and its engine (SIGTERM: the agent keeps its stored
+        credential), keeping the record and the agent's state directory: the "disk". Power
+        on: start the agent again from them; it resumes without a bootstrap token. Reboot:
+        both. Idempotent for power on and off."""
+        instance_id = machine.instance_id
+        record = _read_record(instance_id) if instance_id else None
+        if instance_id is None or record is None:
+            raise MachineNotFound(f"no local machine {machine.resource_id}")
+        action = PowerAction(action)
+        if action in (PowerAction.POWEROFF, PowerAction.REBOOT):
+            _write_record(instance_id, {**record, "stopped": True})
+            _stop_tagged(instance_id)
+        wake = action in (PowerAction.POWERON, PowerAction.REBOOT)
+        if wake and not _tagged_pids().get(instance_id):
+            proc = _spawn(instance_id, str(record.get("control_plane_url", "")), "")
+            _write_record(instance_id, {**record, "pid": proc.pid, "stopped": False})
+        found = self.find_machine(instance_id)
+        if found is None:
+            raise MachineNotFound(f"local machine {machine.resource_id} vanished")
+        return found
+
     def terminate_machine(self, machine: Machine) -> None:
         """SIGTERM every process tagged with the instance (the agent stops its engine cleanly),
-        SIGKILL what is left after 10 s, then forget the record. Idempotent."""
+        SIGKILL what is left after 10 s, then forget the record and the agent's state
+        directory. Idempotent."""
         instance_id = machine.instance_id
         if instance_id is None:
             return
-        deadline = time.monotonic() + 10
-        sig = signal.SIGTERM
-        while True:
-            pids = _tagged_pids().get(instance_id, [])
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, sig)
-                _reap(pid)
-            if time.monotonic() > deadline:
-                sig = signal.SIGKILL
-            time.sleep(0.05)
-        _reap_spawned()
+        _stop_tagged(instance_id)
         for suffix in (".json", ".json.tmp"):
             with contextlib.suppress(FileNotFoundError):
                 (_records_dir() / f"{instance_id}{suffix}").unlink()
+        shutil.rmtree(_records_dir() / f"{instance_id}.state", ignore_errors=True)
+
+
+def _read_record(instance_id: str, *, stopped: bool = False) -> dict[str, Any] | None:
+    """The record of a local machine (with ``stopped``: only if it is powered off)."""
+    try:
+        record = json.loads((_records_dir() / f"{instance_id}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or (stopped and not record.get("stopped")):
+        return None
+    return record
+
+
+def _write_record(instance_id: str, record: dict[str, Any]) -> None:
+    tmp = _records_dir() / f"{instance_id}.json.tmp"
+    tmp.write_text(json.dumps(record))
+    tmp.replace(_records_dir() / f"{instance_id}.json")
+
+
+def _spawn(
+    instance_id: str, control_plane_url: str, bootstrap_token: str
+) -> subprocess.Popen[bytes]:
+    """Start an agent tagged with ``instance_id``; its state directory (the stored credential,
+    what a powered-on machine resumes with) is ``<records>/<instance id>.state``."""
+    log_path = _records_dir() / f"{instance_id}.log"
+    state_dir = private_dir(_records_dir() / f"{instance_id}.state")
+    # An allow-listed environment: the control plane's secrets (SECRET_KEY, encryption
+    # keys, DATABASE_URL, cloud credentials...) never reach the agent nor its engine.
+    env = agent_environment(
+        os.environ,
+        {
+            TAG_ENV: instance_id,
+            "INVENTIV_CONTROL_PLANE_URL": control_plane_url,
+            "INVENTIV_BOOTSTRAP_TOKEN": bootstrap_token,
+            "INVENTIV_AGENT_STATE_DIR": str(state_dir),
+            "INVENTIV_ADVERTISE_HOST": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+        },
+    )
+    try:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "agent"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+    except OSError as exc:
+        raise ProviderError(f"could not start the agent: {exc}") from exc
+    _spawned.add(proc.pid)
+    return proc
+
+
+def _stop_tagged(instance_id: str) -> None:
+    """SIGTERM every process tagged with the instance, SIGKILL what is left after 10 s."""
+    deadline = time.monotonic() + 10
+    sig = signal.SIGTERM
+    while True:
+        pids = _tagged_pids().get(instance_id, [])
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+            _reap(pid)
+        if time.monotonic() > deadline:
+            sig = signal.SIGKILL
+        time.sleep(0.05)
+    _reap_spawned()
 
 
 __all__ = ["INSTANCE_TAG", "LocalAdapter"]

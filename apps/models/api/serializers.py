@@ -2,7 +2,13 @@ from rest_framework import serializers
 
 from apps.accounts.models import Organization
 from apps.instances.models import InstanceType, Provider
-from apps.models.choices import QUANTIZATION_CHOICES, Dtype, Engine, RoutingPolicy
+from apps.models.choices import (
+    QUANTIZATION_CHOICES,
+    Dtype,
+    Engine,
+    RoutingPolicy,
+    ScaleToZeroMode,
+)
 from apps.models.models import LlmModel, ScalingDecision
 from apps.models.services import POLICY_FIELDS
 from inventiv.params import MAX_POSITIVE_INT
@@ -121,6 +127,22 @@ class ScalingPolicyInSerializer(serializers.Serializer):
     scale_schedules = ScheduleSerializer(many=True, required=False)
     scale_timezone = serializers.CharField(max_length=64, required=False)
     hold_timeout_s = serializers.IntegerField(min_value=1, max_value=3_600, required=False)
+    ttft_p95_bound_ms = serializers.IntegerField(
+        min_value=1,
+        max_value=600_000,
+        required=False,
+        allow_null=True,
+        help_text="Scale up while the time to first token p95 passes it (null: no bound).",
+    )
+    latency_window_s = serializers.IntegerField(min_value=10, max_value=3_600, required=False)
+    drain_timeout_s = serializers.IntegerField(
+        min_value=10,
+        max_value=86_400,
+        required=False,
+        allow_null=True,
+        help_text="Longest a draining instance serves its streams (null: the platform's).",
+    )
+    scale_to_zero_mode = serializers.ChoiceField(choices=ScaleToZeroMode.choices, required=False)
 
 
 class ScalingDecisionOutSerializer(serializers.ModelSerializer):
