@@ -267,12 +267,14 @@ def _start_gateway(
     server: str, workers: int, env: dict[str, str], cores: set[int] | None
 ) -> Gateway:
     port = _free_port()
-    if server == "uvicorn":
+    if server == "uvicorn":  # the standalone command, as compose runs it
         args = [sys.executable, "-m", "apps.gateway", "--host", "127.0.0.1", "--port", str(port)]
         args += ["--workers", str(workers)]
-    else:
-        args = [sys.executable, "-m", "apps.gateway", "--server", server]
-        args += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    else:  # granian (dev requirements), with the same application, lifespan and options
+        granian = str(Path(sys.executable).with_name("granian"))
+        args = [granian, "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port)]
+        args += ["--workers", str(workers), "--loop", "uvloop", "--http", "1", "--no-ws"]
+        args += ["--log-level", "warning", "--no-access-log", "apps.gateway.asgi:application"]
     proc = subprocess.Popen(args, cwd=ROOT, env=env, preexec_fn=_pinned(cores))
     url = f"http://127.0.0.1:{port}"
     _wait_http(url + "/healthz", proc)
@@ -312,6 +314,7 @@ async def _run(
     duration: float,
     max_tokens: int,
     cpu: Callable[[], float] | None,
+    ssl: Any = True,  # aiohttp's: bench.dataplane pins the agent front's certificate
 ) -> Result:
     import aiohttp
     import orjson
@@ -337,7 +340,7 @@ async def _run(
             start = time.perf_counter()
             seen = 0
             try:
-                async with session.post(url, data=body, headers=headers) as resp:
+                async with session.post(url, data=body, headers=headers, ssl=ssl) as resp:
                     first = None
                     if stream:
                         async for data in resp.content.iter_any():
@@ -415,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="interleaved runs (medians)")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--workers", default="1,2", help="gateway worker counts, e.g. 1,2")
-    parser.add_argument("--servers", default="uvicorn", help="uvicorn and/or granian")
+    parser.add_argument(
+        "--servers", default="uvicorn", help="uvicorn (python -m apps.gateway) and/or granian"
+    )
     parser.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)))
     parser.add_argument("--modes", default="plain,stream")
     parser.add_argument("--profile", metavar="DIR", help="py-spy record every gateway into DIR")
@@ -536,11 +541,10 @@ def main(argv: list[str] | None = None) -> int:
             spy.send_signal(signal.SIGINT)
         for spy in spies:
             spy.wait(30)
-        for proc in reversed(procs):
+        for proc in reversed(procs):  # gateways first (their usage), then engine and Redis
             proc.terminate()
-        for proc in procs:
             try:
-                proc.wait(20)
+                proc.wait(25)
             except subprocess.TimeoutExpired:
                 proc.kill()
         if args.redis_url:

@@ -55,7 +55,19 @@ class Reservation:
 
 def period_of(moment: float | None = None) -> str:
     """The budget period (``YYYYMM``, UTC) of a POSIX time (default now)."""
-    return time.strftime("%Y%m", time.gmtime(time.time() if moment is None else moment))
+    if moment is None:
+        # Every governed request asks: the answer is kept for the rest of its UTC hour (a month
+        # starts on an hour) instead of formatting the date each time.
+        global _period, _period_until
+        now = time.time()
+        if now >= _period_until:
+            _period = time.strftime("%Y%m", time.gmtime(now))
+            _period_until = now - now % 3600 + 3600
+        return _period
+    return time.strftime("%Y%m", time.gmtime(moment))
+
+
+_period, _period_until = "", 0.0  # the current period, valid until (POSIX)
 
 
 def to_pico(amount: Decimal) -> int:
