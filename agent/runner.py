@@ -54,8 +54,8 @@ from agent.protocol import (
 )
 from agent.state import CredentialStore
 from agent.supervisor import EngineSupervisor, SupervisorTimings
-from agent.tunnel import TunnelManager
 from agent.tls_identity import TlsIdentity, load_or_create
+from agent.tunnel import TunnelManager
 
 log = logging.getLogger(__name__)
 

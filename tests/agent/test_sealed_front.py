@@ -172,3 +172,36 @@ def test_the_identity_is_kept_in_the_state_directory(tmp_path: Path) -> None:
     temporary.discard()
     assert not temporary.cert_path.exists()
     assert orjson.dumps(first.fingerprint)  # plain hex text
+
+
+def test_a_restarted_engine_is_served_again_on_its_new_loopback_port(
+    control_plane: FakeControlPlane, sealed: tuple[AgentRun, int, Any]
+) -> None:
+    run, port, ready = sealed
+    old_pid = ready["engine"]["pid"]
+    argv = _cmdline(old_pid)
+    old_port = argv[argv.index("--port") + 1]
+    # Given the engine crashes (told so on its loopback port: the front would refuse the path)
+    with pytest.raises(httpx.HTTPError):
+        httpx.post(
+            f"http://127.0.0.1:{old_port}/mock/control",
+            json={"crash": True},
+            headers={"Authorization": f"Bearer {ENGINE_KEY}"},
+            timeout=5,
+        )
+    # Then the agent restarts it on a new loopback port and is ready again
+    _, again = control_plane.wait_heartbeat(
+        lambda b: b["state"] == "ready" and b["engine"]["pid"] not in (None, old_pid),
+        timeout=30,
+        message="the restarted engine to be ready",
+    )
+    new_pid = again["engine"]["pid"]
+    assert again["engine"]["restarts"] == 1
+    argv = _cmdline(new_pid)
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    run.engine_pids.add(new_pid)
+    # And the same front, with the same certificate, reaches the new engine
+    assert _peer_fingerprint(port) == control_plane.registrations[0]["tls_fingerprint"]
+    with _client(port) as client:
+        r = client.post("/v1/completions", json={"prompt": "a", "max_tokens": 2})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2

@@ -88,6 +88,7 @@ class FakeScaleway:
         self.block_volumes: dict[str, dict[str, Any]] = {}
         self.instance_volumes: dict[str, dict[str, Any]] = {}
         self.user_data: dict[tuple[str, str], bytes] = {}
+        self.security_groups: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str]] = []
         self.faults: list[Fault] = []
         self.images = {
@@ -215,6 +216,9 @@ class FakeScaleway:
             ("PATCH", r"^/block/v1/zones/([^/]+)/volumes/([^/]+)$", self._update_volume),
             ("DELETE", r"^/block/v1/zones/([^/]+)/volumes/([^/]+)$", self._delete_volume),
             ("GET", r"^/marketplace/v2/local-images$", self._local_images),
+            ("GET", r"^/instance/v1/zones/([^/]+)/security_groups$", self._list_sgs),
+            ("POST", r"^/instance/v1/zones/([^/]+)/security_groups$", self._create_sg),
+            ("PUT", r"^/instance/v1/zones/([^/]+)/security_groups/([^/]+)/rules$", self._set_rules),
         ]
         for route_method, pattern, handler in routes:
             match = re.match(pattern, path)
@@ -337,7 +341,7 @@ class FakeScaleway:
             "state_detail": server["state"],
             "boot_type": "local",
             "volumes": volumes,
-            "security_group": {"id": "sg-default", "name": "default"},
+            "security_group": {"id": server.get("security_group") or "sg-default", "name": ""},
             "maintenances": [],
             "arch": "x86_64",
             "private_nics": [],
@@ -472,6 +476,7 @@ class FakeScaleway:
             "commercial_type": ctype,
             "image": data.get("image"),
             "tags": list(data.get("tags") or []),
+            "security_group": data.get("security_group"),
             "state": "stopped",
             "creation_date": _now(),
             "dynamic_ip_required": bool(data.get("dynamic_ip_required", True)),
@@ -605,6 +610,58 @@ class FakeScaleway:
         }
         self.ips[ip_id] = ip
         return 201, {"ip": self._ip_json(ip)}
+
+    # --- security groups (the fields the adapter sets and reads) --------------------------------
+
+    def _sg_json(self, sg: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in sg.items() if k != "rules"} | {
+            "servers": [],
+            "state": "available",
+            "creation_date": _now(),
+            "modification_date": _now(),
+            "organization": PROJECT_ID,
+            "project": PROJECT_ID,
+            "organization_default": False,
+            "project_default": False,
+        }
+
+    def _list_sgs(self, zone: str, **kw: Any) -> tuple[Any, ...]:
+        wanted = [t for t in (kw["q"].get("tags") or "").split(",") if t]
+        items = [
+            self._sg_json(sg)
+            for sg in self.security_groups.values()
+            if sg["zone"] == zone and all(t in sg["tags"] for t in wanted)
+        ]
+        page, headers = self._page(items, kw["q"])
+        return 200, {"security_groups": page, "total_count": len(items)}, headers
+
+    def _create_sg(self, zone: str, **kw: Any) -> tuple[Any, ...]:
+        data = kw["body"]()
+        sg_id = str(uuid.uuid4())
+        sg = {
+            "id": sg_id,
+            "name": data.get("name") or "",
+            "description": data.get("description") or "",
+            "tags": list(data.get("tags") or []),
+            "stateful": bool(data.get("stateful")),
+            "inbound_default_policy": data.get("inbound_default_policy") or "accept",
+            "outbound_default_policy": data.get("outbound_default_policy") or "accept",
+            "enable_default_security": bool(data.get("enable_default_security", True)),
+            "zone": zone,
+            "rules": [],
+        }
+        self.security_groups[sg_id] = sg
+        return 201, {"security_group": self._sg_json(sg)}
+
+    def _set_rules(self, zone: str, sg_id: str, **kw: Any) -> tuple[Any, ...]:
+        sg = self.security_groups.get(sg_id)
+        if sg is None or sg["zone"] != zone:
+            return not_found("security_group", sg_id)
+        rules = []
+        for rule in kw["body"]().get("rules") or []:
+            rules.append({**rule, "id": rule.get("id") or str(uuid.uuid4()), "zone": zone})
+        sg["rules"] = rules
+        return 200, {"rules": rules}
 
     def _delete_ip(self, zone: str, ip_id: str, **kw: Any) -> tuple[Any, ...]:
         ip = self.ips.pop(ip_id, None)

@@ -131,7 +131,9 @@ def test_it_adopts_the_instance_when_the_launch_response_was_lost(aws_provider: 
 def test_it_maps_launch_errors_to_typed_errors(
     aws_provider: Provider, code: str, error: type[Exception]
 ) -> None:
-    # given every EC2 call answered by a Stubber: nothing found, then the launch refused
+    # given every EC2 call answered by a Stubber: nothing found, then the launch refused (an
+    # operator-named security group: no group of ours to find or make)
+    aws_provider.config["security_group_ids"] = ["sg-0123456789abcdef0"]
     adapter = get_adapter(aws_provider)
     assert isinstance(adapter, AwsAdapter)
     with Stubber(adapter.ec2()) as stub:

@@ -4,7 +4,8 @@ Provider settings (``Provider.config``): ``region`` (required); ``zones`` (avail
 to use; default: every zone of the region offering the type); ``ami`` (an image id) or
 ``ami_ssm_parameter`` (default: the Deep Learning Base OSS Nvidia Driver GPU AMI, Ubuntu 22.04,
 resolved per region through SSM); ``subnets`` (``{"eu-west-3a": "subnet-..."}``, optional);
-``security_group_ids`` (optional); ``instance_profile`` (optional name: never needed by the
+``security_group_ids`` (optional: the operator's own, used as is; else ours, see
+``_security_group_ids``); ``instance_profile`` (optional name: never needed by the
 agent); ``market``: ``on-demand`` (default), ``spot`` or ``spot-fallback`` (spot first, then
 on-demand when spot has no capacity); ``root_device_name`` (default ``/dev/sda1``);
 ``prices`` (``{"g5.xlarge": "1.006"}``, overrides for the catalog). Credentials:
@@ -15,6 +16,13 @@ id, zone, type and market (a retried call after a lost response returns the same
 our tags on the instance, its volumes and network interfaces, IMDSv2 required, an encrypted
 root volume deleted on termination, and ``shutdown`` meaning terminate. Before creating, we
 look for an instance carrying our tag and adopt it.
+
+Security group: unless the provider names some, instances get the platform's own for their
+VPC (the zone's subnet's, else the default VPC) and instance port, tagged ``inventiv-managed``:
+its only inbound rule is TCP on that port (the agent's sealed front) from
+``INVENTIV_AGENT_INGRESS_CIDRS`` (IPv4 and IPv6 ranges), outbound as AWS creates it (open).
+Other inbound rules found on it are revoked on every create, so a changed setting reaches it
+with the next machine.
 
 Calls go through ``transport`` (timeouts, retries, typed errors from ``errors``); prices come
 from ``pricing``.
@@ -264,6 +272,78 @@ class AwsAdapter(ProviderAdapter):
         assert last_error is not None
         raise last_error
 
+    def _vpc_id(self, zone: str) -> str:
+        if zone in self.subnets:
+            subnets = call(self.ec2().describe_subnets, SubnetIds=[self.subnets[zone]])
+            return str(subnets["Subnets"][0]["VpcId"])
+        vpcs = call(self.ec2().describe_vpcs, Filters=[{"Name": "is-default", "Values": ["true"]}])[
+            "Vpcs"
+        ]
+        if not vpcs:
+            raise ProviderError(
+                "no default VPC in this region: set the provider's subnets or security_group_ids"
+            )
+        return str(vpcs[0]["VpcId"])
+
+    def _security_group_ids(self, zone: str, port: int) -> list[str]:
+        """The security groups of a new instance (see the module's docstring)."""
+        if self.security_group_ids:
+            return self.security_group_ids
+        ec2 = self.ec2()
+        vpc_id = self._vpc_id(zone)
+        name = f"inventiv-{managed_value()}-agents-{port}"
+        found = call(
+            ec2.describe_security_groups,
+            Filters=[
+                {"Name": "group-name", "Values": [name]},
+                {"Name": "vpc-id", "Values": [vpc_id]},
+            ],
+        )["SecurityGroups"]
+        if found:
+            group_id, current = str(found[0]["GroupId"]), found[0].get("IpPermissions", [])
+        else:
+            group_id = str(
+                call(
+                    ec2.create_security_group,
+                    GroupName=name,
+                    Description=f"inventiv: only TCP {port} (the agent's TLS front) inbound",
+                    VpcId=vpc_id,
+                    TagSpecifications=[
+                        {
+                            "ResourceType": "security-group",
+                            "Tags": [{"Key": MANAGED_TAG, "Value": managed_value()}],
+                        }
+                    ],
+                )["GroupId"]
+            )
+            current = []
+        v4 = sorted(c for c in settings.AGENT_INGRESS_CIDRS if ":" not in c)
+        v6 = sorted(c for c in settings.AGENT_INGRESS_CIDRS if ":" in c)
+        wanted = {
+            "IpProtocol": "tcp",
+            "FromPort": port,
+            "ToPort": port,
+            "IpRanges": [{"CidrIp": c} for c in v4],
+            "Ipv6Ranges": [{"CidrIpv6": c} for c in v6],
+        }
+
+        def same(rule: dict[str, Any]) -> bool:
+            return (
+                (rule.get("IpProtocol"), rule.get("FromPort"), rule.get("ToPort"))
+                == ("tcp", port, port)
+                and sorted(r["CidrIp"] for r in rule.get("IpRanges", [])) == v4
+                and sorted(r["CidrIpv6"] for r in rule.get("Ipv6Ranges", [])) == v6
+                and not rule.get("UserIdGroupPairs")
+                and not rule.get("PrefixListIds")
+            )
+
+        if len(current) == 1 and same(current[0]):
+            return [group_id]
+        if current:
+            call(ec2.revoke_security_group_ingress, GroupId=group_id, IpPermissions=current)
+        call(ec2.authorize_security_group_ingress, GroupId=group_id, IpPermissions=[wanted])
+        return [group_id]
+
     def _run(self, spec: MachineSpec, *, zone: str, market: str, ami: str) -> str:
         tags = [
             {"Key": k, "Value": v} for k, v in {**spec.tags, **our_tags(spec.instance_id)}.items()
@@ -302,8 +382,7 @@ class AwsAdapter(ProviderAdapter):
             params["Placement"] = {"AvailabilityZone": zone}
         if zone in self.subnets:
             params["SubnetId"] = self.subnets[zone]
-        if self.security_group_ids:
-            params["SecurityGroupIds"] = self.security_group_ids
+        params["SecurityGroupIds"] = self._security_group_ids(zone, spec.engine_port)
         if self.instance_profile:
             params["IamInstanceProfile"] = {"Name": self.instance_profile}
         if market == "spot":

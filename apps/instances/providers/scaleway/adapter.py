@@ -5,8 +5,15 @@ and cleanup are already out.)
 Provider settings (``Provider.config``): ``project_id`` (required), ``zones`` (default
 ``["fr-par-2"]``), ``image`` (an image id) or ``image_label`` (default
 ``ubuntu_jammy_gpu_os_12``, resolved per zone through the Marketplace API), ``volume_type``
-(default ``sbs_volume``), ``security_group`` (optional id), ``api_url`` (optional; else
-``SCW_API_URL`` or the public API). Credentials: ``access_key`` and ``secret_key`` (IAM API key).
+(default ``sbs_volume``), ``security_group`` (optional id: the operator's own, used as is;
+else ours, see ``_security_group``), ``api_url`` (optional; else ``SCW_API_URL`` or the public
+API). Credentials: ``access_key`` and ``secret_key`` (IAM API key).
+
+Security group: unless the provider names one, servers get the platform's own for their zone
+and instance port (tagged ``inventiv-managed`` and ``inventiv-port``): inbound dropped except
+TCP on that port (the agent's sealed front) from each of ``INVENTIV_AGENT_INGRESS_CIDRS``,
+outbound open, stateful. Its rules are re-set to exactly that on every create, so a changed
+setting reaches it with the next machine.
 
 What we create for one instance, all tagged ``inventiv-instance=<id>`` and
 ``inventiv-managed=<deployment>``: a routed flexible IPv4, a server with one boot volume sized
@@ -29,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from django.conf import settings
-from scaleway.instance.v1 import Server, VolumeServerTemplate
+from scaleway.instance.v1 import Server, SetSecurityGroupRulesRequestRule, VolumeServerTemplate
 from scaleway_core.client import Client
 
 from apps.instances.providers.base import (
@@ -60,6 +67,8 @@ from apps.instances.providers.scaleway.transport import (
     tags_dict,
 )
 
+# Tags our security groups by the port they open (one group per zone, deployment and port).
+PORT_TAG = "inventiv-port"
 logger = logging.getLogger(__name__)
 
 DEFAULT_ZONES = ["fr-par-2"]
@@ -247,6 +256,50 @@ class ScalewayAdapter(ProviderAdapter):
             volume_type=self.volume_type,
         )
 
+    def _security_group(self, zone: str, port: int) -> str:
+        """The security group id for a new server (see the module's docstring)."""
+        if self.security_group:
+            return self.security_group
+        api = self._instance()
+        tags = [tag(MANAGED_TAG, managed_value()), tag(PORT_TAG, str(port))]
+        found = call(
+            api.list_security_groups,
+            zone=zone,
+            project=self.project_id or None,
+            tags=tags,
+            per_page=PAGE_SIZE,
+        ).security_groups
+        if found:
+            group_id = found[0].id
+        else:
+            group_id = call(
+                api.create_security_group,
+                zone=zone,
+                name=f"inventiv-{managed_value()}-agents-{port}",
+                description=f"inventiv: only TCP {port} (the agent's TLS front) inbound",
+                stateful=True,
+                project=self.project_id or None,
+                tags=tags,
+                inbound_default_policy="drop",  # type: ignore[arg-type]
+                outbound_default_policy="accept",  # type: ignore[arg-type]
+                enable_default_security=True,
+            ).security_group.id
+        rules = [
+            SetSecurityGroupRulesRequestRule(
+                action="accept",  # type: ignore[arg-type]
+                protocol="TCP",  # type: ignore[arg-type]
+                direction="inbound",  # type: ignore[arg-type]
+                ip_range=cidr,
+                position=position,
+                dest_port_from=port,
+                dest_port_to=port,
+                editable=True,
+            )
+            for position, cidr in enumerate(settings.AGENT_INGRESS_CIDRS, start=1)
+        ]
+        call(api.set_security_group_rules, zone=zone, security_group_id=group_id, rules=rules)
+        return group_id
+
     def _our_ip(self, zone: str, instance_id: str) -> Any | None:
         ips = call(
             self._instance().list_ips,
@@ -272,6 +325,7 @@ class ScalewayAdapter(ProviderAdapter):
             )
             return self._converge(existing, spec)
         image = self._resolve_image(zone, spec.instance_type)
+        security_group = self._security_group(zone, spec.engine_port)
         ip = self._our_ip(zone, spec.instance_id)
         if ip is None:
             ip = call(
@@ -301,7 +355,7 @@ class ScalewayAdapter(ProviderAdapter):
                 public_ips=[ip.id],
                 project=self.project_id or None,
                 tags=tags,
-                security_group=self.security_group,
+                security_group=security_group,
             ).server
         except ProviderError as exc:
             if not exc.transient:
