@@ -43,8 +43,10 @@ class InstanceState:
     ssl: aiohttp.Fingerprint | bool = True
 
     def __post_init__(self) -> None:
-        if self.snapshot.tls_fingerprint and self.snapshot.endpoint.startswith("https://"):
-            self.ssl = aiohttp.Fingerprint(bytes.fromhex(self.snapshot.tls_fingerprint))
+        snapshot = self.snapshot
+        if snapshot.tls_fingerprint and snapshot.endpoint.startswith("https://"):
+            if not snapshot.tunnel:  # a tunnel's local end speaks plain HTTP
+                self.ssl = aiohttp.Fingerprint(bytes.fromhex(snapshot.tls_fingerprint))
         self.url_base = self.snapshot.endpoint
         self.auth_header = "Bearer " + self.snapshot.secret
         if self.snapshot.tunnel:  # this process's local end of the agent's tunnel

@@ -207,7 +207,11 @@ def agent_register(*, request: RegisterRequest) -> RegisterResponse:
         "registered_at": now,
         "last_heartbeat_at": now,
         "agent_version": request.agent_version[:64],
-        "tls_fingerprint": request.tls_fingerprint,
+        # Pinned (and the endpoint https) only where the engine sits behind the agent's TLS
+        # front: an unsealed engine (the local provider's) speaks plain HTTP.
+        "tls_fingerprint": (
+            request.tls_fingerprint if data_plane_sealed(instance.provider.kind) else ""
+        ),
     }
     if not instance.engine_host and request.advertise_host:
         fields["engine_host"] = instance.public_ip or request.advertise_host
@@ -277,7 +281,11 @@ def agent_heartbeat(*, instance: Instance, heartbeat: Heartbeat) -> HeartbeatRes
         "engine_status": heartbeat.engine.model_dump(),
         "engine_metrics": heartbeat.metrics.model_dump() if heartbeat.metrics else {},
     }
-    if heartbeat.tls_fingerprint and heartbeat.tls_fingerprint != instance.tls_fingerprint:
+    if (
+        heartbeat.tls_fingerprint
+        and heartbeat.tls_fingerprint != instance.tls_fingerprint
+        and data_plane_sealed(instance.provider.kind)
+    ):
         # A restarted agent with a new certificate: the gateways pin the new one.
         fields["tls_fingerprint"] = heartbeat.tls_fingerprint
     reported = heartbeat.agent_version[:64]
