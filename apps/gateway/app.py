@@ -371,7 +371,7 @@ class Gateway:
             view = responses.prefix_view(data) if req.endpoint == "responses" else data
             prefix = prompt_prefix(view, self.prefix_chars)
         label = route.label
-        metrics.IN_FLIGHT.labels(label).inc()
+        metrics.child(metrics.IN_FLIGHT, label).inc()
         try:
             with self.capacity.counting(route.snapshot.id):
                 if not route.instances and route.snapshot.holds_at_zero:
@@ -380,7 +380,7 @@ class Gateway:
                     scope, receive, send, req, body, session, prefix, client_usage
                 )
         finally:
-            metrics.IN_FLIGHT.labels(label).dec()
+            metrics.child(metrics.IN_FLIGHT, label).dec()
 
     # --- scale from zero (apps.gateway.capacity, docs/autoscaling.md) -------------------------
     async def _hold(self, receive: Receive, send: Send, req: Request) -> Send:
@@ -439,14 +439,14 @@ class Gateway:
             except Exception:
                 logger.exception("could not release the limits and budget of %s", req.request_id)
         elapsed = time.perf_counter() - req.start
-        metrics.REQUESTS.labels(label, req.endpoint, str(req.status)).inc()
-        metrics.LATENCY.labels(label, req.endpoint).observe(elapsed)
+        metrics.child(metrics.REQUESTS, label, req.endpoint, str(req.status)).inc()
+        metrics.child(metrics.LATENCY, label, req.endpoint).observe(elapsed)
         metrics.OVERHEAD.observe(max(0.0, req.overhead_s))
         if req.ttft is not None:
-            metrics.TTFT.labels(label).observe(req.ttft)
+            metrics.child(metrics.TTFT, label).observe(req.ttft)
         if tokens:
-            metrics.TOKENS.labels(label, "prompt").inc(req.prompt_tokens)
-            metrics.TOKENS.labels(label, "completion").inc(req.completion_tokens)
+            metrics.child(metrics.TOKENS, label, "prompt").inc(req.prompt_tokens)
+            metrics.child(metrics.TOKENS, label, "completion").inc(req.completion_tokens)
         if not accounted.committed:
             # The answer's final message never went out (the client left, the task was
             # cancelled): record what the request got.

@@ -99,6 +99,7 @@ class Backend(Protocol):
 
 
 _ADMIT_SCRIPT, _FINISH_SCRIPT = Script(_ADMIT), Script(_FINISH)
+_NAMES_MAX = 10_000
 
 
 class RedisGovernance:
@@ -110,6 +111,23 @@ class RedisGovernance:
         self._url: str = url
         self._rl = ratelimit.prefix()
         self._bud = budget.prefix()
+        # (key, organization, model code, period) -> the two scripts' key lists, built once.
+        self._names: dict[tuple[int, int, int, str], tuple[list[str], list[str]]] = {}
+
+    def _keys(
+        self, key_id: int, org_id: int, model_code_id: int, period: str
+    ) -> tuple[list[str], list[str]]:
+        found = self._names.get((key_id, org_id, model_code_id, period))
+        if found is None:
+            if len(self._names) >= _NAMES_MAX:
+                self._names.clear()
+            limit = ratelimit.limit_keys(self._rl, key_id)
+            found = (
+                limit + budget.reserve_keys(self._bud, key_id, org_id, model_code_id, period),
+                limit[1:] + budget.settle_keys(self._bud, key_id, org_id, model_code_id, period),
+            )
+            self._names[(key_id, org_id, model_code_id, period)] = found
+        return found
 
     async def admit(
         self,
@@ -122,8 +140,7 @@ class RedisGovernance:
         max_tokens: int,
         period: str,
     ) -> tuple[Decision, Reservation]:
-        keys = ratelimit.limit_keys(self._rl, limits.key_id)
-        keys += budget.reserve_keys(self._bud, limits.key_id, org_id, model_code_id, period)
+        keys = self._keys(limits.key_id, org_id, model_code_id, period)[0]
         code, retry_ms, scope, exhausted, worst = await shared_pipe(self._url).evalsha(
             _ADMIT_SCRIPT,
             keys,
@@ -146,10 +163,7 @@ class RedisGovernance:
 
     async def finish(self, ticket: Ticket, prompt_tokens: int, completion_tokens: int) -> None:
         limits = ticket.limits
-        keys = ratelimit.limit_keys(self._rl, limits.key_id)[1:]
-        keys += budget.settle_keys(
-            self._bud, limits.key_id, ticket.org_id, ticket.model_code_id, ticket.period
-        )
+        keys = self._keys(limits.key_id, ticket.org_id, ticket.model_code_id, ticket.period)[1]
         await shared_pipe(self._url).evalsha(
             _FINISH_SCRIPT,
             keys,
