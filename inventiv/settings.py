@@ -668,6 +668,8 @@ GATEWAY_METRICS_TOKEN = env_str("GATEWAY_METRICS_TOKEN")
 METRICS_TOKEN = env_str("INVENTIV_METRICS_TOKEN")
 WORKER_METRICS_HOST = env_str("INVENTIV_WORKER_METRICS_HOST", "0.0.0.0") or "0.0.0.0"
 WORKER_METRICS_PORT = env_int("INVENTIV_WORKER_METRICS_PORT", 0, minimum=0)
+# Where operators reach Flower (linked from the fleet page; compose: the host's loopback).
+FLOWER_URL = env_str("INVENTIV_FLOWER_URL", "http://127.0.0.1:5555/flower/") or ""
 # Usage records: buffered in Redis by gateways, written to PostgreSQL by the worker.
 USAGE_FLUSH_INTERVAL_S = env_float("USAGE_FLUSH_INTERVAL_S", 2.0, minimum=0.05)
 USAGE_FLUSH_BATCH = env_int("USAGE_FLUSH_BATCH", 1000, minimum=1)

@@ -2,6 +2,7 @@ from django.templatetags.static import static
 from django.urls import path
 from django.views.generic import RedirectView
 
+from apps.portal import views_ops
 from apps.portal.views import dashboard, instances, keys, models, org, playground, usage
 
 app_name = "portal"
@@ -39,4 +40,5 @@ urlpatterns = [
     path("organization/switch/", org.switch, name="switch"),
     path("organization/new/", org.create, name="organization-create"),
     path("invitations/accept/", org.accept, name="accept"),
+    path("ops/fleet/", views_ops.fleet, name="ops-fleet"),
 ]
