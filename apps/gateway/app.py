@@ -373,12 +373,14 @@ class Gateway:
         label = route.label
         metrics.child(metrics.IN_FLIGHT, label).inc()
         try:
-            with self.capacity.counting(route.snapshot.id):
+            with self.capacity.counting(route.snapshot.id) as sample:
                 if not route.instances and route.snapshot.holds_at_zero:
                     send = await self._hold(receive, send, req)
+                    sample.held = True  # its wait is a cold start, not a latency sample
                 await self.proxy.forward(
                     scope, receive, send, req, body, session, prefix, client_usage
                 )
+                sample.ttft = req.ttft
         finally:
             metrics.child(metrics.IN_FLIGHT, label).dec()
 

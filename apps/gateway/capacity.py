@@ -8,6 +8,10 @@ Guarantees:
   per gateway process with a TTL of ``GATEWAY_LOAD_TTL_S`` (a dead gateway's counts vanish),
   plus the time of the last request per model code (idle-to-zero); in-process in the embedded
   mode (gateway and worker share the process). The autoscaler reads the sums (``load_board``).
+* **Latency**: each request a gateway passes to an engine (not one held at zero: its wait is a
+  cold start) gives its time to first token; the samples go out with the counts to a list per
+  model code (Redis, the newest ``TTFT_KEEP`` for ``TTFT_KEEP_S``; in-process alike), and the
+  autoscaler reads their p95 over the policy's window (``read(ttft_window_s=...)``).
 * **Exactly one wake**: the first held request for a model code takes a wake key (Redis
   ``SET NX`` with a TTL, or the in-process equivalent) and only its taker sends the wake
   command, however many gateway processes hold requests at once. The autoscaler also sees the
@@ -26,9 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -50,20 +56,67 @@ class Load:
     inflight: int = 0
     held: int = 0
     last_request_at: float | None = None  # unix time, any gateway
+    # Time to first token over the window asked for (``read(ttft_window_s=...)``): the p95 in
+    # milliseconds of the samples every gateway took, and how many there were.
+    ttft_p95_ms: float | None = None
+    ttft_samples: int = 0
+
+
+# The most recent time-to-first-token samples kept per model code (all gateways together), and
+# for how long: a window longer than that, or busier than that many, sees only the newest.
+TTFT_KEEP = 2000
+TTFT_KEEP_S = 3600
+
+
+def p95(values: list[float]) -> float | None:
+    """The 95th percentile (nearest rank) of ``values``, None when there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def _ttft_load(samples: list[tuple[float, float]], window_s: float | None) -> dict[str, Any]:
+    if window_s is None:
+        return {}
+    since = time.time() - window_s
+    recent = [ttft for at, ttft in samples if at >= since]
+    found = p95(recent)
+    return {
+        "ttft_p95_ms": round(found * 1000, 1) if found is not None else None,
+        "ttft_samples": len(recent),
+    }
+
+
+@dataclass(slots=True)
+class Sample:
+    """One request counted in flight: its time to first token once the engine answered
+    (``None`` until then), and whether it was held at zero (its wait is a cold start, not
+    the engines' latency: not a sample)."""
+
+    ttft: float | None = None
+    held: bool = False
 
 
 class LoadBoard(Protocol):
     async def publish(
-        self, *, gateway_id: str, counts: dict[int, tuple[int, int]], requested: set[int]
+        self,
+        *,
+        gateway_id: str,
+        counts: dict[int, tuple[int, int]],
+        requested: set[int],
+        ttft: dict[int, list[float]] | None = None,
     ) -> None:
         """Replace this gateway's counts ``{model_code_id: (inflight, held)}``; ``requested``:
-        the model codes that received a request since the last publish."""
+        the model codes that received a request since the last publish; ``ttft``: the times to
+        first token (seconds) measured since then, added to the model codes' recent samples."""
 
     async def take_wake(self, *, model_code_id: int, ttl_s: float) -> bool:
         """True for exactly one caller per model code until the key expires or is cleared."""
 
-    def read(self, *, model_code_id: int) -> Load:
-        """The sums over live gateways (sync: the worker's side)."""
+    def read(self, *, model_code_id: int, ttft_window_s: float | None = None) -> Load:
+        """The sums over live gateways (sync: the worker's side); with ``ttft_window_s``, the
+        time to first token p95 over that window too."""
 
     def clear_wake(self, *, model_code_id: int) -> None:
         """Once the model code has a ready instance: the next time at zero wakes again."""
@@ -84,6 +137,7 @@ class RedisLoadBoard:
         self._gateway = prefix + "gw:"
         self._last = prefix + "last:"
         self._wake = prefix + "wake:"
+        self._ttft = prefix + "ttft:"
         self._ttl_ms = int(settings.GATEWAY_LOAD_TTL_S * 1000)
         self._async: aioredis.Redis | None = None
         self._sync: redis.Redis | None = None
@@ -101,7 +155,12 @@ class RedisLoadBoard:
         return self._sync
 
     async def publish(
-        self, *, gateway_id: str, counts: dict[int, tuple[int, int]], requested: set[int]
+        self,
+        *,
+        gateway_id: str,
+        counts: dict[int, tuple[int, int]],
+        requested: set[int],
+        ttft: dict[int, list[float]] | None = None,
     ) -> None:
         key = self._gateway + gateway_id
         now = str(time.time())
@@ -112,6 +171,12 @@ class RedisLoadBoard:
                 pipe.pexpire(key, self._ttl_ms)
             for model_code_id in requested:
                 pipe.set(self._last + str(model_code_id), now, ex=30 * 86_400)
+            for model_code_id, samples in (ttft or {}).items():
+                if samples:
+                    samples_key = self._ttft + str(model_code_id)
+                    pipe.lpush(samples_key, *[f"{now} {value:.6f}" for value in samples])
+                    pipe.ltrim(samples_key, 0, TTFT_KEEP - 1)
+                    pipe.expire(samples_key, TTFT_KEEP_S)
             await pipe.execute()
 
     async def take_wake(self, *, model_code_id: int, ttl_s: float) -> bool:
@@ -120,7 +185,7 @@ class RedisLoadBoard:
         )
         return bool(taken)
 
-    def read(self, *, model_code_id: int) -> Load:
+    def read(self, *, model_code_id: int, ttft_window_s: float | None = None) -> Load:
         client = self._client()
         field = str(model_code_id)
         inflight = held = 0
@@ -130,7 +195,14 @@ class RedisLoadBoard:
                 i, h = raw.split()
                 inflight, held = inflight + int(i), held + int(h)
         last = client.get(self._last + field)
-        return Load(inflight, held, float(last) if last else None)
+        samples: list[tuple[float, float]] = []
+        if ttft_window_s is not None:
+            for raw in client.lrange(self._ttft + field, 0, -1):
+                at, value = raw.split()
+                samples.append((float(at), float(value)))
+        return Load(
+            inflight, held, float(last) if last else None, **_ttft_load(samples, ttft_window_s)
+        )
 
     def clear_wake(self, *, model_code_id: int) -> None:
         self._client().delete(self._wake + str(model_code_id))
@@ -147,15 +219,24 @@ class InProcessLoadBoard:
         self._gateways: dict[str, tuple[float, dict[int, tuple[int, int]]]] = {}
         self._last: dict[int, float] = {}
         self._wakes: dict[int, float] = {}
+        self._ttft: dict[int, deque[tuple[float, float]]] = {}
 
     async def publish(
-        self, *, gateway_id: str, counts: dict[int, tuple[int, int]], requested: set[int]
+        self,
+        *,
+        gateway_id: str,
+        counts: dict[int, tuple[int, int]],
+        requested: set[int],
+        ttft: dict[int, list[float]] | None = None,
     ) -> None:
         now = time.time()
         with self._lock:
             self._gateways[gateway_id] = (now + settings.GATEWAY_LOAD_TTL_S, dict(counts))
             for model_code_id in requested:
                 self._last[model_code_id] = now
+            for model_code_id, samples in (ttft or {}).items():
+                kept = self._ttft.setdefault(model_code_id, deque(maxlen=TTFT_KEEP))
+                kept.extend((now, value) for value in samples)
 
     async def take_wake(self, *, model_code_id: int, ttl_s: float) -> bool:
         now = time.monotonic()
@@ -165,7 +246,7 @@ class InProcessLoadBoard:
             self._wakes[model_code_id] = now + ttl_s
             return True
 
-    def read(self, *, model_code_id: int) -> Load:
+    def read(self, *, model_code_id: int, ttft_window_s: float | None = None) -> Load:
         now = time.time()
         inflight = held = 0
         with self._lock:
@@ -173,7 +254,9 @@ class InProcessLoadBoard:
                 if expires > now and model_code_id in counts:
                     i, h = counts[model_code_id]
                     inflight, held = inflight + i, held + h
-            return Load(inflight, held, self._last.get(model_code_id))
+            samples = list(self._ttft.get(model_code_id, ()))
+            last = self._last.get(model_code_id)
+        return Load(inflight, held, last, **_ttft_load(samples, ttft_window_s))
 
     def clear_wake(self, *, model_code_id: int) -> None:
         with self._lock:
@@ -218,6 +301,7 @@ class Capacity:
         self._inflight: dict[int, int] = {}
         self._held: dict[int, int] = {}
         self._requested: set[int] = set()
+        self._ttft: dict[int, list[float]] = {}
         self.queue_max = settings.GATEWAY_HOLD_QUEUE_MAX
         self.comment_s = settings.GATEWAY_HOLD_COMMENT_S
         self.retry_after_s = float(settings.GATEWAY_RETRY_AFTER_S)
@@ -228,16 +312,23 @@ class Capacity:
         return self.board
 
     @contextlib.contextmanager
-    def counting(self, model_code_id: int) -> Any:
-        """Counts one request in flight for the model code while the block runs."""
+    def counting(self, model_code_id: int) -> Iterator[Sample]:
+        """Counts one request in flight for the model code while the block runs. The block
+        fills the ``Sample`` it gets: its time to first token becomes one of the model code's
+        latency samples (published with the counts), unless it was held at zero."""
         self._inflight[model_code_id] = self._inflight.get(model_code_id, 0) + 1
         self._requested.add(model_code_id)
+        sample = Sample()
         try:
-            yield
+            yield sample
         finally:
             self._inflight[model_code_id] -= 1
             if not self._inflight[model_code_id]:
                 del self._inflight[model_code_id]
+            if sample.ttft is not None and not sample.held:
+                pending = self._ttft.setdefault(model_code_id, [])
+                if len(pending) < TTFT_KEEP:  # per publish interval: a bound, not a window
+                    pending.append(sample.ttft)
 
     def counts(self) -> dict[int, tuple[int, int]]:
         ids = set(self._inflight) | set(self._held)
@@ -245,8 +336,9 @@ class Capacity:
 
     async def publish(self) -> None:
         requested, self._requested = self._requested, set()
+        ttft, self._ttft = self._ttft, {}
         await self._board().publish(
-            gateway_id=self.gateway_id, counts=self.counts(), requested=requested
+            gateway_id=self.gateway_id, counts=self.counts(), requested=requested, ttft=ttft
         )
 
     async def run(self) -> None:

@@ -4,13 +4,15 @@ Evaluated for every deployed model code whose policy lets it move (min < max, mi
 schedule) on each reconcile pass, and at once when a gateway holds a request for a model code
 at zero (``autoscale_wake_task``). Inputs: the engines' own metrics from heartbeats
 (``num_requests_running`` + ``num_requests_waiting``, KV-cache use) of the ready instances,
-and the gateways' in-flight and held counts and last request time (``apps.gateway.capacity``).
+and the gateways' in-flight and held counts, last request time and time to first token
+(``apps.gateway.capacity``).
 
 The rule (docs/autoscaling.md):
 
 * load = max(engines' running + waiting, gateways' in flight less held) + held;
   wanted = ceil(load / target_load_per_replica), one more than ready when the mean KV-cache use
-  passes ``target_kv_cache_usage``;
+  passes ``target_kv_cache_usage``, or when the gateways' time to first token p95 over
+  ``latency_window_s`` (at least ``LATENCY_MIN_SAMPLES`` requests) passes ``ttft_p95_bound_ms``;
 * the floor is ``min_replicas`` raised by the schedules active now in ``scale_timezone``;
   a held request makes it at least 1; with no load the count stays at least 1 until no request
   came for ``idle_to_zero_s``, then goes to the floor (zero when the floor is zero);
@@ -49,6 +51,8 @@ S = InstanceStatus
 
 PERIODIC = "periodic"
 WAKE = "wake"
+# Fewer time-to-first-token samples than this in the window say nothing about a p95.
+LATENCY_MIN_SAMPLES = 5
 
 
 def scheduled_minimum(model: LlmModel, now: datetime) -> int:
@@ -119,6 +123,19 @@ def autoscale_evaluate(
         ready = Instance.objects.filter(llm_model=model, status=S.READY).count()
         wanted = max(wanted, ready + 1)
         reasons.append(f"KV cache {kv:.0%} > {model.target_kv_cache_usage:.0%}")
+    bound = model.ttft_p95_bound_ms
+    if (
+        bound is not None
+        and load.ttft_p95_ms is not None
+        and load.ttft_samples >= LATENCY_MIN_SAMPLES
+        and load.ttft_p95_ms > bound
+    ):
+        ready = Instance.objects.filter(llm_model=model, status=S.READY).count()
+        wanted = max(wanted, ready + 1)
+        reasons.append(
+            f"TTFT p95 {load.ttft_p95_ms:.0f} ms > {bound} ms "
+            f"({load.ttft_samples} requests in {model.latency_window_s}s)"
+        )
     floor = max(model.min_replicas, scheduled_minimum(model, now))
     if floor > model.min_replicas:
         reasons.append(f"schedule minimum {floor}")
@@ -141,6 +158,9 @@ def autoscale_evaluate(
         **engine,
         "gateway_inflight": load.inflight,
         "gateway_held": load.held,
+        "ttft_p95_ms": load.ttft_p95_ms,
+        "ttft_samples": load.ttft_samples,
+        "ttft_p95_bound_ms": bound,
         "idle_s": round(idle_s, 1) if idle_s is not None else None,
         "floor": floor,
         "max_replicas": model.max_replicas,
@@ -180,7 +200,8 @@ def autoscale_model_code(
     if model is None:
         return None
     board = load_board()
-    load = board.read(model_code_id=model.id)
+    window = float(model.latency_window_s) if model.ttft_p95_bound_ms is not None else None
+    load = board.read(model_code_id=model.id, ttft_window_s=window)
     wanted, reason, inputs = autoscale_evaluate(model=model, load=load, now=now, trigger=trigger)
     if wanted > 0 and Instance.objects.filter(llm_model=model, status=S.READY).exists():
         board.clear_wake(model_code_id=model.id)
