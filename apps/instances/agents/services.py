@@ -15,13 +15,16 @@ import logging
 import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from agent.protocol import (
     AgentState,
@@ -455,14 +458,24 @@ def agent_identify(*, credential: str) -> dict[str, Any]:
     row = dict(zip((name for name, _ in _QUICK_COLUMNS), found, strict=True))
     if not hmac.compare_digest(row["credential_hash"], hashed):
         raise AgentAuthError("Invalid agent credential.")
-    row["id"] = str(row["id"])
+    # As the ORM would read them (SQLite's raw rows hold text: hex ids, ISO dates, JSON).
+    row["id"] = str(uuid.UUID(str(row["id"])))
+    for name in ("status_changed_at", "last_heartbeat_at"):
+        value = parse_datetime(row[name]) if isinstance(row[name], str) else row[name]
+        if value is not None and timezone.is_naive(value):
+            value = value.replace(tzinfo=UTC)  # stored in UTC
+        row[name] = value
     row["engine_status"] = _json(row["engine_status"])
     row["engine_metrics"] = _json(row["engine_metrics"])
     return row
 
 
 def _write_beat(instance_id: str, fields: dict[str, Any]) -> None:
-    """One UPDATE of ``last_heartbeat_at`` and/or ``engine_metrics`` (raw, as the look-up)."""
+    """One UPDATE of ``last_heartbeat_at`` and/or ``engine_metrics`` (raw on PostgreSQL, as
+    the look-up; the ORM on the embedded mode's SQLite)."""
+    if connection.vendor != "postgresql":
+        Instance.objects.filter(id=instance_id).update(**fields)
+        return
     sets, params = [], []
     if "last_heartbeat_at" in fields:
         sets.append("last_heartbeat_at = %s")
