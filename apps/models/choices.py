@@ -5,6 +5,7 @@ from agent.engine_args import TGI_QUANTIZATIONS, VLLM_QUANTIZATIONS
 
 class Engine(models.TextChoices):
     VLLM = "vllm", "vLLM"  # the production engine, on GPU machines
+    TGI = "tgi", "TGI"  # text-generation-inference, on GPU machines (docs/engines.md)
     MOCK = "mock", "Mock"  # built into the agent: speaks vLLM's API, for development and tests
 
 

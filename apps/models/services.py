@@ -137,10 +137,10 @@ def _validate(values: dict[str, Any]) -> dict[str, Any]:
     except ValueError as exc:
         field, _, _ = str(exc).partition(":")
         raise ApplicationError(str(exc), param=field or "engine_args") from None
-    if engine == Engine.VLLM:
+    if engine in (Engine.VLLM, Engine.TGI):
         if values.get("gpu_count", 1) < 1:
             raise ApplicationError(
-                "gpu_count: the vllm engine needs at least one GPU.", param="gpu_count"
+                f"gpu_count: the {engine} engine needs at least one GPU.", param="gpu_count"
             )
         if not values.get("vram_per_gpu_gb") and not values.get("parameter_count_b"):
             raise ApplicationError(
