@@ -87,6 +87,16 @@ class ScalingDecisionEvent(TypedDict):
     at: str
 
 
+class ScalingPolicyEvent(TypedDict):
+    """``EVENT:MODEL_SCALING_POLICY``: a model code's scaling policy changed; the gateways
+    reload their routing table (whether it holds requests at zero, for how long)."""
+
+    model_code_id: int
+    organization_id: int
+    model_code: str
+    at: str
+
+
 class BudgetAlertEvent(TypedDict):
     """``EVENT:BUDGET_ALERT``: a budget crossed a threshold this month (100: the key or the
     organization is blocked until the month's turn or a higher limit)."""
@@ -107,6 +117,7 @@ EventData = (
     | KeyRevokedEvent
     | PongEvent
     | ScalingDecisionEvent
+    | ScalingPolicyEvent
     | BudgetAlertEvent
 )
 
@@ -116,6 +127,7 @@ KEY_REVOKED = "EVENT:KEY_REVOKED"
 KEY_CHANGED = "EVENT:KEY_CHANGED"
 PONG = "EVENT:PONG"
 SCALING_DECISION = "EVENT:SCALING_DECISION"
+SCALING_POLICY = MODEL_EVENT_PREFIX + "SCALING_POLICY"
 BUDGET_ALERT = "EVENT:BUDGET_ALERT"
 
 

@@ -40,9 +40,11 @@ from inventiv.events import (
     INSTANCE_GROUP,
     MODEL_EVENT_PREFIX,
     SCALING_DECISION,
+    SCALING_POLICY,
     STAFF_GROUP,
     ModelStatusEvent,
     ScalingDecisionEvent,
+    ScalingPolicyEvent,
     org_group,
     publish_on_commit,
 )
@@ -438,6 +440,17 @@ def model_set_scaling_policy(*, model: LlmModel, **changes: Any) -> LlmModel:
             organization_id=locked.organization_id,
             target=locked,
             data={name: changes[name] for name in changes if name != "scale_schedules"},
+        )
+        # The gateways' routing snapshot carries holds_at_zero and hold_timeout_s.
+        publish_on_commit(
+            [org_group(locked.organization_id), INSTANCE_GROUP, STAFF_GROUP],
+            SCALING_POLICY,
+            ScalingPolicyEvent(
+                model_code_id=locked.id,
+                organization_id=locked.organization_id,
+                model_code=locked.name,
+                at=timezone.now().isoformat(),
+            ),
         )
         if locked.status in DEPLOYED_STATUSES:
             _wake(locked.id)

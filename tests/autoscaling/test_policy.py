@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from rest_framework.test import APIClient
 
 from apps.accounts.models import AuditEntry, Organization, User
+from apps.gateway.listener import EventListener
 from apps.instances.hosting import POWER_KINDS
 from apps.instances.models import Provider
 from apps.instances.providers import get_adapter
 from apps.models.models import LlmModel, ScalingQuota
 from apps.models.services import scaling_quota_set
 from inventiv.errors import ApplicationError
+from inventiv.events import INSTANCE_GROUP, SCALING_POLICY
 
 pytestmark = pytest.mark.django_db
 
@@ -211,3 +216,33 @@ def test_members_read_the_quota_and_only_operators_set_it(
     assert api.get(url).json()["max_gpus"] == 8
     assert AuditEntry.objects.filter(action="scaling_quota.set").count() == 1
     assert operator.get("/api/v1/organizations/nope/scaling-quota/").status_code == 404
+
+
+def test_a_policy_change_reaches_the_gateways_at_once(
+    api: APIClient, django_capture_on_commit_callbacks: Any
+) -> None:
+    # given the gateways' group subscribed (they hold at zero from their routing snapshot)
+    model_id = _deployed(api)
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)(INSTANCE_GROUP, channel)
+    # when the policy lets the model code scale to zero
+    with django_capture_on_commit_callbacks(execute=True):
+        api.patch(
+            f"/api/v1/model-codes/{model_id}/scaling/", {"min_replicas": 0, "max_replicas": 2}
+        )
+
+    async def receive() -> dict[str, Any]:
+        return await asyncio.wait_for(layer.receive(channel), 5)
+
+    # then the event is published, and a gateway's listener reloads its routing table on it
+    message = async_to_sync(receive)()
+    assert message["event"] == SCALING_POLICY and message["data"]["model_code_id"] == model_id
+    reloads: list[bool] = []
+
+    class Directory:
+        def schedule_reload(self) -> None:
+            reloads.append(True)
+
+    EventListener(Directory(), None).apply(message)  # type: ignore[arg-type]
+    assert reloads == [True]
