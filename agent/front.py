@@ -375,6 +375,9 @@ class EngineFront:
             ssl_keyfile=str(self.tls.key_path),
             timeout_keep_alive=30,
             timeout_graceful_shutdown=2,
+            # The port is reachable from the operator's CIDRs: bound what strangers can hold
+            # open (503 beyond; the gateways keep far fewer connections per process).
+            limit_concurrency=4096,
         )
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="engine-front")
