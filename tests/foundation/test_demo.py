@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -196,3 +197,17 @@ def test_a_second_make_demo_reattaches_to_its_agent_and_streams_at_once(
         for pid in _agents_of(base_url):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_the_migration_check_answers_from_the_recorded_migrations(db: Any) -> None:
+    # Given the suite's database, fully migrated: every migration file is recorded
+    from django.db.migrations.recorder import MigrationRecorder
+
+    from apps.instances.management.commands.run_embedded import _all_recorded, _migrate_if_needed
+
+    assert _all_recorded()
+    assert _migrate_if_needed() is False
+    # When one migration's record is missing, then the quick check says so (the full plan
+    # decides)
+    MigrationRecorder.Migration.objects.filter(app="instances").order_by("-id")[:1].get().delete()
+    assert not _all_recorded()
