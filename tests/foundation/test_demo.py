@@ -21,6 +21,7 @@ from openai import OpenAI
 
 from apps.instances.providers.local import _tagged_pids
 from tests.live import login
+from tests.metrics.helpers import sample
 from tests.processes import ROOT, ProcessGroup, embedded_env, free_port, wait_for
 
 pytestmark = pytest.mark.slow
@@ -133,6 +134,7 @@ def test_a_second_make_demo_reattaches_to_its_agent_and_streams_at_once(
         if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "INVENTIV_TEST_DB_NAME")
     }
     env["INVENTIV_STATE_DIR"] = str(tmp_path / "state")
+    env["INVENTIV_METRICS_TOKEN"] = "demo-metrics"
     processes.env = env
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
@@ -156,6 +158,22 @@ def test_a_second_make_demo_reattaches_to_its_agent_and_streams_at_once(
         assert wait_for(lambda: _first_token(base_url, api_key), timeout=40, interval=0.1)
         portal = login(base_url, banner[2], banner[3])
         assert portal.get("/admin/").status_code == 200
+        # ... with the operators' fleet page and one /metrics for web, worker and fleet
+        fleet = portal.get("/ops/fleet/")
+        assert fleet.status_code == 200 and 'id="provider-local"' in fleet.text
+        scrape = httpx.get(
+            f"{base_url}/metrics", headers={"Authorization": "Bearer demo-metrics"}
+        ).text
+        assert sample(scrape, "fleet_instances", provider="local", status="ready") == 1
+        assert sample(scrape, "fleet_model_codes", status="active") == 1
+        reconciles = sample(
+            scrape,
+            "celery_task_duration_seconds_count",
+            task="apps.instances.tasks.reconcile_task",
+            state="success",
+        )
+        assert reconciles is not None and reconciles >= 1
+        assert sample(scrape, "web_request_duration_seconds_count", route="ops/fleet/") == 1
         agents = _agents_of(base_url)
         assert agents
 
