@@ -139,6 +139,7 @@ def test_a_second_make_demo_reattaches_to_its_agent_and_streams_at_once(
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "manage.py", *DEMO, str(port)]
+    moved_url = base_url
     try:
         # When it runs a first time: it migrates, prints the banner and serves
         first = processes.start("demo-1", command)
@@ -202,6 +203,16 @@ def test_a_second_make_demo_reattaches_to_its_agent_and_streams_at_once(
         second.kill(signal.SIGINT)
         second.proc.wait(20)
 
+        # When it runs on another port, then the kept agent (which calls the former address)
+        # is replaced by one at the new address, which serves
+        other_port = free_port()
+        moved_url = f"http://127.0.0.1:{other_port}"
+        third = processes.start("demo-3", [sys.executable, "manage.py", *DEMO, str(other_port)])
+        assert wait_for(lambda: _first_token(moved_url, api_key), timeout=60, interval=0.1)
+        assert not _agents_of(base_url) and _agents_of(moved_url)
+        third.kill(signal.SIGINT)
+        third.proc.wait(20)
+
         # When the agent is stopped with `make demo-stop`'s command, then none is left
         subprocess.run(
             [sys.executable, "manage.py", "run_embedded", "--stop-agents"],
@@ -210,9 +221,9 @@ def test_a_second_make_demo_reattaches_to_its_agent_and_streams_at_once(
             check=True,
             capture_output=True,
         )
-        assert not _agents_of(base_url)
+        assert not _agents_of(moved_url)
     finally:
-        for pid in _agents_of(base_url):
+        for pid in _agents_of(base_url) + _agents_of(moved_url):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 

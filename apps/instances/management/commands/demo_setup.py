@@ -65,6 +65,18 @@ def demo_ensure() -> tuple[str, str]:
     return state["password"], state["api_key"]
 
 
+def demo_remember_agent_api_url(url: str) -> str | None:
+    """Record the address the demo's agents are given; returns the previous one (None on the
+    first start). Agents left running keep the address they were started with."""
+    state: dict[str, str] = json.loads(_state().read_text()) if _state().exists() else {}
+    previous = state.get("agent_api_url")
+    if previous != url:
+        state["agent_api_url"] = url
+        _state().write_text(json.dumps(state))
+        _state().chmod(0o600)
+    return previous
+
+
 def demo_banner(base: str, password: str, api_key: str) -> list[str]:
     """What a newcomer needs: the portal login, the admin, the key and two ways to call."""
     return [

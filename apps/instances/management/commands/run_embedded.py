@@ -26,7 +26,11 @@ from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.recorder import MigrationRecorder
 
-from apps.instances.management.commands.demo_setup import demo_banner, demo_ensure
+from apps.instances.management.commands.demo_setup import (
+    demo_banner,
+    demo_ensure,
+    demo_remember_agent_api_url,
+)
 from apps.instances.orchestrator import local_fleet_reattach, local_fleet_shutdown
 from apps.instances.tasks import reconcile_task
 from inventiv.celery import app as celery_app
@@ -158,6 +162,10 @@ class Command(BaseCommand):
         if options["demo"]:
             _migrate_if_needed()
             password, api_key = demo_ensure()
+            previous = demo_remember_agent_api_url(settings.AGENT_API_URL)
+            if previous not in (None, settings.AGENT_API_URL):
+                # The kept agents call the former address: fresh ones, at the new address.
+                local_fleet_shutdown(reason=f"the demo moved from {previous}")
             for line in demo_banner(settings.PUBLIC_URL, password, api_key):
                 self.stdout.write(line)
             self.stdout.write(
