@@ -13,9 +13,9 @@ from rest_framework.test import APIClient
 from apps.accounts.models import Organization, User
 from apps.instances.models import Provider
 from apps.instances.orchestrator import model_code_finish_decommission
-from apps.models import services
 from apps.models.choices import MODEL_TRANSITIONS, ModelStatus
 from apps.models.models import LlmModel, ModelCodeEvent
+from apps.models.services import model_codes as services  # model_transition publishes there
 from apps.models.services import model_create, model_transition
 
 M = ModelStatus
