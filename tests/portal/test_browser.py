@@ -92,6 +92,13 @@ def _confirmation_link(platform: Platform, email: str, timeout: float = 10) -> s
     return link
 
 
+# The elements that stick out of the viewport's width (for the failure message).
+WIDEST = """(limit) => [...document.querySelectorAll("body *")]
+  .filter((e) => e.getBoundingClientRect().right > limit)
+  .slice(0, 5).map((e) => e.tagName + "." + e.className + "#" + e.id
+    + " " + Math.round(e.getBoundingClientRect().right))"""
+
+
 class Shots:
     """Screenshots at both widths, named in order."""
 
@@ -106,6 +113,13 @@ class Shots:
         self.count += 1
         for label, size in (("desktop", DESKTOP), ("phone", PHONE)):
             self.page.set_viewport_size(size)
+            if self.page.locator(".chart").count():
+                self.page.wait_for_timeout(300)  # charts redraw to the new width (debounced)
+            # Usable on a phone: nothing wider than the screen (wide tables scroll inside).
+            width = self.page.evaluate("document.documentElement.scrollWidth")
+            if width > size["width"]:
+                widest = self.page.evaluate(WIDEST, size["width"])
+                raise AssertionError(f"{name}: {width} px wide at {size['width']} px: {widest}")
             self.page.screenshot(
                 path=str(ARTIFACTS / f"{self.count:02d}-{name}-{label}.png"), full_page=True
             )
@@ -172,6 +186,10 @@ def test_a_newcomer_deploys_calls_and_shares_a_model_from_the_portal(
         _sign_up(page, portal_platform, "olivia@example.com")
         expect(page.get_by_text("No model code yet")).to_be_visible()
         expect(page.locator("#live")).to_have_text("live")
+        page.keyboard.press("Tab")  # keyboard first: the skip link, then the menu
+        expect(page.locator("a.skip")).to_be_focused()
+        page.keyboard.press("Enter")
+        expect(page.locator("#main")).to_be_focused()
         org_slug = page.locator("#org-switch").input_value()
         org_name = page.locator("h1").inner_text()
         shots.take("dashboard-empty")
