@@ -107,6 +107,23 @@
     root.querySelectorAll("form[data-confirm]").forEach(function (form) {
       form.addEventListener("submit", function (e) { if (!window.confirm(form.dataset.confirm)) e.preventDefault(); });
     });
+    // Progress while the server works, and no second submission of the same form.
+    root.querySelectorAll("form[method=post]").forEach(function (form) {
+      if (form.dataset.busyBound) return;
+      form.dataset.busyBound = "1";
+      form.addEventListener("submit", function (e) {
+        if (e.defaultPrevented) return;
+        if (form.dataset.busy) { e.preventDefault(); return; }
+        form.dataset.busy = "1";
+        form.setAttribute("aria-busy", "true");
+        const button = e.submitter;
+        if (button && button.tagName === "BUTTON") {
+          button.dataset.label = button.textContent;
+          // Disabled after the submission is built, so its name/value still goes with it.
+          setTimeout(function () { button.disabled = true; button.textContent = button.dataset.label + "…"; }, 0);
+        }
+      });
+    });
     root.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
       select.addEventListener("change", function () { select.form.submit(); });
     });
@@ -224,6 +241,16 @@
       }
     });
   }
+
+  // A page restored from the back-forward cache gets its forms back.
+  window.addEventListener("pageshow", function (e) {
+    if (!e.persisted) return;
+    document.querySelectorAll("form[data-busy]").forEach(function (form) {
+      delete form.dataset.busy;
+      form.removeAttribute("aria-busy");
+      form.querySelectorAll("button[data-label]").forEach(function (b) { b.disabled = false; b.textContent = b.dataset.label; });
+    });
+  });
 
   document.addEventListener("DOMContentLoaded", function () {
     bind(document);

@@ -501,3 +501,42 @@ def test_an_expired_invitation_shows_as_such(
     )
     Invitation.objects.filter(id=invitation.id).update(expires_at=timezone.now())
     assert "expired" in _text(olivia.get("/organization/"))
+
+
+def test_the_dashboard_and_model_page_read_in_a_constant_number_of_queries(
+    olivia: Client, owner_org: Organization, local: Provider, bot: LlmModel
+) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def counted(path: str) -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert olivia.get(path).status_code == 200
+        return len(queries)
+
+    def add(n: int) -> None:
+        for i in range(n):
+            model = model_create(
+                organization=owner_org,
+                name=f"bot-{Instance.objects.count()}-{i}",
+                engine=Engine.MOCK,
+                model_id="org/m",
+                gpu_count=0,
+            )
+            for target in (model, bot):
+                Instance.objects.create(
+                    organization=owner_org,
+                    llm_model=target,
+                    provider=local,
+                    status=InstanceStatus.READY,
+                    status_changed_at=timezone.now(),
+                    engine_secret_encrypted="x",
+                )
+            api_key_create(organization=owner_org, name=f"k{i}", model_codes=[model, bot])
+
+    add(1)
+    dashboard, model_page, keys = counted("/"), counted(f"/models/{bot.id}/"), counted("/keys/")
+    add(5)
+    assert counted("/") == dashboard
+    assert counted(f"/models/{bot.id}/") == model_page
+    assert counted("/keys/") == keys
