@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +25,11 @@ import pytest
 from django.core.management import call_command
 
 from apps.accounts.models import Membership, Organization, User
-from apps.instances.choices import InstanceStatus, ProviderKind
+from apps.instances.choices import ProviderKind
 from apps.instances.models import Instance, Provider
-from tests.instances.conftest import Platform
-from tests.processes import ROOT, ProcessGroup, wait_for
+from apps.instances.providers.local import _tagged_pids
+from tests.instances.conftest import FAST
+from tests.processes import PYTHON, ROOT, ManagedProcess, ProcessGroup, free_port, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -45,6 +47,42 @@ def chromium_path() -> Path:
             pytest.fail("Debian's chromium is missing: .ci/run installs it (apt-get install)")
         pytest.skip("no /usr/bin/chromium (apt-get install chromium)")
     return CHROMIUM
+
+
+UVICORN = ["--host", "127.0.0.1", "--lifespan", "off", "--log-level", "warning"]
+WORKER = ["-P", "threads", "-c", "4", "--without-heartbeat", "--without-mingle"]
+WORKER += ["--without-gossip", "-l", "INFO", "-n"]
+
+
+class Platform:
+    """The control plane as real processes (web with the gateway mounted, Celery worker and
+    beat, as tests.instances.conftest.Platform) started side by side: each waits on its own
+    start-up, not on the one before (the worker knows the web's address in advance)."""
+
+    def __init__(self, group: ProcessGroup) -> None:
+        for key, value in FAST.items():
+            group.env.setdefault(key, value)
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        group.env["INVENTIV_AGENT_API_URL"] = self.url
+        self.web: ManagedProcess = group.start(
+            "web",
+            [PYTHON, "-m", "uvicorn", "inventiv.asgi:application", *UVICORN, "--port", str(port)],
+            INVENTIV_PUBLIC_URL=self.url,
+        )
+        name = f"portal{os.getpid()}@%h"
+        worker = group.start(
+            "worker", [PYTHON, "-m", "celery", "-A", "inventiv", "worker", *WORKER, name]
+        )
+        group.start(
+            "beat",
+            [PYTHON, "-m", "celery", "-A", "inventiv", "beat", "-s", str(group.log_dir / "beat")],
+        )
+        group.wait_http(self.web, self.url + "/healthz")
+        wait_for(
+            lambda: "ready." in worker.log() or not worker.alive(), timeout=30, message="worker"
+        )
+        assert worker.alive(), worker.log()
 
 
 @pytest.fixture
@@ -67,14 +105,14 @@ def portal_platform(processes: ProcessGroup, settings: Any, tmp_path: Path) -> I
             "EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend",
         }
     )
-    settings.HEARTBEAT_INTERVAL_S = 0.3
-    platform = Platform(processes, settings)
-    yield platform
-    for instance in Instance.objects.exclude(status=InstanceStatus.TERMINATED):
-        from apps.instances.providers.local import _tagged_pids
-
-        for pid in _tagged_pids().get(str(instance.id), []):
-            os.kill(pid, 9)
+    # The test process sends commands too (on commit): the platform's timings.
+    settings.HEARTBEAT_INTERVAL_S = float(FAST["INVENTIV_HEARTBEAT_INTERVAL_S"])
+    yield Platform(processes)
+    ids = {str(i) for i in Instance.objects.values_list("id", flat=True)}
+    for instance_id, pids in _tagged_pids().items():
+        if instance_id in ids:
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
 
 
 def _confirmation_link(platform: Platform, email: str, timeout: float = 10) -> str:
