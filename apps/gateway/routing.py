@@ -87,6 +87,9 @@ class PreparedTable:
 
     routes: dict[tuple[int, str], ModelRoute]
     fresh: list[InstanceState]
+    by_org: dict[int, list[ModelRoute]]
+    by_id: dict[int, tuple[int, str]]
+    live: set[str]  # the ids of the instances routed
 
 
 class RoutingTable:
@@ -138,25 +141,25 @@ class RoutingTable:
         """Everything a full snapshot needs, built without changing the table."""
         routes: dict[tuple[int, str], ModelRoute] = {}
         fresh: list[InstanceState] = []
+        by_org: dict[int, list[ModelRoute]] = {}
         for m in models:
             route, made = self._build(m)
             routes[(m.organization_id, m.name)] = route
+            by_org.setdefault(m.organization_id, []).append(route)
             fresh.extend(made)
-        return PreparedTable(routes, fresh)
+        by_id = {route.snapshot.id: key for key, route in routes.items()}
+        live = {inst.id for route in routes.values() for inst in route.instances}
+        return PreparedTable(routes, fresh, by_org, by_id, live)
 
     def install(self, prepared: PreparedTable) -> None:
-        """Install a prepared full snapshot (the periodic refresh, the safety net)."""
+        """Install a prepared full snapshot (the periodic refresh, the safety net): on the
+        event loop, only the new states adopted, the forgotten ones dropped and three swaps."""
         self._adopt(prepared.fresh)
-        routes = prepared.routes
-        by_org: dict[int, list[ModelRoute]] = {}
-        for route in routes.values():
-            by_org.setdefault(route.snapshot.organization_id, []).append(route)
-        live = {inst.id for route in routes.values() for inst in route.instances}
+        live = prepared.live
         for instance_id in [i for i in self._states if i not in live]:
             if self._states[instance_id].outstanding == 0:
                 del self._states[instance_id]
-        self.routes, self.by_org = routes, by_org
-        self.by_id = {route.snapshot.id: key for key, route in routes.items()}
+        self.routes, self.by_org, self.by_id = prepared.routes, prepared.by_org, prepared.by_id
 
     def replace(self, models: list[ModelSnapshot]) -> None:
         """Install a full snapshot at once (``prepare`` then ``install``)."""
