@@ -5,6 +5,7 @@ same access-checked selectors as REST (someone else's object is "not found")."""
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -16,6 +17,7 @@ from apps.accounts.choices import Role
 from apps.accounts.models import Invitation, Membership, Organization, User
 from apps.accounts.services import invitation_create, membership_set, user_create
 from apps.billing.models import Budget, UsageRecord
+from apps.billing.services.rollups import usage_rollup
 from apps.gateway.models import ApiKey
 from apps.gateway.services import api_key_create
 from apps.instances.choices import InstanceStatus, ProviderKind
@@ -421,7 +423,16 @@ def test_usage_shows_totals_by_model_and_key_and_budget_warnings(
     assert re.search(r"<code>sales-bot</code></td><td><meter [^>]*></meter> 400", page)
     assert re.search(r"<td>ci</td><td><meter [^>]*></meter> 400", page)
     assert "Budget reached" in page
-    assert 'id="usage-series"' in page and "/api/v1/usage/export.csv?since=" in page
+    assert 'id="usage-series"' in page
+    # The export link works with the session: the day's rollup (the billing pass's) of both
+    usage_rollup(since=now - timedelta(hours=1))
+    link = re.search(r'id="csv-export" href="([^"]+)"', page)
+    assert link and link.group(1).startswith("/api/v1/usage/export.csv?since=")
+    export = olivia.get(link.group(1).replace("&amp;", "&"))
+    assert export.status_code == 200, export.content[:300]
+    assert export["Content-Type"].startswith("text/csv")
+    rows = export.content.decode().splitlines()
+    assert len(rows) == 2 and ",sales-bot," in rows[1] and ",2,400,0," in rows[1], rows
 
 
 def test_budgets_are_set_with_clear_errors(olivia: Client, owner_org: Organization) -> None:

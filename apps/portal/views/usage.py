@@ -66,7 +66,7 @@ def _context(portal: Portal, form: BudgetForm) -> dict[str, Any]:
         "warnings": [b for b in budgets if b.level != "ok"],
         "form": form,
         "can_manage": portal.can(Capability.BILLING_MANAGE),
-        "export_since": since.date().isoformat(),
+        "export_since": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 
