@@ -34,6 +34,7 @@ from typing import Any
 from bench.gateway import (
     ROOT,
     Runs,
+    _cpu_s,
     _create_database,
     _drop_database,
     _free_port,
@@ -170,18 +171,21 @@ def main(argv: list[str] | None = None) -> int:
         sealed_key = _sealed_org(front_port, engine_secret, fingerprint)
         gateway = _start_gateway("uvicorn", 1, env, None)
         procs.append(gateway.proc)
-        targets: list[tuple[str, str, str, Any]] = [
-            ("engine", f"http://127.0.0.1:{engine_port}/v1/chat/completions", engine_secret, True),
-            ("front", f"https://127.0.0.1:{front_port}/v1/chat/completions", engine_secret, pin),
-            ("gateway-direct", f"{gateway.url}/v1/chat/completions", direct_key, True),
-            ("gateway-sealed", f"{gateway.url}/v1/chat/completions", sealed_key, True),
+        gateway_cpu = lambda: _cpu_s(gateway.proc.pid)  # noqa: E731
+        front_cpu = lambda: _cpu_s(front.pid)  # noqa: E731
+        chat = "/v1/chat/completions"
+        targets: list[tuple[str, str, str, Any, Any]] = [
+            ("engine", f"http://127.0.0.1:{engine_port}{chat}", engine_secret, True, None),
+            ("front", f"https://127.0.0.1:{front_port}{chat}", engine_secret, pin, front_cpu),
+            ("gateway-direct", f"{gateway.url}{chat}", direct_key, True, gateway_cpu),
+            ("gateway-sealed", f"{gateway.url}{chat}", sealed_key, True, gateway_cpu),
         ]
         runs = Runs()
         errors: dict[str, int] = {}
         for _ in range(args.runs):
             for stream in modes:
                 for concurrency in levels:
-                    for name, url, token, ssl in targets:
+                    for name, url, token, ssl, cpu in targets:
                         result = _uv_run(
                             _run(
                                 url,
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                                 concurrency=concurrency,
                                 duration=args.duration,
                                 max_tokens=args.max_tokens,
-                                cpu=None,
+                                cpu=cpu,
                                 ssl=ssl,
                             )
                         )
@@ -224,7 +228,10 @@ def _print(
         f"\nSealed data plane: {args.runs} interleaved runs x {args.duration:g} s per cell, "
         f"{args.max_tokens}-token answers, medians over runs (cores: {os.cpu_count()})\n"
     )
-    print(f"{'mode':<7}{'conc':>5}  {'target':<16}{'req/s':>9}{'p50 ms':>9}{'ttft50 ms':>11}")
+    print(
+        f"{'mode':<7}{'conc':>5}  {'target':<16}{'req/s':>9}{'p50 ms':>9}{'ttft50 ms':>11}"
+        f"{'CPU us/req':>12}"
+    )
     for stream in modes:
         for c in levels:
             cell = (stream, c)
@@ -232,10 +239,20 @@ def _print(
                 rps = runs.med(cell, name, lambda r: r.rps)
                 p50 = runs.med(cell, name, lambda r: r.p50)
                 ttft = runs.med(cell, name, lambda r: r.ttft50)
+                cpu = runs.med(cell, name, lambda r: r.cpu_s / r.count * 1e6 if r.count else 0)
                 mode = "stream" if stream else "plain"
-                print(f"{mode:<7}{c:>5}  {name:<16}{rps:>9.0f}{p50:>9.2f}{ttft:>11.2f}")
+                shown = f"{cpu:>12.0f}" if name != "engine" else f"{'':>12}"
+                print(f"{mode:<7}{c:>5}  {name:<16}{rps:>9.0f}{p50:>9.2f}{ttft:>11.2f}{shown}")
+    print(
+        "\nCPU us/req: the gateway's processes' CPU per request (the front's for 'front'), from"
+        " /proc over the measured window: on a real deployment the front runs on the GPU"
+        " machine, and the gateway's own extra CPU (TLS to the front) is what its host pays."
+    )
     print("\nThe hop: sealed minus its direct twin (same run, median over runs)")
-    print(f"{'mode':<7}{'conc':>5}  {'pair':<34}{'+p50 ms':>9}{'+ttft ms':>10}{'req/s ratio':>13}")
+    print(
+        f"{'mode':<7}{'conc':>5}  {'pair':<34}{'+p50 ms':>9}{'+ttft ms':>10}{'req/s ratio':>13}"
+        f"{'+gw CPU us/req':>16}"
+    )
     for stream in modes:
         for c in levels:
             cell = (stream, c)
@@ -244,10 +261,19 @@ def _print(
                 added = statistics.median(s.p50 - d.p50 for s, d in pairs)
                 added_ttft = statistics.median(s.ttft50 - d.ttft50 for s, d in pairs)
                 ratio = statistics.median(s.rps / d.rps for s, d in pairs if d.rps)
+                cpu = ""
+                if sealed == "gateway-sealed":
+                    extra = statistics.median(
+                        (s.cpu_s / s.count - d.cpu_s / d.count) * 1e6
+                        for s, d in pairs
+                        if s.count and d.count
+                    )
+                    cpu = f"{extra:>+16.0f}"
                 mode = "stream" if stream else "plain"
                 label = f"{sealed} vs {direct}"
                 print(
                     f"{mode:<7}{c:>5}  {label:<34}{added:>+9.2f}{added_ttft:>+10.2f}{ratio:>13.2f}"
+                    + cpu
                 )
     print(f"\nErrors: {errors}")
 
