@@ -85,7 +85,7 @@
     resizeTimer = setTimeout(function () { drawCharts(document); }, 200);
   });
 
-  // --- Small behaviours: copy, select on focus, confirm, auto-submit, hand a key to the
+  // --- Small behaviours: copy, select on focus, confirm, hand a key to the
   // playground (the tab's sessionStorage only).
   function bind(root) {
     root.querySelectorAll("[data-copy]").forEach(function (button) {
@@ -123,9 +123,6 @@
           setTimeout(function () { button.disabled = true; button.textContent = button.dataset.label + "…"; }, 0);
         }
       });
-    });
-    root.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
-      select.addEventListener("change", function () { select.form.submit(); });
     });
     root.querySelectorAll("[data-use-key]").forEach(function (button) {
       button.addEventListener("click", function () {

@@ -315,6 +315,7 @@ def test_a_newcomer_deploys_calls_and_shares_a_model_from_the_portal(
         _sign_up(teammate, portal_platform, "max@example.com")
         expect(teammate.locator("#org-switch")).to_contain_text(org_name)
         teammate.locator("#org-switch").select_option(org_slug)
+        teammate.get_by_role("button", name="Switch").click()
         expect(teammate.locator("#model-codes")).to_contain_text("support-bot")
         page.goto("/organization/")
         expect(page.locator("#members")).to_contain_text("max@example.com")
