@@ -181,7 +181,7 @@ def test_a_second_make_demo_reattaches_to_its_agent_and_streams_at_once(
         # ... and is stopped with Ctrl-C: its agent stays, parked
         first.kill(signal.SIGINT)
         first.proc.wait(20)
-        assert "Stopped" not in first.log()
+        assert "Stopped" not in first.log() and "Traceback" not in first.log()
         assert _agents_of(base_url) == agents
 
         # When `make demo` runs again

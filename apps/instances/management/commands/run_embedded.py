@@ -8,6 +8,7 @@ next start reattaches to it (``make demo-stop`` stops it)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -206,7 +207,8 @@ class Command(BaseCommand):
         # ``finally`` below (as Ctrl-C does) so that local instances are stopped.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
-            server.run()
+            with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C, as uvicorn.run does
+                server.run()
             if not server.started:
                 raise CommandError(f"the server could not start on port {options['port']}")
         finally:
