@@ -93,7 +93,7 @@ class PreparedTable:
     fresh: list[InstanceState]
     by_org: dict[int, list[ModelRoute]]
     by_id: dict[int, tuple[int, str]]
-    live: set[str]  # the ids of the instances routed
+    stale: list[str]  # known instances no longer routed (when it was prepared)
 
 
 class RoutingTable:
@@ -153,15 +153,16 @@ class RoutingTable:
             fresh.extend(made)
         by_id = {route.snapshot.id: key for key, route in routes.items()}
         live = {inst.id for route in routes.values() for inst in route.instances}
-        return PreparedTable(routes, fresh, by_org, by_id, live)
+        stale = [i for i in list(self._states) if i not in live]
+        return PreparedTable(routes, fresh, by_org, by_id, stale)
 
     def install(self, prepared: PreparedTable) -> None:
         """Install a prepared full snapshot (the periodic refresh, the safety net): on the
         event loop, only the new states adopted, the forgotten ones dropped and three swaps."""
         self._adopt(prepared.fresh)
-        live = prepared.live
-        for instance_id in [i for i in self._states if i not in live]:
-            if self._states[instance_id].outstanding == 0:
+        for instance_id in prepared.stale:
+            state = self._states.get(instance_id)
+            if state is not None and state.outstanding == 0:
                 del self._states[instance_id]
         self.routes, self.by_org, self.by_id = prepared.routes, prepared.by_org, prepared.by_id
 
