@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -31,6 +31,7 @@ from apps.accounts.selectors import (
 from inventiv.errors import ApplicationError, Forbidden, NotFound
 
 P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,14 @@ class Portal:
 
     def can(self, capability: Capability | str) -> bool:
         return role_can(self.membership.role, Capability(capability))
+
+    def mine(self, obj: T) -> T:
+        """``obj`` if it belongs to the organization the user works in, else the same 404 as a
+        missing one: the role checked by ``require`` is the one in *this* organization, so an
+        object of another organization the user belongs to must not be acted on from here."""
+        if getattr(obj, "organization_id", None) != self.membership.organization_id:
+            raise NotFound("Not found.")
+        return obj
 
     def require(self, capability: Capability) -> None:
         """403 (``Forbidden``, in words) unless the role may ``capability``."""

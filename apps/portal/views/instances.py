@@ -73,7 +73,7 @@ def _metrics(instance: Instance) -> list[tuple[str, Any]]:
 
 @portal_view
 def instance_page(request: HttpRequest, portal: Portal, instance_id: str) -> HttpResponse:
-    instance = instance_get_for_user(user=portal.user, instance_id=instance_id)
+    instance = portal.mine(instance_get_for_user(user=portal.user, instance_id=instance_id))
     heartbeat_age = (
         (timezone.now() - instance.last_heartbeat_at).total_seconds()
         if instance.last_heartbeat_at

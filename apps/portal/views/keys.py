@@ -100,7 +100,7 @@ def keys(request: HttpRequest, portal: Portal) -> HttpResponse:
 
 
 def _key(portal: Portal, key_id: int) -> ApiKey:
-    key = api_key_get_for_user(user=portal.user, key_id=key_id)
+    key = portal.mine(api_key_get_for_user(user=portal.user, key_id=key_id))
     portal.require(Capability.KEYS_MANAGE)
     return key
 

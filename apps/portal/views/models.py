@@ -171,7 +171,7 @@ def _model_context(portal: Portal, model: LlmModel, request: HttpRequest) -> dic
 
 @portal_view
 def model_page(request: HttpRequest, portal: Portal, model_code_id: int) -> HttpResponse:
-    model = model_get_for_user(user=portal.user, model_code_id=model_code_id)
+    model = portal.mine(model_get_for_user(user=portal.user, model_code_id=model_code_id))
     context = _model_context(portal, model, request)
     if request.headers.get("HX-Request"):
         return render(request, "portal/_model_live.html", context)
@@ -179,7 +179,7 @@ def model_page(request: HttpRequest, portal: Portal, model_code_id: int) -> Http
 
 
 def _act(request: HttpRequest, portal: Portal, model_code_id: int, action: str) -> HttpResponse:
-    model = model_get_for_user(user=portal.user, model_code_id=model_code_id)
+    model = portal.mine(model_get_for_user(user=portal.user, model_code_id=model_code_id))
     try:
         portal.require(Capability.DEPLOYMENTS_MANAGE)
         if action == "replicas":

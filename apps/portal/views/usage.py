@@ -90,7 +90,7 @@ def budgets(request: HttpRequest, portal: Portal) -> HttpResponse:
         data = form.cleaned_data
         try:
             key = (
-                api_key_get_for_user(user=portal.user, key_id=int(data["api_key"]))
+                portal.mine(api_key_get_for_user(user=portal.user, key_id=int(data["api_key"])))
                 if data.get("api_key")
                 else None
             )
@@ -112,7 +112,7 @@ def budgets(request: HttpRequest, portal: Portal) -> HttpResponse:
 @require_POST
 @portal_view
 def budget_remove(request: HttpRequest, portal: Portal, budget_id: int) -> HttpResponse:
-    budget = budget_get_for_user(user=portal.user, budget_id=budget_id)
+    budget = portal.mine(budget_get_for_user(user=portal.user, budget_id=budget_id))
     try:
         portal.require(Capability.BILLING_MANAGE)
         budget_delete(budget=budget)

@@ -1,0 +1,67 @@
+"""A role is the role in the organization the portal works in: someone who owns their own
+organization and is a plain member of another must not manage the other's objects from it
+(a key rotated or revoked, a model code decommissioned, a budget removed), whatever id they post."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from django.test import Client
+
+from apps.accounts.choices import Role
+from apps.accounts.models import Organization, User
+from apps.accounts.services import membership_set, user_create
+from apps.billing.models import Budget
+from apps.billing.services.budgets import budget_set
+from apps.gateway.models import ApiKey
+from apps.gateway.services import api_key_create
+from apps.models.choices import Engine, ModelStatus
+from apps.models.services import model_create
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_member_elsewhere_manages_nothing_of_that_organization_from_their_own(
+    owner: User, owner_org: Organization
+) -> None:
+    # Given Max, owner of his personal organization (where he works) and a member of Olivia's
+    max_ = user_create(email="max@example.com", password="correct-horse-9")
+    membership_set(organization=owner_org, user=max_, role=Role.MEMBER)
+    mine = Organization.objects.get(
+        memberships__user=max_, memberships__role=Role.OWNER, personal=True
+    )
+    max_.default_organization = mine
+    max_.save()
+    key, _ = api_key_create(organization=owner_org, name="ci")
+    bot = model_create(
+        organization=owner_org,
+        name="sales-bot",
+        engine=Engine.MOCK,
+        model_id="meta-llama/Llama-3.1-8B-Instruct",
+        gpu_count=0,
+    )
+    budget = budget_set(organization=owner_org, currency="EUR", monthly_limit=Decimal("10"))
+    browser = Client()
+    browser.force_login(max_)
+
+    for path in [
+        f"/keys/{key.id}/rotate/",
+        f"/keys/{key.id}/revoke/",
+        f"/keys/{key.id}/limits/",
+        f"/models/{bot.id}/decommission/",
+        f"/usage/budgets/{budget.id}/delete/",
+    ]:
+        assert browser.post(path).status_code == 404, path
+    assert browser.get(f"/models/{bot.id}/").status_code == 404
+    # and nothing changed: no new secret, the key live, the model code and the budget kept
+    key.refresh_from_db()
+    bot.refresh_from_db()
+    assert key.revoked_at is None and not ApiKey.objects.filter(rotated_from=key).exists()
+    assert bot.status == ModelStatus.DRAFT
+    assert Budget.objects.filter(id=budget.id).exists()
+
+    # Once he works in Olivia's organization his member role applies there (403, not 404)
+    max_.default_organization = owner_org
+    max_.save()
+    assert browser.post(f"/keys/{key.id}/rotate/").status_code == 403
