@@ -74,8 +74,28 @@ def portal_of(request: HttpRequest) -> Portal:
     # The audit trail's actor for the services this request calls (REST does the same in
     # request_user), and whether the session came by single sign-on (organization_ids_for_user).
     audit_context_set_actor(user, sso=sso)
-    membership = organization_membership_for_user(user=user, slug=None)
+    try:
+        membership = organization_membership_for_user(user=user, slug=None)
+    except Forbidden as exc:
+        # A password session whose default organization requires single sign-on works in
+        # another of the user's organizations (their own first) rather than being locked out
+        # of every page, switching included; with none left, the refusal stands.
+        if exc.code != "sso_required":
+            raise
+        fallback = _membership_without_sso(user)
+        if fallback is None:
+            raise
+        membership = fallback
     return Portal(user=user, membership=membership, sso=sso)
+
+
+def _membership_without_sso(user: User) -> Membership | None:
+    return (
+        Membership.objects.select_related("organization")
+        .filter(user=user, organization__require_sso=False)
+        .order_by("-organization__personal", "organization__name")
+        .first()
+    )
 
 
 def error_page(request: HttpRequest, exc: ApplicationError) -> HttpResponse:

@@ -1,6 +1,9 @@
-"""A role is the role in the organization the portal works in: someone who owns their own
-organization and is a plain member of another must not manage the other's objects from it
-(a key rotated or revoked, a model code decommissioned, a budget removed), whatever id they post."""
+"""Working across organizations in the portal. A role is the role in the organization the
+portal works in: someone who owns their own organization and is a plain member of another must
+not manage the other's objects from it (a key rotated or revoked, a model code decommissioned, a
+budget removed), whatever id they post. A password session whose default organization requires
+single sign-on works in another of the user's organizations instead of being locked out, and the
+organization switch never redirects off the site."""
 
 from __future__ import annotations
 
@@ -65,3 +68,56 @@ def test_a_member_elsewhere_manages_nothing_of_that_organization_from_their_own(
     max_.default_organization = owner_org
     max_.save()
     assert browser.post(f"/keys/{key.id}/rotate/").status_code == 403
+
+
+def test_a_password_session_defaulting_to_an_sso_organization_works_in_another(
+    owner: User, owner_org: Organization
+) -> None:
+    # Given Max, signed in with a password, whose default is Olivia's organization, which
+    # requires single sign-on
+    max_ = user_create(email="max@example.com", password="correct-horse-9")
+    membership_set(organization=owner_org, user=max_, role=Role.MEMBER)
+    owner_org.require_sso = True
+    owner_org.save()
+    max_.default_organization = owner_org
+    max_.save()
+    model_create(
+        organization=owner_org,
+        name="sso-bot",
+        engine=Engine.MOCK,
+        model_id="meta-llama/Llama-3.1-8B-Instruct",
+        gpu_count=0,
+    )
+    browser = Client()
+    browser.force_login(max_)
+
+    # the portal works in his own organization: it answers, without Olivia's model codes
+    page = browser.get("/")
+    assert page.status_code == 200 and "sso-bot" not in page.content.decode()
+    assert browser.get("/organization/").status_code == 200
+    # and the switch stays usable, never redirecting off the site
+    mine = Organization.objects.get(
+        memberships__user=max_, memberships__role=Role.OWNER, personal=True
+    )
+    for target in ["/\\evil.example", "//evil.example", "https://evil.example/"]:
+        switched = browser.post(
+            "/organization/switch/", {"organization": mine.slug, "next": target}
+        )
+        assert switched.status_code == 302 and switched["Location"] == "/", target
+    assert (
+        browser.post("/organization/switch/", {"organization": mine.slug, "next": "/keys/"})[
+            "Location"
+        ]
+        == "/keys/"
+    )
+
+
+def test_with_only_sso_organizations_a_password_session_is_refused_in_words(
+    owner: User, owner_org: Organization
+) -> None:
+    owner_org.require_sso = True
+    owner_org.save()
+    browser = Client()
+    browser.force_login(owner)
+    page = browser.get("/")
+    assert page.status_code == 403 and "single sign-on" in page.content.decode()

@@ -10,6 +10,7 @@ from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from apps.accounts import selectors, services
@@ -149,7 +150,8 @@ def switch(request: HttpRequest, portal: Portal) -> HttpResponse:
     services.user_set_default_organization(user=portal.user, organization=membership.organization)
     messages.success(request, f"Now working in {membership.organization.name}.")
     target = request.POST.get("next", "")
-    return redirect(target if target.startswith("/") and not target.startswith("//") else "/")
+    safe = url_has_allowed_host_and_scheme(target, allowed_hosts=None) and target.startswith("/")
+    return redirect(target if safe else "/")
 
 
 @require_POST
