@@ -232,16 +232,24 @@ class RedisPipe:
                 if self._db:
                     await self._send(proto, _encode(("SELECT", self._db)), 1, False)
         except (OSError, TimeoutError) as exc:
-            self._proto = None
-            raise redis.ConnectionError(
+            # A connection made but not ready (AUTH or SELECT too slow): close it and fail what
+            # was sent on it, or their replies would be read as the next connection's.
+            error = redis.ConnectionError(
                 f"cannot connect to Redis at {self._host}:{self._port}: {exc}"
-            ) from None
+            )
+            self._abandon()
+            self._fail(error)
+            raise error from None
         except BaseException:
-            if self._proto is not None and self._proto.transport is not None:
-                self._proto.transport.close()
-            self._proto = None
+            self._abandon()
+            self._fail(redis.ConnectionError("the connection to Redis was abandoned"))
             raise
         return proto
+
+    def _abandon(self) -> None:
+        proto, self._proto = self._proto, None
+        if proto is not None and proto.transport is not None:
+            proto.transport.close()
 
     # --- sending and receiving -------------------------------------------------------------
     def _send(
@@ -327,9 +335,12 @@ class RedisPipe:
             return
         late = time.monotonic() - self._waiters[0].sent_at
         if late >= self.reply_timeout_s:
+            error = redis.TimeoutError("Redis did not answer in time")
             proto = self._proto
             if proto is not None:
-                self._lost(proto, redis.TimeoutError("Redis did not answer in time"))
+                self._lost(proto, error)
+            else:  # no connection to close, but its commands must not wait for ever
+                self._fail(error)
             return
         self._watchdog = asyncio.get_running_loop().call_later(
             self.reply_timeout_s - late, self._check

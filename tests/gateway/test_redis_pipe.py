@@ -123,3 +123,79 @@ def test_it_reports_an_unreachable_redis_as_a_connection_error(run):
 
     with pytest.raises(redis.ConnectionError):
         run(scenario())
+
+
+class _FakeRedis:
+    """A Redis on a local port that never answers its first connection (a stalled AUTH) and
+    answers AUTH, PING and ECHO on the next ones; it counts the connections still open."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.open = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.open += 1
+        silent = self.accepted == 1
+        try:
+            while True:
+                header = await reader.readline()
+                if not header:
+                    return
+                args = []
+                for _ in range(int(header[1:])):
+                    size = int((await reader.readline())[1:])
+                    args.append((await reader.readexactly(size + 2))[:-2])
+                if silent:
+                    continue
+                command = args[0].upper()
+                if command == b"ECHO":
+                    writer.write(b"$%d\r\n%s\r\n" % (len(args[1]), args[1]))
+                else:
+                    writer.write(b"+OK\r\n" if command == b"AUTH" else b"+PONG\r\n")
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+def test_a_slow_auth_fails_its_commands_and_the_next_connection_gets_its_own_replies(run):
+    async def scenario() -> tuple[list[str], list[object], int, int]:
+        fake = _FakeRedis()
+        port = await fake.start()
+        pipe = RedisPipe(f"redis://:secret@127.0.0.1:{port}/0", connect_timeout_s=0.3)
+        first = asyncio.ensure_future(pipe.execute("ECHO", "first"))
+        await asyncio.sleep(0.05)  # connected, AUTH unanswered: this one is sent behind it
+        queued = asyncio.ensure_future(pipe.execute("ECHO", "queued"))
+        errors = []
+        for task in (first, queued):
+            with pytest.raises(redis.ConnectionError) as failed:
+                await asyncio.wait_for(task, 3)
+            errors.append(str(failed.value))
+        later = [await asyncio.wait_for(pipe.execute("ECHO", w), 3) for w in ("a", "b")]
+        later.append(await asyncio.wait_for(pipe.execute("PING"), 3))
+        for _ in range(100):  # the stalled connection is closed by the client
+            if fake.open == 1:
+                break
+            await asyncio.sleep(0.01)
+        open_before_close = fake.open
+        await pipe.aclose()
+        for _ in range(100):
+            if fake.open == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert fake.server is not None
+        fake.server.close()
+        return errors, later, open_before_close, fake.open
+
+    errors, later, open_before_close, open_after = run(scenario())
+
+    assert all("cannot connect to Redis" in e for e in errors)
+    assert later == [b"a", b"b", b"PONG"]
+    assert (open_before_close, open_after) == (1, 0)
