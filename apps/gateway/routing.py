@@ -161,6 +161,7 @@ class RoutingTable:
         event loop, only the new states adopted, the forgotten ones dropped and three swaps."""
         self._adopt(prepared.fresh)
         for instance_id in prepared.stale:
+            TUNNELS.release(instance_id)  # its local listener, if tunneled
             state = self._states.get(instance_id)
             if state is not None and state.outstanding == 0:
                 del self._states[instance_id]
@@ -204,6 +205,7 @@ class RoutingTable:
             return False
         instances = tuple(i for i in route.snapshot.instances if i.id != instance_id)
         self.upsert(dataclasses.replace(route.snapshot, instances=instances))
+        TUNNELS.release(instance_id)  # its local listener, if tunneled
         state = self._states.get(instance_id)
         if state is not None and state.outstanding == 0:
             del self._states[instance_id]

@@ -7,7 +7,8 @@ instance credential is valid for a live instance (``apps.gateway.tunnel_auth``: 
 hash and constant-time compare as the agent API), and then holds it for that instance.
 
 The proxy is not changed: each tunneled instance has a listener on 127.0.0.1 in this process
-(one port per instance, kept for the process's life) and its routing entry points there
+(one port per instance, closed when the instance leaves the routing table and no tunnel of it is
+open here: :meth:`TunnelRegistry.release`) and its routing entry points there
 (``routing.InstanceState``). Each connection the pooled upstream client opens to it is carried
 as a stream of the instance's newest tunnel (``agent.tunnel_mux``), so keep-alive, streaming,
 failover before the first byte, usage and cancellation (the client leaves → the gateway closes
@@ -52,10 +53,19 @@ class _Endpoint:
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.server: asyncio.Server | None = None
         self.muxes: list[Mux] = []
+        self.routed = False  # the routing table points at it (``url_for``, until ``release``)
+        self.closed = False
 
     async def start(self) -> None:
-        if self.server is None:
+        if self.server is None and not self.closed:
             self.server = await asyncio.start_server(self._handle, sock=self.sock)
+
+    def close(self) -> None:
+        """Stop listening and free the port (no tunnel is open: no stream is carried)."""
+        self.closed = True
+        if self.server is not None:
+            self.server.close()
+        self.sock.close()
 
     def start_soon(self) -> None:
         with contextlib.suppress(RuntimeError):  # no running loop: started at the first tunnel
@@ -94,7 +104,24 @@ class TunnelRegistry:
 
     def url_for(self, instance_id: str) -> str:
         """The base URL the proxy uses for a tunneled instance (its local listener)."""
-        return self._endpoint(instance_id).url
+        endpoint = self._endpoint(instance_id)
+        endpoint.routed = True
+        return endpoint.url
+
+    def release(self, instance_id: str) -> None:
+        """The instance left the routing table: its listener is closed now if no tunnel of it
+        is open here, else when its last tunnel closes (unless it is routed again meanwhile)."""
+        endpoint = self._endpoints.get(instance_id)
+        if endpoint is not None:
+            endpoint.routed = False
+            self._prune(endpoint)
+
+    def _prune(self, endpoint: _Endpoint) -> None:
+        if endpoint.routed or endpoint.muxes:
+            return
+        if self._endpoints.get(endpoint.instance_id) is endpoint:
+            del self._endpoints[endpoint.instance_id]
+        endpoint.close()
 
     def connected(self, instance_id: str) -> bool:
         endpoint = self._endpoints.get(instance_id)
@@ -147,8 +174,9 @@ class TunnelRegistry:
                 elif message["type"] == "websocket.disconnect":
                     break
         finally:
-            mux.close()
+            mux.close()  # its streams end with it
             endpoint.muxes.remove(mux)
+            self._prune(endpoint)
             logger.info("tunnel of instance %s closed", instance_id)
 
 
