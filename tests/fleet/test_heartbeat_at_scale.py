@@ -121,9 +121,10 @@ def test_a_change_the_full_path_acts_upon_is_never_answered_from_the_memo(
     _beat(client, credential, _body(instance))
     assert Instance.objects.get(id=instance.id).status == S.READY
     _beat(client, credential, _body(instance))  # memoised now
-    # When the control plane drains it: the next answer says drain
+    # When the control plane drains it: the next answer says drain, though the agent reports
+    # exactly what it reported before (the memo must not answer from the status it had)
     instance_drain(instance=Instance.objects.get(id=instance.id), reason="scaled down")
-    answer = _beat(client, credential, _body(instance, AgentState.DRAINING)).json()
+    answer = _beat(client, credential, _body(instance)).json()
     assert answer["desired"]["action"] == "drain"
 
 
@@ -182,6 +183,22 @@ async def test_the_asgi_fast_path_answers_as_the_view(mock_model: LlmModel) -> N
     await app({"type": "http", "method": "GET", "path": PATH}, None, None)
     await app({"type": "http", "method": "POST", "path": "/internal/agent/v1/register"}, None, None)
     assert passed == [PATH, "/internal/agent/v1/register"]
+    app._executor.shutdown(wait=True)  # type: ignore[union-attr]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_unexpected_failure_is_a_500_in_the_envelope(
+    mock_model: LlmModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance, credential = await in_thread(_serving, mock_model)
+
+    def broken(**_: Any) -> tuple[int, bytes]:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr("apps.instances.agents.api.asgi.heartbeat_answer", broken)
+    app = HeartbeatApp(None)
+    status, body = await _asgi(app, _body(instance), credential)
+    assert status == 500 and json.loads(body)["error"]["code"] == "server_error"
     app._executor.shutdown(wait=True)  # type: ignore[union-attr]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,7 +21,10 @@ from django.db import connection
 
 from agent.protocol import HEARTBEAT_PATH
 from apps.instances.agents.api.beat import heartbeat_answer
+from inventiv.error_codes import envelope
 from inventiv.errors import ApplicationError
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024  # a heartbeat is about 1 KiB
 _JSON = [(b"content-type", b"application/json")]
@@ -34,6 +38,13 @@ class BodyTooLarge(ApplicationError):
 def _answer(authorization: str, body: bytes) -> tuple[int, bytes]:
     try:
         return heartbeat_answer(authorization=authorization, body=body)
+    except Exception:
+        # What the Django view would answer through handler500: the envelope, not uvicorn's
+        # plain-text 500 (a pool timeout, a database that went away, a row deleted meanwhile).
+        log.exception("heartbeat failed")
+        return 500, json.dumps(
+            envelope("Internal server error; retry later.", "server_error")
+        ).encode()
     finally:
         connection.close()  # back to the pool (or closed, without one)
 
