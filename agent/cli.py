@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(env INVENTIV_ADVERTISE_HOST, default 127.0.0.1)",
     )
     p.add_argument(
+        "--exit-after-offline",
+        metavar="SECONDS",
+        type=float,
+        default=float(os.environ.get("INVENTIV_AGENT_EXIT_AFTER_OFFLINE_S") or 0) or None,
+        help="stop the engine and exit once the control plane has been unreachable this long "
+        "(env INVENTIV_AGENT_EXIT_AFTER_OFFLINE_S; default: never)",
+    )
+    p.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default=(os.environ.get("INVENTIV_LOG_LEVEL") or "info").lower(),
@@ -90,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         bootstrap_token=args.bootstrap_token or None,
         advertise_host=args.advertise_host,
         state_dir=Path(args.state_dir) if args.state_dir else None,
+        offline_exit_s=args.exit_after_offline,
     )
     return run_loop(run_agent(config))
 

@@ -30,6 +30,7 @@ import contextlib
 import logging
 import signal
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,10 @@ class AgentConfig:
     register_backoff_max_s: float = 30.0
     final_heartbeat_timeout_s: float = 3.0
     stop_timeout_s: float = 10.0
+    # Stop the engine and exit once heartbeats have failed this long in a row (None: never, as
+    # a cloud machine must keep serving through a control-plane outage). The local provider
+    # sets it, so an agent `make demo` left running does not outlive the demo for good.
+    offline_exit_s: float | None = None
 
 
 def supervisor_timings(heartbeat_interval_s: float, stop_timeout_s: float) -> SupervisorTimings:
@@ -287,6 +292,7 @@ class Agent:
 
     async def _heartbeat_loop(self) -> int:
         assert self.supervisor is not None
+        offline_since: float | None = None
         while not self.shutdown.is_set() and not self._stop_desired():
             self._wake.clear()
             state = self.state()
@@ -303,7 +309,16 @@ class Agent:
                 log.error("heartbeat refused (%s); retrying", exc)
             except ControlPlaneUnavailable as exc:
                 log.warning("heartbeat failed (%s); still serving, retrying", exc)
+                now = time.monotonic()
+                offline_since = now if offline_since is None else offline_since
+                limit = self.config.offline_exit_s
+                if limit is not None and now - offline_since >= limit:
+                    log.warning(
+                        "no control plane for %.0fs; stopping the engine and exiting", limit
+                    )
+                    break
             else:
+                offline_since = None
                 self._interval = max(_MIN_INTERVAL_S, answer.heartbeat_interval_s)
                 await self._apply(answer.desired)
                 if self._stop_desired():

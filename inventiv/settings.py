@@ -475,6 +475,11 @@ WS_MEMBERSHIP_RECHECK_S = env_float("INVENTIV_WS_MEMBERSHIP_RECHECK_S", 30.0, mi
 # After an operator's power action (reboot...), missed heartbeats are expected this long.
 POWER_ACTION_GRACE_S = env_float("INVENTIV_POWER_ACTION_GRACE_S", 900.0, minimum=0)
 LOCAL_PROVIDER_ENABLED = env_bool("INVENTIV_LOCAL_PROVIDER", default=EMBEDDED or DEBUG)
+# A local agent stops its engine and exits once the control plane has been gone this long (the
+# agents `make demo` keeps for its next start do not run forever; 0: never).
+LOCAL_AGENT_EXIT_AFTER_OFFLINE_S = env_float(
+    "INVENTIV_LOCAL_AGENT_EXIT_AFTER_OFFLINE_S", 900.0, minimum=0
+)
 
 # --- Security (production) ------------------------------------------------------------------
 # INVENTIV_TLS says where TLS ends: "proxy" (a reverse proxy terminates HTTPS and forwards with

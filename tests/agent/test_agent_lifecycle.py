@@ -211,6 +211,26 @@ def test_it_keeps_serving_while_the_control_plane_is_down(
     assert run.proc.alive()
 
 
+def test_it_exits_after_the_control_plane_is_gone_as_long_as_it_was_told(
+    control_plane: FakeControlPlane, start_agent: Any
+) -> None:
+    # An agent told to (the local provider's, so that the one `make demo` keeps does not run
+    # forever): a short outage is served through, a long one stops the engine and exits 0
+    run = start_agent(INVENTIV_AGENT_EXIT_AFTER_OFFLINE_S="1.5")
+    i, ready = run.wait_state("ready")
+    control_plane.heartbeat_status = 503
+    wait_for(lambda: "heartbeat failed" in run.proc.log(), message="a failed heartbeat")
+    control_plane.heartbeat_status = None
+    i, _ = run.wait_state("ready", after=i + 1)
+    assert run.proc.alive()
+
+    control_plane.heartbeat_status = 503
+
+    assert run.wait_exit(timeout=20) == 0
+    assert "no control plane for 2s; stopping the engine" in run.proc.log()
+    assert_engine_gone(ready["engine"]["pid"])
+
+
 def test_it_reports_a_missing_vllm_as_engine_down(
     control_plane: FakeControlPlane, start_agent: Any
 ) -> None:

@@ -253,6 +253,7 @@ def _spawn(
             "INVENTIV_BOOTSTRAP_TOKEN": bootstrap_token,
             "INVENTIV_AGENT_STATE_DIR": str(state_dir),
             "INVENTIV_ADVERTISE_HOST": "127.0.0.1",
+            "INVENTIV_AGENT_EXIT_AFTER_OFFLINE_S": str(settings.LOCAL_AGENT_EXIT_AFTER_OFFLINE_S),
             "PYTHONUNBUFFERED": "1",
         },
     )
