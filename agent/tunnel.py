@@ -14,15 +14,21 @@ Guarantees:
 * a URL that leaves the list is closed, with every stream on it (the engine sees those
   clients leave);
 * the credential travels only in the ``Authorization`` header of the handshake; it is never
-  logged. WebSocket pings (every :data:`PING_INTERVAL_S`) detect a dead path.
+  logged. A cleartext gateway URL (``http://``, ``ws://``) is refused unless its host is
+  loopback or the agent's environment opts in (:data:`ALLOW_CLEARTEXT_ENV` ``=1``, a trusted
+  network): over it the long-lived credential would travel unencrypted. WebSocket pings
+  (every :data:`PING_INTERVAL_S`) detect a dead path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import os
 import random
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -45,6 +51,33 @@ PING_INTERVAL_S = 15.0
 ENGINE_CONNECT_TIMEOUT_S = 5.0
 
 
+# Passed to instance agents by the host agent (agent.environment: the INVENTIV_AGENT_ prefix).
+ALLOW_CLEARTEXT_ENV = "INVENTIV_AGENT_ALLOW_CLEARTEXT_TUNNEL"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cleartext_refusal(url: str) -> str | None:
+    """Why the agent will not dial ``url`` (a tunnel's WebSocket URL), or None."""
+    parts = urlsplit(url)
+    if parts.scheme == "wss" or _loopback(parts.hostname or ""):
+        return None
+    if os.environ.get(ALLOW_CLEARTEXT_ENV) == "1":
+        return None
+    return (
+        f"refusing the cleartext gateway URL {url!r}: the instance credential would travel "
+        f"unencrypted; use an https:// gateway URL (or set {ALLOW_CLEARTEXT_ENV}=1 on a "
+        "trusted network)"
+    )
+
+
 def tunnel_url(base: str) -> str:
     """``http(s)://gateway:port`` (or ``ws(s)://``) → the tunnel's WebSocket URL."""
     base = base.rstrip("/")
@@ -60,6 +93,9 @@ class TunnelClient:
 
     def __init__(self, url: str, *, credential: str, instance_id: str, engine_port: int) -> None:
         self.url = tunnel_url(url)
+        refusal = cleartext_refusal(self.url)
+        if refusal is not None:
+            raise ValueError(refusal)
         self.credential = credential
         self.instance_id = instance_id
         self.engine_port = engine_port
@@ -133,6 +169,7 @@ class TunnelManager:
     def __init__(self) -> None:
         self.clients: dict[str, TunnelClient] = {}
         self._key: tuple[str, str, int] | None = None
+        self.refused: set[str] = set()  # cleartext URLs not dialled (logged once each)
 
     async def update(
         self, urls: list[str], *, credential: str, instance_id: str, engine_port: int
@@ -146,9 +183,15 @@ class TunnelManager:
             await self.clients.pop(url).stop()
         for url in urls:
             if url not in self.clients:
-                client = TunnelClient(
-                    url, credential=credential, instance_id=instance_id, engine_port=engine_port
-                )
+                try:
+                    client = TunnelClient(
+                        url, credential=credential, instance_id=instance_id, engine_port=engine_port
+                    )
+                except ValueError as exc:
+                    if url not in self.refused:
+                        self.refused.add(url)
+                        log.error("%s", exc)
+                    continue
                 client.start()
                 self.clients[url] = client
 

@@ -26,6 +26,29 @@ def check_tls(app_configs: Any, **kwargs: Any) -> list[Warning]:
     ]
 
 
+@register(Tags.security, deploy=True)
+def check_tunnel_gateway_urls(app_configs: Any, **kwargs: Any) -> list[Warning]:
+    """Agents behind NAT send their instance credential to every ``TUNNEL_GATEWAY_URLS`` entry
+    (agent.tunnel): outside the embedded mode they must be HTTPS (the agent refuses the others
+    unless their host is loopback or it was started with the cleartext opt-in)."""
+    if settings.EMBEDDED:
+        return []
+    cleartext = [
+        u for u in settings.TUNNEL_GATEWAY_URLS if not u.startswith(("https://", "wss://"))
+    ]
+    if not cleartext:
+        return []
+    return [
+        Warning(
+            f"INVENTIV_TUNNEL_GATEWAY_URLS lists {', '.join(map(repr, cleartext))}: agents "
+            "would send their credentials in cleartext (they refuse such a URL unless its host "
+            "is loopback or INVENTIV_AGENT_ALLOW_CLEARTEXT_TUNNEL=1).",
+            hint="Serve the gateway over HTTPS and list https:// URLs.",
+            id="inventiv.W005",
+        )
+    ]
+
+
 def _server_connection_limit() -> int | None:
     """The connections PostgreSQL gives ordinary roles: ``max_connections`` less the reserved
     slots (``superuser_reserved_connections``, and ``reserved_connections`` from 16 on).

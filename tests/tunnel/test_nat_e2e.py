@@ -196,6 +196,8 @@ def test_a_host_nobody_can_dial_is_served_through_its_tunnels(
                  "--state-file", str(tmp_path / "host.json"), "--advertise-host", nat.inside,
                  "--gpus-json", json.dumps(GPUS)),
         INVENTIV_JOIN_TOKEN=join.join_token,
+        # the gateways are plain HTTP on a test network (agent.tunnel refuses that otherwise)
+        INVENTIV_AGENT_ALLOW_CLEARTEXT_TUNNEL="1",
     )  # fmt: skip
 
     # When it joins, then the dial-back probe fails and the host is served through tunnels
