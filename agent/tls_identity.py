@@ -10,7 +10,6 @@ learns the certificate's SHA-256 fingerprint over the authenticated agent channe
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import ipaddress
 import os
@@ -85,10 +84,31 @@ def create_certificate(common_name: str, hosts: list[str]) -> tuple[bytes, bytes
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_replace(path: Path, data: bytes) -> None:
+    """``path`` holds ``data`` whole or keeps what it held (a temporary file in the same
+    directory, mode 0600, then renamed over it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _kept_fingerprint(cert_path: Path, key_path: Path) -> str | None:
+    """The kept pair's fingerprint, or None when either file cannot be read or the key is not
+    the certificate's (a crash between the two renames): ``load_cert_chain`` would fail."""
+    try:
+        cert_pem = cert_path.read_bytes()
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError):
+        return None
+    public = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(*public) != cert.public_key().public_bytes(*public):
+        return None
+    return fingerprint_of(cert_pem)
 
 
 def load_or_create(
@@ -96,8 +116,9 @@ def load_or_create(
 ) -> TlsIdentity:
     """The identity kept in ``state_dir/tls`` (created there on first use), or a temporary one.
 
-    A kept pair that cannot be read (a half-written file) is replaced by a new one: the new
-    fingerprint reaches the control plane with the next heartbeat."""
+    A kept pair that cannot be read (a half-written file) or whose key is not the certificate's
+    (a crash between writing one and the other) is replaced by a new one: the new fingerprint
+    reaches the control plane with the next heartbeat."""
     temporary = state_dir is None
     if state_dir is None:
         directory = Path(tempfile.mkdtemp(prefix="inventiv-tls-"))
@@ -110,13 +131,10 @@ def load_or_create(
     os.chmod(directory, 0o700)  # mkdir's mode is subject to the umask
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     if not temporary:
-        with contextlib.suppress(OSError, ValueError):
-            cert_pem = cert_path.read_bytes()
-            serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-            return TlsIdentity(cert_path, key_path, fingerprint_of(cert_pem))
+        kept = _kept_fingerprint(cert_path, key_path)
+        if kept is not None:
+            return TlsIdentity(cert_path, key_path, kept)
     cert_pem, key_pem = create_certificate(common_name, hosts or [])
-    _write_private(key_path, key_pem)
-    tmp = cert_path.with_suffix(".tmp")
-    tmp.write_bytes(cert_pem)
-    tmp.replace(cert_path)
+    _write_replace(key_path, key_pem)
+    _write_replace(cert_path, cert_pem)
     return TlsIdentity(cert_path, key_path, fingerprint_of(cert_pem), temporary=temporary)
