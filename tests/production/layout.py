@@ -150,6 +150,13 @@ def service_env(name: str, subs: Substitutions, runtime: Runtime) -> dict[str, s
     env["INVENTIV_STATE_DIR"] = str(subs.state_dir)
     env["STATIC_ROOT"] = str(subs.static_root)
     env.update(subs.operator)
+    # A service's tmpfs mounts: a fresh directory of this run's, the image user's, for every
+    # variable that names one (PROMETHEUS_MULTIPROC_DIR=/run/prometheus).
+    for mount in svc.get("tmpfs") or []:
+        local = subs.state_dir.parent / f"tmpfs-{name}{mount.replace('/', '-')}"
+        local.mkdir(exist_ok=True)
+        give_to(runtime, local)
+        env = {k: str(local) if v == mount else v for k, v in env.items()}
     return env
 
 

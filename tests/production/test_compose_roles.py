@@ -198,6 +198,7 @@ def test_compose_roles_start_become_healthy_and_serve_a_streamed_answer(
         build_env = {**envs["web"], **image.env}
         build_env.pop("DATABASE_URL")
         build_env.pop("REDIS_URL")
+        build_env.pop("PROMETHEUS_MULTIPROC_DIR")  # the web role's tmpfs, not the build's
         build_env["STATIC_ROOT"] = str(static_root)
         for step in image.run:
             if "collectstatic" in step:
