@@ -6,8 +6,10 @@ a wrong or missing secret, a certificate other than the pinned one, and /metrics
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -105,19 +107,48 @@ def test_chat_stream_and_embeddings_pass_the_sealed_front_and_impostors_are_refu
     )
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
 
-    # When the gateway is told to pin another certificate (what an impostor at that address
-    # would present), it refuses to talk to the front: the request fails, nothing is sent
-    genuine = instance.tls_fingerprint
-    other = load_or_create(None)
-    try:
-        Instance.objects.filter(id=instance.id).update(tls_fingerprint=other.fingerprint)
-    finally:
-        other.discard()
-    refused = _chat_status_after_refresh(platform, key, expect=502)
-    assert refused == 502
-    # And with the genuine pin back, it serves again
-    Instance.objects.filter(id=instance.id).update(tls_fingerprint=genuine)
+    # When another server answers at the instance's address with its own certificate (an
+    # impostor), the gateway, pinning the registered one, refuses to talk to it: the request
+    # fails and the impostor receives no request. (The pin itself is not changed here: the
+    # agent re-reports its certificate at every heartbeat, which re-pins it.)
+    genuine = instance.engine_port
+    with _impostor() as (impostor_port, requests_seen):
+        Instance.objects.filter(id=instance.id).update(engine_port=impostor_port)
+        refused = _chat_status_after_refresh(platform, key, expect=502)
+        assert refused == 502 and requests_seen == []
+    # And at the genuine address, it serves again
+    Instance.objects.filter(id=instance.id).update(engine_port=genuine)
     assert _chat_status_after_refresh(platform, key, expect=200) == 200
+
+
+@contextlib.contextmanager
+def _impostor() -> Iterator[tuple[int, list[str]]]:
+    """An HTTPS server with a certificate of its own that answers 200 to anything."""
+    other = load_or_create(None)
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(self.path)
+            body = b'{"choices": []}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = other.server_context().wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        other.discard()
 
 
 def _chat_status_after_refresh(platform: Platform, key: str, *, expect: int) -> int:
