@@ -22,6 +22,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "inventiv.settings")
 django.setup()
 
 import schemathesis  # noqa: E402
+from django.db import connection  # noqa: E402
 
 from apps.accounts.models import PersonalAccessToken, User  # noqa: E402
 from apps.accounts.services import access_token_create  # noqa: E402
@@ -34,6 +35,14 @@ class PersonaToken:
         self._token: tuple[int, str] | None = None
 
     def _current(self) -> str:
+        try:
+            return self._current_token()
+        finally:
+            # Schemathesis calls from threads that come and go: give the connection back to
+            # the process's pool (a thread's connection is returned only when closed).
+            connection.close()
+
+    def _current_token(self) -> str:
         with self._lock:
             live = (
                 self._token is not None
