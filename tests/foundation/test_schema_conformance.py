@@ -12,7 +12,10 @@ import pytest
 
 from apps.accounts.models import Organization, PersonalAccessToken, User
 from apps.accounts.services import user_create
+from apps.billing.models import Budget
+from apps.gateway.models import ApiKey
 from apps.gateway.services import api_key_create
+from apps.models.models import LlmModel
 from apps.models.services import model_create
 from tests.processes import PYTHON, ROOT, ProcessGroup
 
@@ -70,6 +73,14 @@ def test_the_api_answers_only_what_its_schema_documents(
     (tmp_path / "schemathesis.log").write_text(output)
     failures = output[output.find("FAILURES") :] if "FAILURES" in output else output
     assert run.returncode == 0, failures[:20000]
-    # ...and the run was signed in (not 401 throughout): its own writes went through.
-    created = PersonalAccessToken.objects.filter(user=persona).exclude(name=PERSONA_TOKEN)
-    assert created.exists(), output[-4000:]
+    # ...and the run was signed in (not 401 throughout): some of its own writes went through
+    # (which ones depends on how far the time-bounded run got: a loaded machine gets less far).
+    writes = {
+        "access tokens": PersonalAccessToken.objects.filter(user=persona)
+        .exclude(name=PERSONA_TOKEN)
+        .count(),
+        "model codes": LlmModel.objects.filter(organization=org).exclude(name="bot").count(),
+        "API keys": ApiKey.objects.filter(organization=org).exclude(name="k").count(),
+        "budgets": Budget.objects.filter(organization=org).count(),
+    }
+    assert any(writes.values()), (writes, output[-4000:])
