@@ -159,9 +159,15 @@ def organization_transfer(*, organization: Organization, by: User, to_user_id: i
 
 
 def user_set_default_organization(*, user: User, organization: Organization | None) -> User:
-    """The organization creates go to when none is named (None: back to the personal one)."""
-    user.default_organization = organization
-    user.save(update_fields=["default_organization"])
+    """The organization creates go to when none is named (None: back to the personal one).
+    The organization's row is locked first, as every write touching it does: the user row's
+    foreign-key check would otherwise wait on it in the other order (a deadlock with a
+    concurrent leave, transfer or delete)."""
+    with transaction.atomic():
+        if organization is not None:
+            _lock_organization(organization.pk)
+        user.default_organization = organization
+        user.save(update_fields=["default_organization"])
     return user
 
 
