@@ -18,8 +18,7 @@ os.environ.setdefault("INVENTIV_STATE_DIR", tempfile.mkdtemp(prefix=f"inventiv-t
 # pytest-xdist workers inherit the controller's variables: each gets its own Redis prefix and
 # state directory below them (pytest-django suffixes the test database name with the worker id).
 _worker = os.environ.get("PYTEST_XDIST_WORKER")
-if _worker and not os.environ.get("INVENTIV_XDIST_ISOLATED"):
-    os.environ["INVENTIV_XDIST_ISOLATED"] = _worker
+if _worker:
     os.environ["INVENTIV_REDIS_PREFIX"] += f"{_worker}:"
     os.environ["INVENTIV_STATE_DIR"] = tempfile.mkdtemp(prefix=f"inventiv-test-{_run}-{_worker}-")
 if os.environ.get("DATABASE_URL") or os.environ.get("REDIS_URL"):
