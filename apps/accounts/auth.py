@@ -9,7 +9,7 @@ from rest_framework.exceptions import NotAuthenticated
 from rest_framework.request import Request
 
 from apps.accounts.audit import audit_context_set_actor
-from apps.accounts.models import User
+from apps.accounts.models import PersonalAccessToken, User
 
 
 def request_user(request: Request) -> User:
@@ -29,12 +29,15 @@ SSO_SESSION_KEY = "inventiv_sso"
 
 def request_sso(request: Request) -> bool | None:
     """True for a session signed in by single sign-on, False for a password (a session signed in
-    otherwise, basic auth), None for an access token."""
+    otherwise, basic auth); for a personal access token, whether it was created by single
+    sign-on (``PersonalAccessToken.sso``); None otherwise."""
     authenticator = getattr(request, "successful_authenticator", None)
     if isinstance(authenticator, BasicAuthentication):
         return False
     if isinstance(authenticator, SessionAuthentication):
         return bool(request.session.get(SSO_SESSION_KEY, False))
+    if isinstance(request.auth, PersonalAccessToken):
+        return request.auth.sso
     return None
 
 

@@ -112,6 +112,9 @@ class PersonalAccessToken(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Created in a session signed in by single sign-on (or by a token that was): it may reach
+    # organizations that require it; any other token is treated as a password session there.
+    sso = models.BooleanField(default=False)
 
     def __str__(self) -> str:
         return f"{self.user} / {self.name}"

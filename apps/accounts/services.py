@@ -282,9 +282,11 @@ def membership_remove(*, membership: Membership, by: User) -> None:
 
 
 def access_token_create(
-    *, user: User, name: str, expires_at: datetime | None = None
+    *, user: User, name: str, expires_at: datetime | None = None, sso: bool = False
 ) -> tuple[PersonalAccessToken, str]:
-    """A personal access token; returns it with its plaintext, never stored nor shown again."""
+    """A personal access token; returns it with its plaintext, never stored nor shown again.
+    ``sso``: created by a request signed in by single sign-on, so it may reach organizations
+    that require it (as GitHub authorizes tokens for SAML organizations)."""
     if expires_at is not None and expires_at <= timezone.now():
         raise ApplicationError("expires_at must be in the future.", param="expires_at")
     lookup_id, plaintext = crypto.new_lookup_key(TOKEN_PREFIX)
@@ -294,6 +296,7 @@ def access_token_create(
         lookup_id=lookup_id,
         secret_hash=crypto.token_hash(plaintext),
         expires_at=expires_at,
+        sso=sso,
     )
     return token, plaintext
 

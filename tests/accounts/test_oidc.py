@@ -201,6 +201,59 @@ def test_an_organization_can_require_sso(idp: FakeOidc) -> None:
     ).exists()
 
 
+def test_access_tokens_reach_an_sso_organization_only_if_made_by_sso(idp: FakeOidc) -> None:
+    """A personal access token made in a password session acts as that session on an
+    organization that requires single sign-on (403 ``sso_required``, its resources gone from
+    lists); one made in an SSO session reaches it, and so does a token that token makes."""
+    from apps.accounts.choices import Role
+    from apps.accounts.services import membership_set, organization_create
+    from apps.models.services import model_create
+
+    owner = user_create(email="boss@corp.example", password="correct-horse-9")
+    member = user_create(email="ines@corp.example", password="correct-horse-9")
+    team = organization_create(name="Corp", owner=owner)
+    membership_set(organization=team, user=member, role=Role.MEMBER)
+    model_create(organization=team, name="corp-bot", engine="mock", model_id="o/m", gpu_count=0)
+
+    def token_from(client: Client | None, bearer: str | None = None) -> dict[str, Any]:
+        headers = {"HTTP_AUTHORIZATION": f"Bearer {bearer}"} if bearer else {}
+        answer = (client or Client()).post(
+            "/api/v1/access-tokens/", {"name": "ci"}, content_type="application/json", **headers
+        )
+        assert answer.status_code == 201, answer.content
+        return dict(answer.json())
+
+    password = Client()
+    password.post("/accounts/login/", {"login": member.email, "password": "correct-horse-9"})
+    sso = Client()
+    assert sso_login(sso, idp).status_code == 302
+    by_password, by_sso = token_from(password), token_from(sso)
+    assert by_password["sso"] is False and by_sso["sso"] is True
+    by_token_of_sso = token_from(None, by_sso["token"])
+    by_token_of_password = token_from(None, by_password["token"])
+    assert by_token_of_sso["sso"] is True and by_token_of_password["sso"] is False
+
+    def reach(token: str) -> tuple[int, int]:
+        auth = {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+        org = Client().get(f"/api/v1/organizations/{team.slug}/", **auth)
+        models = Client().get("/api/v1/model-codes/", **auth).json()["results"]
+        return org.status_code, len(models)
+
+    # before the organization requires it, every token reaches it
+    assert reach(by_password["token"]) == (200, 1)
+    team.require_sso = True
+    team.save(update_fields=["require_sso"])
+    assert reach(by_sso["token"]) == (200, 1)
+    assert reach(by_token_of_sso["token"]) == (200, 1)
+    assert reach(by_password["token"]) == (403, 0)
+    assert reach(by_token_of_password["token"]) == (403, 0)
+    refused = Client().get(
+        f"/api/v1/organizations/{team.slug}/",
+        HTTP_AUTHORIZATION=f"Bearer {by_password['token']}",
+    )
+    assert refused.json()["error"]["code"] == "sso_required"
+
+
 def test_requiring_sso_without_a_provider_is_refused(settings: Any) -> None:
     from apps.accounts.services import organization_create
 

@@ -36,6 +36,9 @@ class AccessTokenOutSerializer(serializers.Serializer):
     revoked_at = serializers.DateTimeField(allow_null=True)
     last_used_at = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField()
+    sso = serializers.BooleanField(
+        help_text="Created by single sign-on: reaches organizations that require it."
+    )
 
     def get_prefix(self, obj: Any) -> str:
         return f"ivp_{obj.lookup_id}_..."

@@ -13,7 +13,7 @@ from apps.accounts.api.serializers import (
     AccessTokenOutSerializer,
     MeOutSerializer,
 )
-from apps.accounts.auth import request_user
+from apps.accounts.auth import request_sso, request_user
 from apps.accounts.models import Membership, PersonalAccessToken
 from apps.accounts.services import access_token_create, access_token_revoke
 from inventiv.errors import NotFound
@@ -70,7 +70,13 @@ class AccessTokenViewSet(viewsets.ViewSet):
     def create(self, request: Request) -> Response:
         data = AccessTokenInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        token, plaintext = access_token_create(user=request_user(request), **data.validated_data)
+        # A token made by single sign-on (or by a token that was) may reach organizations that
+        # require it; one made with a password may not (apps/accounts/selectors.sso_check).
+        token, plaintext = access_token_create(
+            user=request_user(request),
+            sso=request_sso(request) is True,
+            **data.validated_data,
+        )
         body = AccessTokenOutSerializer(token).data | {"token": plaintext}
         return Response(body, status=status.HTTP_201_CREATED)
 
