@@ -9,7 +9,7 @@ from django import forms
 from django.core.validators import RegexValidator
 
 from apps.accounts.choices import Role
-from apps.models.choices import QUANTIZATION_CHOICES, Dtype, Engine
+from apps.models.choices import QUANTIZATION_CHOICES, Dtype, Engine, ScaleToZeroMode
 from apps.models.services import MAX_REPLICAS
 from apps.portal.estimates import CATALOG
 
@@ -46,6 +46,7 @@ class ModelCodeForm(forms.Form):
     engine = forms.ChoiceField(
         choices=[
             (Engine.VLLM.value, "vLLM (GPU machines)"),
+            (Engine.TGI.value, "TGI, text-generation-inference (GPU machines)"),
             (Engine.MOCK.value, "Mock engine (no GPU: for trying things out)"),
         ],
         initial=Engine.VLLM.value,
@@ -85,6 +86,25 @@ class ModelCodeForm(forms.Form):
         max_value=7 * 86400,
         initial=900,
     )
+    scale_to_zero_mode = forms.ChoiceField(
+        label="At zero",
+        choices=[
+            (ScaleToZeroMode.TERMINATE.value, "Terminate the machines (nothing is billed)"),
+            (
+                ScaleToZeroMode.POWER_OFF.value,
+                "Power them off (their disk is billed; the next start is faster)",
+            ),
+        ],
+        initial=ScaleToZeroMode.TERMINATE.value,
+        required=False,  # a script's POST without it: terminate, the model codes' default
+    )
+    ttft_p95_bound_ms = forms.IntegerField(
+        label="Time to first token, p95 bound (ms)",
+        min_value=1,
+        max_value=600_000,
+        required=False,
+        help_text="Scale up when the gateways measure more. Empty: no latency signal.",
+    )
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
@@ -118,6 +138,7 @@ class ModelCodeForm(forms.Form):
 
     def policy_values(self) -> dict[str, Any]:
         data = self.cleaned_data
+        data["scale_to_zero_mode"] = data.get("scale_to_zero_mode") or ScaleToZeroMode.TERMINATE
         return {
             name: data[name]
             for name in (
@@ -125,6 +146,8 @@ class ModelCodeForm(forms.Form):
                 "max_replicas",
                 "target_load_per_replica",
                 "idle_to_zero_s",
+                "scale_to_zero_mode",
+                "ttft_p95_bound_ms",
             )
         }
 

@@ -221,6 +221,39 @@ def test_the_wizard_creates_sets_the_policy_and_deploys(
     assert "its first replica is starting" in _text(olivia.get(response["Location"]))
 
 
+def test_the_wizard_offers_tgi_the_power_off_mode_and_the_latency_bound(
+    olivia: Client, local: Provider
+) -> None:
+    wizard = _text(olivia.get("/models/new/"))
+    assert "TGI, text-generation-inference" in wizard and "Power them off" in wizard
+    fields = {
+        "model_id": "org/chat",
+        "engine": "tgi",
+        "gpu_count": 1,
+        "vram_per_gpu_gb": 24,
+        "dtype": "auto",
+        "min_replicas": 0,
+        "max_replicas": 2,
+        "target_load_per_replica": 8,
+        "idle_to_zero_s": 600,
+        "scale_to_zero_mode": "power_off",
+        "ttft_p95_bound_ms": 800,
+        "deploy": "0",
+    }
+    # TGI needs a GPU, as vLLM: refused in words on the field
+    refused = olivia.post("/models/new/", {**fields, "name": "tgi-cpu", "gpu_count": 0})
+    assert refused.status_code == 200 and "the tgi engine needs at least one GPU" in _text(refused)
+    assert not LlmModel.objects.exists()
+    response = olivia.post("/models/new/", {**fields, "name": "tgi-bot"})
+    model = LlmModel.objects.get(name="tgi-bot")
+    assert response.status_code == 302
+    assert (model.engine, model.scale_to_zero_mode, model.ttft_p95_bound_ms) == (
+        "tgi",
+        "power_off",
+        800,
+    )
+
+
 def test_the_model_page_shows_replicas_decisions_and_the_example_call(
     olivia: Client, owner_org: Organization, bot: LlmModel
 ) -> None:
