@@ -1,5 +1,6 @@
 """The control plane at fleet scale (issue 19):
-``.venv/bin/python -m bench.fleet [--sizes 1000,5000,10000] [--duration 6] [--runs 3]``.
+``.venv/bin/python -m bench.fleet [--sizes 1000,5000,10000] [--duration 6] [--runs 3]
+[--heartbeats-only]`` (the last: only the fast path's heartbeat tables).
 
 For each fleet size N, in a throw-away PostgreSQL database (on the server of ``DATABASE_URL``,
 default the local one) and Redis (``REDIS_URL``) under a throw-away prefix, on production
@@ -10,11 +11,20 @@ settings (pool on, ``DJANGO_DEBUG=false``):
 * one web worker (``uvicorn inventiv.asgi:application --workers 1``, the compose command's
   HTTP protocol) is pinned to core 1 with ``taskset``; this process, the load generator, runs
   on core 0 (PostgreSQL and Redis float, as do the other users of the machine: noise);
-* **heartbeats, open loop**: every simulated agent sends real heartbeat JSON (the agent's own
-  ``Heartbeat`` model, its state, engine status and metrics) at the rate N agents make at the
-  default 5 s interval (N/5 per second), for ``--duration`` seconds, each at its scheduled time
-  whatever the answers (latency counted from the scheduled time, so queueing shows);
-  then **capacity**: closed loop, 64 in flight, as fast as the worker answers;
+* **heartbeats, open loop**: real heartbeat JSON (the agent's own ``Heartbeat`` model, its
+  state, engine status and metrics; the headers its httpx client sends) at the rate N agents
+  make at the default 5 s interval on the two web cores the target plans, so one core's share,
+  N/10 per second, round-robin over the N agents, for ``--duration`` seconds, each beat at its
+  scheduled time whatever the answers (latency counted from the scheduled time, so queueing
+  shows). Twice: **pooled**, over 256 keep-alive connections opened before the clock starts
+  (what a proxy in front of the web role keeps to a worker; a beat whose time has come and
+  finds none idle waits for one, and that wait is counted); **per beat**, each beat on a new
+  connection closed after its answer (agents connecting to the web role themselves: their
+  httpx client keeps a connection 5 s, compose's web role 5 s, the interval is 5 s, so nearly
+  every beat opens one). The load generator speaks HTTP/1.1 itself over asyncio protocols so
+  that its own CPU (on core 0) does not delay the beats it schedules;
+  then **capacity**: closed loop, 64 in flight on 64 keep-alive connections, as fast as the
+  worker answers;
 * the same through Django's own ASGI handler (``django.core.asgi``, middleware and a thread
   per request: the way every heartbeat went before the fast path), as the baseline;
 * database connections: ``pg_stat_activity`` of the bench database sampled every 50 ms during
@@ -43,6 +53,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +63,10 @@ INTERVAL_S = 5.0
 WEB_CORES = 2
 REPLICAS = 5
 CAPACITY_CONCURRENCY = 64
+# The open loop's keep-alive connections (pooled mode): what a proxy in front of the web role
+# keeps to one worker; far more than the beats in flight at the target's latency (1,000/s for
+# 50 ms: 50).
+OPEN_LOOP_CONNECTIONS = 256
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -269,8 +284,9 @@ class Web:
             "off",
             "--http",
             "apps.gateway.server:HttpProtocol",
+            # As compose's web role (an idle connection closed after 5 s).
             "--timeout-keep-alive",
-            "30",
+            "5",
             "--no-access-log",
             # As compose's web role: beyond it, 503 rather than an unbounded queue.
             "--limit-concurrency",
@@ -309,57 +325,130 @@ class Web:
 
 
 # --- load ----------------------------------------------------------------------------------
+# The load generator speaks HTTP/1.1 itself over asyncio protocols (a request written whole, its
+# answer read by Content-Length, which the worker always sends): a client library's own CPU on
+# core 0 (aiohttp: several times this) would delay the beats it is meant to schedule.
 
 
-async def _open_loop(
-    url: str, agents: list[tuple[str, bytes]], rate: float, duration: float
-) -> dict[str, Any]:
-    """Beats at ``rate`` per second, each at its scheduled time, round-robin over the agents."""
-    import aiohttp
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection of the load generator, one request at a time."""
 
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[int] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        head_end = self.buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            return
+        head = bytes(self.buffer[:head_end]).lower()
+        at = head.find(b"content-length:")
+        line_end = head.find(b"\r\n", at)
+        length = int(head[at + 15 : line_end if line_end > 0 else None]) if at >= 0 else 0
+        end = head_end + 4 + length
+        if len(self.buffer) < end:
+            return
+        status = int(self.buffer[9:12])
+        del self.buffer[:end]
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("closed by the worker"))
+
+    async def request(self, data: bytes) -> int:
+        if self.transport is None:
+            raise ConnectionError("closed by the worker")
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return await self.waiter
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def _connect(port: int) -> _Conn:
+    _, conn = await asyncio.get_running_loop().create_connection(_Conn, "127.0.0.1", port)
+    return conn
+
+
+def _request(credential: str, body: bytes) -> bytes:
+    """The bytes of one heartbeat request, as the agent's httpx client sends them."""
+    head = (
+        "POST /internal/agent/v1/heartbeat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Accept: */*\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n"
+        f"User-Agent: python-httpx/0.28.1\r\nAuthorization: Bearer {credential}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def _open_loop(port: int, rate: float, duration: float, connections: int) -> dict[str, Any]:
+    """Beats at ``rate`` per second, each at its scheduled time whatever the answers, round-robin
+    over the agents (latency counted from the scheduled time, so queueing shows). Over
+    ``connections`` keep-alive connections opened before the clock starts (a beat whose time
+    has come takes an idle one, else waits for one: that wait is counted); with 0, each beat on
+    a new connection of its own, closed after its answer."""
     latencies: list[float] = []
     errors = 0
-    done = 0
-    connector = aiohttp.TCPConnector(limit=1024, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    idle = [await _connect(port) for _ in range(connections)]
+    waiters: deque[asyncio.Future[_Conn]] = deque()
+    loop = asyncio.get_running_loop()
 
-        async def one(index: int, scheduled: float) -> None:
-            nonlocal errors, done
-            body = agents[index % len(agents)][1]
-            try:
-                async with session.post(
-                    url + "/internal/agent/v1/heartbeat",
-                    data=body,
-                    headers=headers[index % len(agents)],
-                ) as response:
-                    await response.read()
-                    if response.status != 200:
-                        errors += 1
-            except Exception:
+    async def take() -> _Conn:
+        if not connections:
+            return await _connect(port)
+        if idle:
+            return idle.pop()
+        waiter: asyncio.Future[_Conn] = loop.create_future()
+        waiters.append(waiter)
+        return await waiter
+
+    def give(conn: _Conn) -> None:
+        if not connections:
+            conn.close()
+        elif waiters:
+            waiters.popleft().set_result(conn)
+        else:
+            idle.append(conn)
+
+    async def one(index: int, scheduled: float) -> None:
+        nonlocal errors
+        conn = await take()
+        try:
+            if await conn.request(_REQUESTS[index % len(_REQUESTS)]) != 200:
                 errors += 1
-            latencies.append(time.perf_counter() - scheduled)
-            done += 1
+        except (ConnectionError, OSError):
+            errors += 1
+            conn = await _connect(port)
+        latencies.append(time.perf_counter() - scheduled)
+        give(conn)
 
-        headers = [
-            {"Authorization": f"Bearer {credential}", "Content-Type": "application/json"}
-            for credential, _ in _CREDS
-        ]
-        tasks: list[asyncio.Task[None]] = []
-        start = time.perf_counter()
-        total = int(rate * duration)
-        for k in range(total):
-            scheduled = start + k / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(k, scheduled)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - start
+    tasks: list[asyncio.Task[None]] = []
+    start = time.perf_counter()
+    total = int(rate * duration)
+    for k in range(total):
+        scheduled = start + k / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(k, scheduled)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    for conn in idle:
+        conn.close()
     return {
         "sent": total,
-        "done": done,
-        "rate": done / elapsed,
+        "done": len(latencies),
+        "rate": len(latencies) / elapsed,
         "p50": _pct(latencies, 0.5),
         "p99": _pct(latencies, 0.99),
         "errors": errors,
@@ -367,47 +456,35 @@ async def _open_loop(
 
 
 async def _closed_loop(
-    url: str, agents: list[tuple[str, bytes]], duration: float | None, *, count: int = 0
+    port: int, agents: int, duration: float | None, *, count: int = 0
 ) -> dict[str, Any]:
-    """As fast as the worker answers, 64 in flight: for ``duration`` seconds, or ``count``
-    beats."""
-    import aiohttp
-
+    """As fast as the worker answers, 64 in flight on 64 keep-alive connections: for
+    ``duration`` seconds, or ``count`` beats, over the first ``agents`` agents."""
     latencies: list[float] = []
     errors = 0
-    connector = aiohttp.TCPConnector(limit=CAPACITY_CONCURRENCY)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        stop_at = time.perf_counter() + (duration or 1e9)
-        counter = iter(range(count or 10**12))
+    stop_at = time.perf_counter() + (duration or 1e9)
+    counter = iter(range(count or 10**12))
 
-        async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < stop_at:
-                k = next(counter, None)
-                if k is None:
-                    return
-                _, body = agents[k % len(agents)]
-                credential = _CREDS[k % len(agents)][0]
-                t0 = time.perf_counter()
-                try:
-                    async with session.post(
-                        url + "/internal/agent/v1/heartbeat",
-                        data=body,
-                        headers={
-                            "Authorization": f"Bearer {credential}",
-                            "Content-Type": "application/json",
-                        },
-                    ) as response:
-                        await response.read()
-                        if response.status != 200:
-                            errors += 1
-                except Exception:
+    async def worker() -> None:
+        nonlocal errors
+        conn = await _connect(port)
+        while time.perf_counter() < stop_at:
+            k = next(counter, None)
+            if k is None:
+                break
+            t0 = time.perf_counter()
+            try:
+                if await conn.request(_REQUESTS[k % agents]) != 200:
                     errors += 1
-                latencies.append(time.perf_counter() - t0)
+            except (ConnectionError, OSError):
+                errors += 1
+                conn = await _connect(port)
+            latencies.append(time.perf_counter() - t0)
+        conn.close()
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(CAPACITY_CONCURRENCY)))
-        elapsed = time.perf_counter() - start
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CAPACITY_CONCURRENCY)))
+    elapsed = time.perf_counter() - start
     return {
         "done": len(latencies),
         "rate": len(latencies) / elapsed,
@@ -417,7 +494,7 @@ async def _closed_loop(
     }
 
 
-_CREDS: list[tuple[str, bytes]] = []  # (credential, body) per agent, index-aligned
+_REQUESTS: list[bytes] = []  # each agent's heartbeat request, whole
 
 
 # --- in-process measures -------------------------------------------------------------------
@@ -566,51 +643,52 @@ def _cell(n: int, args: argparse.Namespace, base_url: str, env: dict[str, str]) 
     call_command("migrate", verbosity=0)
     credentials = _seed(n)
     connections.close_all()
-    agents = [(iid, _beat_body(iid)) for iid, _ in credentials]
-    _CREDS[:] = [
-        (credential, body) for (_, credential), (_, body) in zip(credentials, agents, strict=True)
-    ]
+    _REQUESTS[:] = [_request(credential, _beat_body(iid)) for iid, credential in credentials]
     out: dict[str, Any] = {"n": n}
     # One core's share of N agents beating every 5 s on the two web cores the target plans.
     rate = n / INTERVAL_S / WEB_CORES
     connections["default"].close_pool()  # this process holds no connection during the load
-    for label, app, factory in (
-        ("fast", "inventiv.asgi:application", False),
-        ("django", "django.core.asgi:get_asgi_application", True),
-    ):
+    paths = [("fast", "inventiv.asgi:application", False)]
+    if not args.heartbeats_only:
+        paths.append(("django", "django.core.asgi:get_asgi_application", True))
+    for label, app, factory in paths:
         web = Web(env, app, factory=factory)
         # The baseline's cost per request does not depend on N: its first 1,000 agents.
-        beating = agents if label == "fast" else agents[:1000]
+        beating = n if label == "fast" else min(n, 1000)
         try:
             # Every agent beats once first (each worker memoises the answers it gives).
-            asyncio.run(_closed_loop(web.url, beating, None, count=len(beating)))
-            runs_open, runs_closed, conns, cpu, cpu_closed = [], [], [], [], []
+            asyncio.run(_closed_loop(web.port, beating, None, count=beating))
+            runs: dict[str, list[dict[str, Any]]] = {"pooled": [], "per_beat": [], "closed": []}
+            conns = []
             for _ in range(args.runs):
                 with ConnectionSampler(base_url, db_name) as sampler:
                     if label == "fast":
-                        before = web.cpu_s()
-                        result = asyncio.run(_open_loop(web.url, agents, rate, args.duration))
-                        cpu.append((web.cpu_s() - before) / max(result["done"], 1))
-                        runs_open.append(result)
+                        for mode, pool in (("pooled", OPEN_LOOP_CONNECTIONS), ("per_beat", 0)):
+                            before = web.cpu_s()
+                            result = asyncio.run(_open_loop(web.port, rate, args.duration, pool))
+                            result["cpu"] = (web.cpu_s() - before) / max(result["done"], 1)
+                            runs[mode].append(result)
                     before = web.cpu_s()
-                    closed = asyncio.run(_closed_loop(web.url, beating, 3.0))
-                    cpu_closed.append((web.cpu_s() - before) / max(closed["done"], 1))
-                    runs_closed.append(closed)
+                    closed = asyncio.run(_closed_loop(web.port, beating, 3.0))
+                    closed["cpu"] = (web.cpu_s() - before) / max(closed["done"], 1)
+                    runs["closed"].append(closed)
                 conns.append(max(sampler.samples or [0]))
             out[label] = {
-                "open_rate": _median([r["rate"] for r in runs_open]),
-                "open_p50": _median([r["p50"] for r in runs_open]),
-                "open_p99": _median([r["p99"] for r in runs_open]),
-                "open_errors": sum(r["errors"] for r in runs_open),
-                "cap_rate": _median([r["rate"] for r in runs_closed]),
-                "cap_p99": _median([r["p99"] for r in runs_closed]),
-                "cap_errors": sum(r["errors"] for r in runs_closed),
-                "connections": max(conns),
-                "cpu_open": _median(cpu),
-                "cpu_closed": _median(cpu_closed),
+                mode: {
+                    key: (sum if key == "errors" else _median)([r[key] for r in results])
+                    for key in ("rate", "p50", "p99", "errors", "cpu")
+                }
+                for mode, results in runs.items()
+                if results
             }
+            out[label]["connections"] = max(conns)
         finally:
             web.stop()
+    if args.heartbeats_only:
+        connections.close_all()
+        connections["default"].close_pool()
+        _drop_database(base_url, db_name)
+        return out
     out["queries_per_beat"] = _queries_per_heartbeat(credentials[:200])
     out["reconcile"] = _reconcile_measures(args.runs)
     out["routing"] = _routing_measures(args.runs)
@@ -626,20 +704,30 @@ def _print(results: list[dict[str, Any]], pool: int, load: tuple[str, str]) -> N
         f"Load average of the machine (1, 5, 15 min): {load[0]} at the start, {load[1]} at the end"
     )
     print("\n## Heartbeats, open loop: one web worker pinned to one core (medians)")
-    print("(one core's share of N agents beating every 5 s on 2 web cores: N/10 per second)")
     print(
-        "| N | offered/s | served/s | p50 ms | p99 ms | errors | CPU ms/beat | "
+        "(one core's share of N agents beating every 5 s on 2 web cores: N/10 per second; "
+        f"pooled: over {OPEN_LOOP_CONNECTIONS} keep-alive connections, as behind a proxy; "
+        "per beat: a new connection for each beat, as agents connecting directly to a web role "
+        "whose keep-alive is no longer than their interval)"
+    )
+    print(
+        "| N | connections | offered/s | served/s | p50 ms | p99 ms | errors | CPU ms/beat | "
         "beats/s per core at that CPU | DB conns (max) | pool |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        c = r["fast"]
-        print(
-            f"| {r['n']} | {r['n'] / INTERVAL_S / WEB_CORES:.0f} | {c['open_rate']:.0f} | "
-            f"{c['open_p50'] * ms:.1f} | {c['open_p99'] * ms:.1f} | {c['open_errors']} | "
-            f"{c['cpu_open'] * ms:.2f} | {1 / c['cpu_open']:.0f} | {c['connections']} | {pool} |"
-        )
-    print("\n## Heartbeats, closed loop (64 in flight): the fast path against Django's handler")
+        for mode, label in (("pooled", "pooled"), ("per_beat", "per beat")):
+            c = r["fast"][mode]
+            print(
+                f"| {r['n']} | {label} | {r['n'] / INTERVAL_S / WEB_CORES:.0f} | {c['rate']:.0f} | "
+                f"{c['p50'] * ms:.1f} | {c['p99'] * ms:.1f} | {c['errors']} | "
+                f"{c['cpu'] * ms:.2f} | {1 / c['cpu']:.0f} | {r['fast']['connections']} | "
+                f"{pool} |"
+            )
+    print(
+        f"\n## Heartbeats, closed loop ({CAPACITY_CONCURRENCY} in flight): the fast path"
+        + ("" if "django" not in results[0] else " against Django's handler")
+    )
     print(
         "| N | path | served/s | p99 ms | errors | CPU ms/beat | beats/s per core at that CPU | "
         "DB conns (max) | CPU per beat, django / fast | queries per beat (steady) |"
@@ -647,14 +735,22 @@ def _print(results: list[dict[str, Any]], pool: int, load: tuple[str, str]) -> N
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         for label in ("fast", "django"):
-            c = r[label]
-            ratio = r["django"]["cpu_closed"] / r["fast"]["cpu_closed"]
-            print(
-                f"| {r['n']} | {label} | {c['cap_rate']:.0f} | {c['cap_p99'] * ms:.1f} | "
-                f"{c['cap_errors']} | {c['cpu_closed'] * ms:.2f} | {1 / c['cpu_closed']:.0f} | "
-                f"{c['connections']} | {'' if label == 'fast' else f'{ratio:.1f}x'} | "
-                f"{r['queries_per_beat']:.2f} |"
+            if label not in r:
+                continue
+            c = r[label]["closed"]
+            ratio = (
+                f"{r['django']['closed']['cpu'] / r['fast']['closed']['cpu']:.1f}x"
+                if label == "django"
+                else ""
             )
+            queries = f"{r['queries_per_beat']:.2f}" if "queries_per_beat" in r else "-"
+            print(
+                f"| {r['n']} | {label} | {c['rate']:.0f} | {c['p99'] * ms:.1f} | "
+                f"{c['errors']} | {c['cpu'] * ms:.2f} | {1 / c['cpu']:.0f} | "
+                f"{r[label]['connections']} | {ratio} | {queries} |"
+            )
+    if "reconcile" not in results[0]:
+        return
     print("\n## Reconcile: a pass with nothing to change (medians)")
     print(
         "| N | model codes | pass ms | pass queries | before: converge each ms (once) | "
@@ -692,6 +788,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1000,5000,10000")
     parser.add_argument("--duration", type=float, default=6.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--heartbeats-only",
+        action="store_true",
+        help="only the fast path's heartbeats (no Django baseline, reconcile, routing)",
+    )
     args = parser.parse_args(argv)
     base_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"

@@ -16,7 +16,10 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.urls import path  # noqa: E402
 
 from apps.gateway.asgi import application as gateway_app  # noqa: E402
-from apps.instances.agents.api.asgi import HeartbeatApp  # noqa: E402
+from apps.instances.agents.api.asgi import (  # noqa: E402
+    HeartbeatApp,
+    reserve_heartbeat_connections,
+)
 from inventiv.consumers import EventsConsumer  # noqa: E402
 from inventiv.pathrouter import PathPrefixRouter  # noqa: E402
 
@@ -26,7 +29,11 @@ websocket_urlpatterns = [path("ws/events/", EventsConsumer.as_asgi())]
 application = ProtocolTypeRouter(
     {
         # Agents' heartbeats skip Django's request machinery (apps/instances/agents/api/asgi.py).
-        "http": HeartbeatApp(PathPrefixRouter(gateway=gateway_app, default=django_asgi_app)),
+        # Steady beats on the event loop, on connections taken out of this process's pool.
+        "http": HeartbeatApp(
+            PathPrefixRouter(gateway=gateway_app, default=django_asgi_app),
+            db_connections=reserve_heartbeat_connections(),
+        ),
         "websocket": AllowedHostsOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),

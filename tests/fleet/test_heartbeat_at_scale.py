@@ -4,6 +4,7 @@ ASGI fast path answers as the Django view does."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 from typing import Any
@@ -162,44 +163,221 @@ async def _asgi(app: HeartbeatApp, body: bytes, credential: str) -> tuple[int, b
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_the_asgi_fast_path_answers_as_the_view(mock_model: LlmModel) -> None:
+@pytest.mark.parametrize("db_connections", [2, 0], ids=["on-the-event-loop", "in-threads"])
+async def test_the_asgi_fast_path_answers_as_the_view(
+    mock_model: LlmModel, db_connections: int
+) -> None:
     instance, credential = await in_thread(_serving, mock_model)
     passed: list[str] = []
 
     async def default(scope: Any, receive: Any, send: Any) -> None:
         passed.append(scope["path"])
 
-    app = HeartbeatApp(default)
-    # A beat: 200 and the desired state; twice (the second from the memo), the same answer
-    status, body = await _asgi(app, _body(instance), credential)
-    assert status == 200 and json.loads(body)["desired"]["action"] == "serve"
-    assert await _asgi(app, _body(instance), credential) == (status, body)
-    # Refusals in the envelope: a bad credential, a body over the limit
-    status, body = await _asgi(app, _body(instance), "ivc_wrong")
-    assert status == 401 and json.loads(body)["error"]["code"] == "invalid_agent_credentials"
-    status, body = await _asgi(app, b"x" * (300 * 1024), credential)
-    assert status == 413 and json.loads(body)["error"]["code"] == "request_too_large"
-    # Anything else goes on to Django
-    await app({"type": "http", "method": "GET", "path": PATH}, None, None)
-    await app({"type": "http", "method": "POST", "path": "/internal/agent/v1/register"}, None, None)
-    assert passed == [PATH, "/internal/agent/v1/register"]
-    app._executor.shutdown(wait=True)  # type: ignore[union-attr]
+    app = HeartbeatApp(default, db_connections=db_connections)
+    try:
+        # A beat: 200 and the desired state; twice (the second from the memo), the same answer
+        status, body = await _asgi(app, _body(instance), credential)
+        assert status == 200 and json.loads(body)["desired"]["action"] == "serve"
+        assert await _asgi(app, _body(instance), credential) == (status, body)
+        # ... which is the view's, byte for byte
+        view = await in_thread(lambda: _beat(Client(), credential, _body(instance)))
+        assert (view.status_code, view.content) == (status, body)
+        # Refusals in the envelope, as the view's: a bad credential, a body over the limit,
+        # a body that is not JSON, another protocol, a bad field, another instance's beat
+        status, body = await _asgi(app, _body(instance), "ivc_wrong")
+        assert status == 401 and json.loads(body)["error"]["code"] == "invalid_agent_credentials"
+        status, body = await _asgi(app, b"x" * (300 * 1024), credential)
+        assert status == 413 and json.loads(body)["error"]["code"] == "request_too_large"
+        other, _ = await in_thread(_serving, mock_model)
+        for bad in (
+            b"not json",
+            b"[]",
+            json.dumps({"protocol_version": 99}).encode(),
+            json.dumps({"instance_id": str(instance.id), "state": "dancing"}).encode(),
+            _body(other),
+        ):
+            got = await _asgi(app, bad, credential)
+            view = await in_thread(lambda b=bad: _beat(Client(), credential, b))
+            assert got == (view.status_code, view.content) and got[0] in (400, 401), got
+        # Anything else goes on to Django
+        await app({"type": "http", "method": "GET", "path": PATH}, None, None)
+        await app(
+            {"type": "http", "method": "POST", "path": "/internal/agent/v1/register"}, None, None
+        )
+        assert passed == [PATH, "/internal/agent/v1/register"]
+    finally:
+        await app.close()
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_an_unexpected_failure_is_a_500_in_the_envelope(
+async def test_a_steady_beat_is_answered_on_the_event_loop_and_writes_what_is_due(
+    mock_model: LlmModel,
+) -> None:
+    # Given an instance whose agent beat once (the full path, in a thread)
+    instance, credential = await in_thread(_serving, mock_model)
+    app = HeartbeatApp(None, db_connections=2)
+    try:
+        first = await _asgi(app, _body(instance), credential)
+        assert first[0] == 200
+        # When no thread may run, and its recorded beat is older than the persistence period
+        old = timezone.now() - timedelta(seconds=60)
+        await in_thread(
+            lambda: Instance.objects.filter(id=instance.id).update(last_heartbeat_at=old)
+        )
+
+        def no_thread() -> Any:
+            raise AssertionError("a steady beat took a thread")
+
+        app.executor = no_thread  # type: ignore[method-assign]
+        metrics = EngineMetrics(requests_running=2, kv_cache_usage=0.25)
+        again = await _asgi(app, _body(instance, metrics=metrics), credential)
+        # Then the same answer; the two written with the next batch, on the loop's connection
+        assert again == first
+        assert app.db is not None and await app.db.flush() == 1
+        row = await in_thread(lambda: Instance.objects.get(id=instance.id))
+        assert row.last_heartbeat_at > old and row.engine_metrics["requests_running"] == 2
+        heartbeat_leases_flush()
+        assert cache.get(heartbeat_lease_key(instance.id)) is not None
+    finally:
+        await app.close()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_batch_of_beats_skips_a_locked_row_and_keeps_a_failed_batch(
     mock_model: LlmModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from apps.instances.agents.api.asgi import BeatDatabase
+
+    # Given two instances whose recorded beats are old, and pending writes for both
+    (a, _), (b, _) = [await in_thread(_serving, mock_model) for _ in range(2)]
+    old = timezone.now() - timedelta(seconds=60)
+    await in_thread(
+        lambda: Instance.objects.filter(id__in=[a.id, b.id]).update(last_heartbeat_at=old)
+    )
+    db = BeatDatabase(2)
+    try:
+        now = timezone.now()
+        db.write(str(a.id), {"last_heartbeat_at": now})
+        db.write(str(b.id), {"last_heartbeat_at": now, "engine_metrics": {"requests_running": 4}})
+        # When another transaction holds b's row (a transition under way)
+        holding, release = asyncio.Event(), asyncio.Event()
+
+        def hold() -> None:
+            from django.db import transaction
+
+            with transaction.atomic():
+                Instance.objects.select_for_update().get(id=b.id)
+                asyncio.run_coroutine_threadsafe(_set(holding), loop)
+                asyncio.run_coroutine_threadsafe(release.wait(), loop).result(10)
+
+        loop = asyncio.get_running_loop()
+        holder = asyncio.ensure_future(in_thread(hold))
+        await asyncio.wait_for(holding.wait(), 10)
+        # Then the batch writes a's row at once, without waiting for b's
+        assert await asyncio.wait_for(db.flush(), 5) == 1
+        release.set()
+        await holder
+        rows = await in_thread(
+            lambda: {i.id: i for i in Instance.objects.filter(id__in=[a.id, b.id])}
+        )
+        assert rows[a.id].last_heartbeat_at == now and rows[b.id].last_heartbeat_at == old
+        assert rows[b.id].engine_metrics.get("requests_running") is None
+        # When a batch fails (the database away), it is kept, under anything newer
+        db.write(str(a.id), {"engine_metrics": {"requests_running": 1}})
+
+        async def broken() -> Any:
+            raise OSError("connection refused")
+
+        monkeypatch.setattr(db, "_get_pool", broken)
+        with pytest.raises(OSError):
+            await db.flush()
+        db.write(str(a.id), {"engine_metrics": {"requests_running": 2}})
+        monkeypatch.undo()
+        assert await db.flush() == 1
+        row = await in_thread(lambda: Instance.objects.get(id=a.id))
+        assert row.engine_metrics["requests_running"] == 2
+    finally:
+        await db.close()
+
+
+async def _set(event: asyncio.Event) -> None:
+    event.set()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_memoised_answer_never_outlives_a_transition_or_a_credential(
+    mock_model: LlmModel,
+) -> None:
+    # Given a memoised answer on the event loop's path
+    instance, credential = await in_thread(_serving, mock_model)
+    app = HeartbeatApp(None, db_connections=2)
+    try:
+        await _asgi(app, _body(instance), credential)
+        status, body = await _asgi(app, _body(instance), credential)
+        assert status == 200 and json.loads(body)["desired"]["action"] == "serve"
+        # When the control plane drains it, the very next beat says drain
+        await in_thread(
+            lambda: instance_drain(instance=Instance.objects.get(id=instance.id), reason="down")
+        )
+        status, body = await _asgi(app, _body(instance), credential)
+        assert status == 200 and json.loads(body)["desired"]["action"] == "drain"
+        # When its credential is rotated, the old one is refused at once, the new one served
+        rotated = crypto.new_token("ivc_")
+        await in_thread(
+            lambda: Instance.objects.filter(id=instance.id).update(
+                credential_hash=crypto.token_hash(rotated)
+            )
+        )
+        status, body = await _asgi(app, _body(instance), credential)
+        assert status == 401 and json.loads(body)["error"]["code"] == "invalid_agent_credentials"
+        assert (await _asgi(app, _body(instance), rotated))[0] == 200
+        # When it is revoked (the credential cleared), refused at once too
+        await in_thread(lambda: Instance.objects.filter(id=instance.id).update(credential_hash=""))
+        assert (await _asgi(app, _body(instance), rotated))[0] == 401
+    finally:
+        await app.close()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("db_connections", [2, 0], ids=["on-the-event-loop", "in-threads"])
+async def test_an_unexpected_failure_is_a_500_in_the_envelope(
+    mock_model: LlmModel, monkeypatch: pytest.MonkeyPatch, db_connections: int
 ) -> None:
     instance, credential = await in_thread(_serving, mock_model)
 
-    def broken(**_: Any) -> tuple[int, bytes]:
+    def broken(*_: Any, **__: Any) -> Any:
         raise RuntimeError("the database went away")
 
-    monkeypatch.setattr("apps.instances.agents.api.asgi.heartbeat_answer", broken)
-    app = HeartbeatApp(None)
-    status, body = await _asgi(app, _body(instance), credential)
-    assert status == 500 and json.loads(body)["error"]["code"] == "server_error"
-    app._executor.shutdown(wait=True)  # type: ignore[union-attr]
+    # The look-up's row on the event loop; the whole answer in a thread
+    target = "identify_row" if db_connections else "heartbeat_answer"
+    monkeypatch.setattr(f"apps.instances.agents.api.asgi.{target}", broken)
+    app = HeartbeatApp(None, db_connections=db_connections)
+    try:
+        status, body = await _asgi(app, _body(instance), credential)
+        assert status == 500 and json.loads(body)["error"]["code"] == "server_error"
+    finally:
+        await app.close()
+
+
+def test_the_event_loops_connections_come_out_of_the_process_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django.conf import settings
+
+    from apps.instances.agents.api.asgi import reserve_heartbeat_connections
+
+    options = settings.DATABASES["default"].setdefault("OPTIONS", {})
+    # Given the production pool of 8: 2 for the event loop, 6 left to Django
+    monkeypatch.setitem(options, "pool", {"min_size": 1, "max_size": 8})
+    assert reserve_heartbeat_connections() == 2
+    assert options["pool"]["max_size"] == 6
+    # Given a pool of 3: one for the event loop, Django keeps two
+    monkeypatch.setitem(options, "pool", {"min_size": 3, "max_size": 3})
+    assert reserve_heartbeat_connections() == 1
+    assert options["pool"] == {"min_size": 2, "max_size": 2}
+    # Given no pool: none (every beat in threads)
+    monkeypatch.setitem(options, "pool", None)
+    assert reserve_heartbeat_connections() == 0
 
 
 @pytest.mark.django_db

@@ -16,6 +16,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -453,13 +454,25 @@ def agent_identify(*, credential: str) -> dict[str, Any]:
     with connection.cursor() as cursor:
         cursor.execute(_identify_sql(), [hashed])
         found = cursor.fetchone()
+    return identify_row(found, hashed=hashed)
+
+
+def identify_sql() -> str:
+    """The look-up :func:`agent_identify` runs, for a caller with a connection of its own
+    (the ASGI fast path's, on the event loop): one parameter, the credential's hash."""
+    return _identify_sql()
+
+
+def identify_row(found: Sequence[Any] | None, *, hashed: str) -> dict[str, Any]:
+    """The look-up's row (``None``: no such credential) as :func:`agent_identify` gives it, or
+    ``AgentAuthError``."""
     if found is None:
         raise AgentAuthError("Invalid agent credential.")
     row = dict(zip((name for name, _ in _QUICK_COLUMNS), found, strict=True))
     if not hmac.compare_digest(row["credential_hash"], hashed):
         raise AgentAuthError("Invalid agent credential.")
     # As the ORM would read them (SQLite's raw rows hold text: hex ids, ISO dates, JSON).
-    row["id"] = str(uuid.UUID(str(row["id"])))
+    row["id"] = str(row["id"] if isinstance(row["id"], uuid.UUID) else uuid.UUID(str(row["id"])))
     for name in ("status_changed_at", "last_heartbeat_at"):
         value = parse_datetime(row[name]) if isinstance(row[name], str) else row[name]
         if value is not None and timezone.is_naive(value):
@@ -470,12 +483,9 @@ def agent_identify(*, credential: str) -> dict[str, Any]:
     return row
 
 
-def _write_beat(instance_id: str, fields: dict[str, Any]) -> None:
-    """One UPDATE of ``last_heartbeat_at`` and/or ``engine_metrics`` (raw on PostgreSQL, as
-    the look-up; the ORM on the embedded mode's SQLite)."""
-    if connection.vendor != "postgresql":
-        Instance.objects.filter(id=instance_id).update(**fields)
-        return
+def beat_update(fields: dict[str, Any]) -> tuple[str, list[Any]]:
+    """PostgreSQL's UPDATE of ``last_heartbeat_at`` and/or ``engine_metrics`` for one beat and
+    its parameters, the instance's id last."""
     sets, params = [], []
     if "last_heartbeat_at" in fields:
         sets.append("last_heartbeat_at = %s")
@@ -483,11 +493,80 @@ def _write_beat(instance_id: str, fields: dict[str, Any]) -> None:
     if "engine_metrics" in fields:
         sets.append("engine_metrics = %s::jsonb")
         params.append(json.dumps(fields["engine_metrics"]))
+    # Only constant names (the columns above, the table); the values are parameters.
+    sql = f"UPDATE {Instance._meta.db_table} SET {', '.join(sets)} WHERE id = %s"  # noqa: S608
+    return sql, params
+
+
+@functools.cache
+def beats_batch_update_sql() -> str:
+    """PostgreSQL's UPDATE of many beats' fields at once (parameters: ids, times, metrics as
+    three arrays; a NULL leaves that field as it is). Rows another transaction holds locked
+    are skipped, never waited for (so the batch can be in no deadlock): the ids written come
+    back, the caller keeps the others for its next batch."""
+    t = Instance._meta.db_table
+    # Only constant names (the table, its columns); the values are parameters.
+    sql = (
+        "WITH v AS (SELECT * FROM unnest(%s::uuid[], %s::timestamptz[], %s::jsonb[])"  # noqa: S608
+        f" AS v(id, at, metrics)), locked AS (SELECT i.id FROM {t} i JOIN v ON v.id = i.id"
+        f" ORDER BY i.id FOR UPDATE OF i SKIP LOCKED) UPDATE {t} i SET last_heartbeat_at ="
+        " GREATEST(i.last_heartbeat_at, v.at), engine_metrics = COALESCE(v.metrics,"
+        " i.engine_metrics) FROM v WHERE i.id = v.id AND i.id IN (SELECT id FROM locked)"
+        " RETURNING i.id"
+    )
+    return sql
+
+
+def _write_beat(instance_id: str, fields: dict[str, Any]) -> None:
+    """One UPDATE of ``last_heartbeat_at`` and/or ``engine_metrics`` (raw on PostgreSQL, as
+    the look-up; the ORM on the embedded mode's SQLite)."""
+    if connection.vendor != "postgresql":
+        Instance.objects.filter(id=instance_id).update(**fields)
+        return
+    sql, params = beat_update(fields)
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {Instance._meta.db_table} SET {', '.join(sets)} WHERE id = %s",  # noqa: S608
-            [*params, instance_id],
-        )
+        cursor.execute(sql, [*params, instance_id])
+
+
+def heartbeat_steady(
+    *, row: dict[str, Any], heartbeat: Heartbeat
+) -> tuple[bytes, dict[str, Any]] | None:
+    """For a beat that changes nothing the full path acts upon (the memo's answer, given for
+    the same version and the same reports): that answer and the fields to write (see
+    :func:`agent_heartbeat_quick`); ``None`` when the beat must take the full path. Reads
+    nothing but the memo; raises ``AgentAuthError`` for a beat of another instance."""
+    instance_id = str(row["id"])
+    if heartbeat.instance_id != instance_id:
+        raise AgentAuthError("This credential belongs to another instance.")
+    memo = _memo.get(instance_id)
+    if memo is None or memo.version != _version(row) or memo.until <= time.monotonic():
+        return None
+    reported = _reported(heartbeat)
+    if not (
+        memo.reported == reported
+        and row["agent_state"] == reported[0]
+        and row["engine_status"] == reported[1]
+        and (not reported[2] or row["agent_version"] == reported[2])
+    ):
+        return None
+    fields: dict[str, Any] = {}
+    metrics = heartbeat.metrics.model_dump() if heartbeat.metrics else {}
+    if metrics != row["engine_metrics"]:
+        fields["engine_metrics"] = metrics
+    last = row["last_heartbeat_at"]
+    now = timezone.now()
+    if last is None or (now - last).total_seconds() >= heartbeat_persist_s():
+        fields["last_heartbeat_at"] = now
+    return memo.reply, fields
+
+
+def _version(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        row["status"],
+        row["status_changed_at"],
+        row["llm_model__updated_at"],
+        row["hub_token__updated_at"],
+    )
 
 
 def agent_heartbeat_quick(*, row: dict[str, Any], heartbeat: Heartbeat) -> bytes:
@@ -495,38 +574,24 @@ def agent_heartbeat_quick(*, row: dict[str, Any], heartbeat: Heartbeat) -> bytes
     :func:`agent_heartbeat` would give it (same checks, same transitions, same errors), at the
     cost described above. Not atomic with a concurrent transition: a status changed meanwhile
     is seen by the next beat, as with the full path."""
+    wall = time.time()
+    steady = heartbeat_steady(row=row, heartbeat=heartbeat)
     instance_id = str(row["id"])
-    if heartbeat.instance_id != instance_id:
-        raise AgentAuthError("This credential belongs to another instance.")
-    wall, now = time.time(), timezone.now()
-    version = (
-        row["status"],
-        row["status_changed_at"],
-        row["llm_model__updated_at"],
-        row["hub_token__updated_at"],
-    )
-    reported = _reported(heartbeat)
-    memo = _memo.get(instance_id)
-    if (
-        memo is not None
-        and memo.version == version
-        and memo.reported == reported
-        and memo.until > time.monotonic()
-        and row["agent_state"] == reported[0]
-        and row["engine_status"] == reported[1]
-        and (not reported[2] or row["agent_version"] == reported[2])
-    ):
-        fields: dict[str, object] = {}
-        metrics = heartbeat.metrics.model_dump() if heartbeat.metrics else {}
-        if metrics != row["engine_metrics"]:
-            fields["engine_metrics"] = metrics
-        last = row["last_heartbeat_at"]
-        if last is None or (now - last).total_seconds() >= heartbeat_persist_s():
-            fields["last_heartbeat_at"] = now
+    if steady is not None:
+        reply, fields = steady
         if fields:
             _write_beat(instance_id, fields)
         heartbeat_lease_renew(instance_id, wall)
-        return memo.reply
+        return reply
+    return agent_heartbeat_full(row=row, heartbeat=heartbeat, wall=wall)
+
+
+def agent_heartbeat_full(*, row: dict[str, Any], heartbeat: Heartbeat, wall: float) -> bytes:
+    """The full path for a beat :func:`heartbeat_steady` did not answer: :func:`agent_heartbeat`
+    on the instance read whole, its answer memoised when it made no transition. ``wall`` is
+    the beat's time (``time.time()``) for its lease."""
+    instance_id = str(row["id"])
+    version, reported = _version(row), _reported(heartbeat)
     instance = Instance.objects.select_related("llm_model", "provider", "instance_type").get(
         id=instance_id
     )

@@ -2,9 +2,16 @@
 Django's request machinery (middleware, a thread per request), since the fleet's heartbeats
 are most of the web role's requests (10,000 machines every 5 s: 2,000 a second).
 
-The same answers as the Django view (``beat.heartbeat_answer``, one implementation). The work
-runs in a small pool of threads, each taking a database connection from the process's pool for
-one heartbeat and giving it back; the event loop only reads the body and writes the answer.
+The same answers as the Django view (``beat.heartbeat_answer``): the same look-up, the same
+steady-state decision (``services.heartbeat_steady``), the same full path. On PostgreSQL a
+steady beat never leaves the event loop: its look-up by credential hash and, when due, its
+UPDATE run on a few asynchronous connections of the process's own (``BeatDatabase``, taken
+out of the process's ``DATABASE_POOL_MAX_SIZE`` by ``reserve_heartbeat_connections``), as
+prepared statements; a thread hop and a Django pool checkout per beat cost more CPU than the
+beat's own work. A beat the memo cannot answer (a first beat, a change the full path acts
+upon) runs the full path in a small pool of threads with Django's pooled connections. On
+SQLite (the embedded mode), every beat runs in those threads.
+
 Nothing here needs the Host header, a cookie or a session: the bearer credential is the only
 authority, as for the view (which `/internal/` already exempts from the HTTPS redirect)."""
 
@@ -13,14 +20,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from django.conf import settings
 from django.db import connection
 
-from agent.protocol import HEARTBEAT_PATH
+from agent.protocol import HEARTBEAT_PATH, PROTOCOL_VERSION, Heartbeat
 from apps.instances.agents.api.beat import heartbeat_answer
+from apps.instances.agents.api.wire import bearer_from_header, parse_body
+from apps.instances.agents.services import (
+    AgentAuthError,
+    agent_heartbeat_full,
+    beats_batch_update_sql,
+    heartbeat_lease_renew,
+    heartbeat_steady,
+    identify_row,
+    identify_sql,
+)
+from inventiv import crypto
 from inventiv.error_codes import envelope
 from inventiv.errors import ApplicationError
 
@@ -28,6 +47,11 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 * 1024  # a heartbeat is about 1 KiB
 _JSON = [(b"content-type", b"application/json")]
+# The event loop's connections: one answers a look-up in a fraction of a millisecond, so two
+# keep up with several thousand beats a second and let one wait on a slow UPDATE.
+HEARTBEAT_DB_CONNECTIONS = 2
+# Steady beats' writes go to the database in one statement this often (see BeatDatabase).
+BEAT_FLUSH_S = 0.5
 
 
 class BodyTooLarge(ApplicationError):
@@ -35,27 +59,170 @@ class BodyTooLarge(ApplicationError):
     code = "request_too_large"
 
 
+def _server_error() -> tuple[int, bytes]:
+    # What the Django view would answer through handler500: the envelope, not uvicorn's
+    # plain-text 500 (a pool timeout, a database that went away, a row deleted meanwhile).
+    return 500, json.dumps(envelope("Internal server error; retry later.", "server_error")).encode()
+
+
 def _answer(authorization: str, body: bytes) -> tuple[int, bytes]:
+    """A whole beat in a thread (SQLite, or no event-loop connections)."""
     try:
         return heartbeat_answer(authorization=authorization, body=body)
     except Exception:
-        # What the Django view would answer through handler500: the envelope, not uvicorn's
-        # plain-text 500 (a pool timeout, a database that went away, a row deleted meanwhile).
         log.exception("heartbeat failed")
-        return 500, json.dumps(
-            envelope("Internal server error; retry later.", "server_error")
-        ).encode()
+        return _server_error()
     finally:
         connection.close()  # back to the pool (or closed, without one)
 
 
-class HeartbeatApp:
-    """Serves the heartbeat path itself and hands every other request to ``default``."""
+def _full(row: dict[str, Any], message: Heartbeat, wall: float) -> tuple[int, bytes]:
+    """The full path of one beat in a thread (its look-up already done)."""
+    try:
+        return 200, agent_heartbeat_full(row=row, heartbeat=message, wall=wall)
+    except ApplicationError as exc:
+        return exc.status_code, json.dumps(exc.body()).encode()
+    except Exception:
+        log.exception("heartbeat failed")
+        return _server_error()
+    finally:
+        connection.close()
 
-    def __init__(self, default: Any, *, threads: int | None = None) -> None:
+
+def reserve_heartbeat_connections() -> int:
+    """Take the event loop's connections out of this process's Django pool (so that the
+    process still opens at most ``DATABASE_POOL_MAX_SIZE``); how many (0: none, the beats then
+    run in threads). Call before the process's first query: the pool is sized when made."""
+    options = settings.DATABASES["default"].get("OPTIONS", {})
+    pool = options.get("pool")
+    if connection.vendor != "postgresql" or not isinstance(pool, dict):
+        return 0
+    size = int(pool.get("max_size") or 0)
+    reserved = min(HEARTBEAT_DB_CONNECTIONS, size - 2)  # Django keeps at least two
+    if reserved <= 0:
+        return 0
+    pool["max_size"] = size - reserved
+    pool["min_size"] = min(int(pool.get("min_size") or 0), size - reserved)
+    return reserved
+
+
+class BeatDatabase:
+    """``size`` asynchronous PostgreSQL connections (``psycopg_pool.AsyncConnectionPool``, on
+    the event loop that first uses it) for the steady beat's look-up, prepared on each
+    connection at its first use, and the beats' writes, made in batches: one UPDATE every
+    ``BEAT_FLUSH_S`` for every beat that had something to write (``last_heartbeat_at`` due,
+    ``engine_metrics`` moved) instead of a round trip and a commit per beat. A batch that
+    fails is kept for the next one (merged under anything newer); a row another transaction
+    holds locked (a transition under way) is skipped, since its next beat sees what was not
+    written and writes it again. Autocommit: each statement is its own transaction."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._pool: Any = None
+        self._opening: asyncio.Lock | None = None
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    def _conninfo(self) -> str:
+        from psycopg.conninfo import make_conninfo
+
+        params = connection.get_connection_params()
+        for name in ("cursor_factory", "context", "prepare_threshold", "pool"):
+            params.pop(name, None)
+        return make_conninfo(**{k: v for k, v in params.items() if v is not None})
+
+    async def _get_pool(self) -> Any:
+        if self._pool is not None:
+            return self._pool
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._pool is None:
+                from psycopg_pool import AsyncConnectionPool
+
+                pool = AsyncConnectionPool(
+                    self._conninfo(),
+                    min_size=self.size,
+                    max_size=self.size,
+                    kwargs={"autocommit": True, "prepare_threshold": 0},
+                    timeout=settings.DATABASE_POOL_TIMEOUT_S,
+                    open=False,
+                    name="heartbeat",
+                )
+                await pool.open(wait=True, timeout=settings.DATABASE_POOL_TIMEOUT_S)
+                self._pool = pool
+        return self._pool
+
+    async def identify(self, hashed: str) -> Any:
+        pool = await self._get_pool()
+        async with pool.connection() as conn:
+            cursor = await conn.execute(identify_sql(), (hashed,))
+            return await cursor.fetchone()
+
+    def write(self, instance_id: str, fields: dict[str, Any]) -> None:
+        """Write ``fields`` (of ``heartbeat_steady``) with the next batch."""
+        self._pending.setdefault(instance_id, {}).update(fields)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(BEAT_FLUSH_S)
+            try:
+                await self.flush()
+            except Exception:  # the database away for a moment: the next batch retries
+                log.exception("heartbeats could not be written; kept for the next batch")
+
+    async def flush(self) -> int:
+        """Write the pending beats now (one statement); how many rows were written."""
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return 0
+        ids = sorted(pending)
+        times = [pending[i].get("last_heartbeat_at") for i in ids]
+        metrics = [
+            None
+            if pending[i].get("engine_metrics") is None
+            else json.dumps(pending[i]["engine_metrics"])
+            for i in ids
+        ]
+        try:
+            pool = await self._get_pool()
+            async with pool.connection() as conn:
+                cursor = await conn.execute(beats_batch_update_sql(), (ids, times, metrics))
+                return len(await cursor.fetchall())
+        except BaseException:
+            for instance_id, fields in pending.items():
+                self._pending[instance_id] = {**fields, **self._pending.get(instance_id, {})}
+            raise
+
+    async def close(self) -> None:
+        """Write what is pending, then close the connections."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        if self._pool is not None:
+            try:
+                await self.flush()
+            finally:
+                pool, self._pool = self._pool, None
+                await pool.close()
+
+
+class HeartbeatApp:
+    """Serves the heartbeat path itself and hands every other request to ``default``.
+    ``db_connections``: the event loop's connections (see :func:`reserve_heartbeat_connections`;
+    ``None``: ``HEARTBEAT_DB_CONNECTIONS`` on PostgreSQL, 0 elsewhere)."""
+
+    def __init__(
+        self, default: Any, *, threads: int | None = None, db_connections: int | None = None
+    ) -> None:
         self.default = default
         self.threads = threads or max(2, min(settings.DATABASE_POOL_MAX_SIZE or 4, 4))
         self._executor: ThreadPoolExecutor | None = None
+        if db_connections is None:
+            db_connections = HEARTBEAT_DB_CONNECTIONS if connection.vendor == "postgresql" else 0
+        self.db = BeatDatabase(db_connections) if db_connections > 0 else None
 
     @staticmethod
     def handles(scope: dict[str, Any]) -> bool:
@@ -65,12 +232,23 @@ class HeartbeatApp:
             and scope.get("path") == HEARTBEAT_PATH
         )
 
+    def executor(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="heartbeat")
+        return self._executor
+
+    async def close(self) -> None:
+        """Close the event loop's connections and the threads (tests; a worker's exit)."""
+        if self.db is not None:
+            await self.db.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if not self.handles(scope):
             await self.default(scope, receive, send)
             return
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="heartbeat")
         authorization = ""
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
@@ -91,11 +269,43 @@ class HeartbeatApp:
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
-        loop = asyncio.get_running_loop()
-        status, body = await loop.run_in_executor(
-            self._executor, _answer, authorization, b"".join(chunks)
-        )
-        await _send(send, status, body)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if self.db is None:
+            loop = asyncio.get_running_loop()
+            status, answer = await loop.run_in_executor(
+                self.executor(), _answer, authorization, body
+            )
+        else:
+            status, answer = await self._answer_on_loop(self.db, authorization, body)
+        await _send(send, status, answer)
+
+    async def _answer_on_loop(
+        self, db: BeatDatabase, authorization: str, body: bytes
+    ) -> tuple[int, bytes]:
+        """``beat.heartbeat_answer`` with the steady beat's queries on the event loop: the
+        credential before the body, the same errors."""
+        try:
+            wall = time.time()
+            credential = bearer_from_header(
+                authorization, AgentAuthError("Invalid agent credential.")
+            )
+            hashed = crypto.token_hash(credential)
+            row = identify_row(await db.identify(hashed), hashed=hashed)
+            message = parse_body(body, Heartbeat, version=PROTOCOL_VERSION)
+            steady = heartbeat_steady(row=row, heartbeat=message)
+            if steady is None:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self.executor(), _full, row, message, wall)
+            reply, fields = steady
+            if fields:
+                db.write(row["id"], fields)
+            heartbeat_lease_renew(row["id"], wall)
+            return 200, reply
+        except ApplicationError as exc:
+            return exc.status_code, json.dumps(exc.body()).encode()
+        except Exception:
+            log.exception("heartbeat failed")
+            return _server_error()
 
 
 def _error_body(error: ApplicationError) -> bytes:
