@@ -3,6 +3,7 @@ everything else to Django."""
 
 from __future__ import annotations
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -39,3 +40,10 @@ application = ProtocolTypeRouter(
         ),
     }
 )
+
+# What the imports made lives as long as the process: out of the cyclic collector's sight, so
+# that a full collection scans only what requests left (measured in bench/fleet.py at 10,000
+# instances: full collections paused the event loop 108-121 ms, the heartbeats' p99; 8-23 ms
+# after this).
+gc.collect()
+gc.freeze()
