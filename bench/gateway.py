@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -264,9 +265,15 @@ class Gateway:
 
 
 def _start_gateway(
-    server: str, workers: int, env: dict[str, str], cores: set[int] | None
+    server: str,
+    workers: int,
+    env: dict[str, str],
+    cores: set[int] | None,
+    root: Path = ROOT,
+    prefix: str = "",
 ) -> Gateway:
     port = _free_port()
+    env = {**env, "PYTHONPATH": str(root)}
     if server == "uvicorn":  # the standalone command, as compose runs it
         args = [sys.executable, "-m", "apps.gateway", "--host", "127.0.0.1", "--port", str(port)]
         args += ["--workers", str(workers)]
@@ -275,10 +282,11 @@ def _start_gateway(
         args = [granian, "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port)]
         args += ["--workers", str(workers), "--loop", "uvloop", "--http", "1", "--no-ws"]
         args += ["--log-level", "warning", "--no-access-log", "apps.gateway.asgi:application"]
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, preexec_fn=_pinned(cores))
+    proc = subprocess.Popen(args, cwd=root, env=env, preexec_fn=_pinned(cores))
     url = f"http://127.0.0.1:{port}"
     _wait_http(url + "/healthz", proc)
-    return Gateway(f"{server}-w{workers}", server, workers, proc, url)
+    name = f"{prefix}{server[:3]}-w{workers}" if prefix else f"{server}-w{workers}"
+    return Gateway(name, server, workers, proc, url)
 
 
 # --- the load generator -------------------------------------------------------------------------
@@ -425,6 +433,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="plain,stream")
     parser.add_argument("--profile", metavar="DIR", help="py-spy record every gateway into DIR")
     parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also measure the gateway of this source tree (another commit: `git archive "
+        "<commit> | tar -x -C DIR`), named base-uvi-w1 etc., interleaved with this tree's",
+    )
+    parser.add_argument(
+        "--attach",
+        metavar="CMD",
+        help="run CMD on every gateway while the runs go on, stopped with SIGINT; {pid} and "
+        "{name} are replaced, e.g. 'perf stat -e task-clock,context-switches -p {pid} "
+        "-o /tmp/{name}.txt'",
+    )
+    parser.add_argument(
         "--governance",
         choices=("on", "off"),
         default="on",
@@ -496,8 +517,18 @@ def main(argv: list[str] | None = None) -> int:
                 gateway = _start_gateway(server, count, env, cores)
                 gateways.append(gateway)
                 procs.append(gateway.proc)
+                if args.baseline:
+                    base = _start_gateway(
+                        server, count, env, cores, Path(args.baseline).resolve(), "base-"
+                    )
+                    gateways.append(base)
+                    procs.append(base.proc)
         if args.profile:
             spies = _profilers(gateways, Path(args.profile))
+        if args.attach:
+            for g in gateways:
+                command = args.attach.format(pid=g.proc.pid, name=g.name)
+                spies.append(subprocess.Popen(shlex.split(command)))
         _flush_usage()
         targets: list[tuple[str, str, str, Callable[[], float] | None]] = [
             ("direct", f"http://127.0.0.1:{engine_port}/v1/chat/completions", engine_secret, None)
@@ -537,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{cost / 1e12:.6f} EUR ({'equal' if spent == cost else 'DIFFERENT'})"
         )
     finally:
-        for spy in spies:  # py-spy writes its output on SIGINT
+        for spy in spies:  # py-spy (and perf) write their output on SIGINT
             spy.send_signal(signal.SIGINT)
         for spy in spies:
             spy.wait(30)

@@ -223,7 +223,9 @@ class Gateway:
         req = Request(start, self._new_id(), ENDPOINTS.get(path, ""))
         accounted: AccountedSend | None = None
         if req.endpoint:
-            send = accounted = AccountedSend(send, req, self.usage, self._usage_record)
+            send = accounted = AccountedSend(
+                send, req, self.usage, self._usage_record, self._finish_recorded
+            )
             self._active += 1
         try:
             if req.endpoint:
@@ -429,13 +431,37 @@ class Gateway:
         return await loop.run_in_executor(self._executor, wake_progress, model_code_id)
 
     # --- accounting --------------------------------------------------------------------------
+    async def _finish_recorded(
+        self, req: Request, target: tuple[str, str, str], record: bytes
+    ) -> bool:
+        """The request's governance finish written with its final usage record, in one script
+        (``AccountedSend`` calls it as the record is committed); False if it cannot be."""
+        ticket = req.ticket
+        if ticket is None or not self.governance.can_record(ticket, target[0]):
+            return False
+        req.ticket = None  # finished at most once: if this raises, it is not tried again
+        try:
+            await self.governance.finish_recorded(
+                ticket, req.prompt_tokens, req.completion_tokens, (target[1], target[2]), record
+            )
+        except Exception:
+            logger.exception("could not release the limits and budget of %s", req.request_id)
+            raise
+        return True
+
     async def _finish(self, req: Request, accounted: AccountedSend) -> None:
         key = req.key
         assert key is not None
         route = req.route
         label = route.label if route is not None else "unknown"
         tokens = req.prompt_tokens + req.completion_tokens
+        if not accounted.committed:
+            # The answer's final message never went out (the client left, the task was
+            # cancelled): record what the request got.
+            with contextlib.suppress(UsageUnavailable):
+                await accounted.commit()
         if req.ticket is not None:
+            # Not finished with the final record (the in-process backend, or its write failed).
             try:
                 await self.governance.finish(req.ticket, req.prompt_tokens, req.completion_tokens)
             except Exception:
@@ -449,12 +475,6 @@ class Gateway:
         if tokens:
             metrics.child(metrics.TOKENS, label, "prompt").inc(req.prompt_tokens)
             metrics.child(metrics.TOKENS, label, "completion").inc(req.completion_tokens)
-        if not accounted.committed:
-            # The answer's final message never went out (the client left, the task was
-            # cancelled): record what the request got.
-            accounted.committed = True
-            with contextlib.suppress(UsageUnavailable):
-                await self.usage.commit(self._usage_record(req, FINAL_SEQ))
 
     def _usage_record(self, req: Request, seq: int) -> UsageRecordData:
         """The request's usage record; a checkpoint (``seq`` < ``FINAL_SEQ``) says what the

@@ -6,7 +6,9 @@ In production (Redis) each step is **one** script call, atomic across every gate
 limiter's and the budget's Lua fragments (``apps.gateway.ratelimit``, ``apps.gateway.budget``)
 composed into one script, so that a governed request costs one Redis round trip before it is
 forwarded instead of two, and one after instead of two. A request refused by its budget
-consumes none of its rate limits (the script writes only once both allow). A request with no
+consumes none of its rate limits (the script writes only once both allow). The finish is
+usually written with the request's final usage record, in one script (``finish_recorded``):
+a request then makes two Redis round trips in all. A request with no
 rate limits and an unpriced model code still makes the admit call (a block by the billing task
 must apply) and no finish call.
 
@@ -16,7 +18,7 @@ In-process (embedded mode) the same steps call the in-process limiter and budget
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from django.conf import settings
 
@@ -65,6 +67,27 @@ return 0
 """
 )
 
+# The finish and the request's final usage record in one script (one round trip instead of
+# two, atomic: the record is in the stream, its checkpoint gone, if and only if the lease is
+# released and the cost settled). KEYS: the usage stream, the gateway's in-flight hash, then
+# _FINISH's nine. ARGV: _FINISH's eight, then the record.
+_FINISH_RECORDED = (
+    "local RL_KEYS = {KEYS[3], KEYS[4]}\n"
+    "local BUD_KEYS = {unpack(KEYS, 5, 11)}\n"
+    "local RL_ARGV = {ARGV[1], ARGV[2], ARGV[3], ARGV[4]}\n"
+    "local BUD_ARGV = {ARGV[3], ARGV[5], ARGV[6], ARGV[7]}\n"
+    + ratelimit.CLOCK
+    + ratelimit.RL_RELEASE
+    + budget.BUD_SETTLE
+    + """
+rl_release()
+if ARGV[8] == '1' then bud_settle() end
+redis.call('XADD', KEYS[1], '*', 'r', ARGV[9])
+redis.call('HDEL', KEYS[2], ARGV[3])
+return 0
+"""
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
@@ -99,6 +122,7 @@ class Backend(Protocol):
 
 
 _ADMIT_SCRIPT, _FINISH_SCRIPT = Script(_ADMIT), Script(_FINISH)
+_FINISH_RECORDED_SCRIPT = Script(_FINISH_RECORDED)
 _NAMES_MAX = 10_000
 
 
@@ -109,6 +133,7 @@ class RedisGovernance:
         url = settings.REDIS_URL
         assert url, "the Redis implementation is picked only when REDIS_URL is set"
         self._url: str = url
+        self.url = url
         self._rl = ratelimit.prefix()
         self._bud = budget.prefix()
         # (key, organization, model code, period) -> the two scripts' key lists, built once.
@@ -161,23 +186,42 @@ class RedisGovernance:
             budget.reservation(int(scope), int(exhausted), int(worst)),
         )
 
+    @staticmethod
+    def _finish_args(ticket: Ticket, prompt_tokens: int, completion_tokens: int) -> list[Any]:
+        limits = ticket.limits
+        return [
+            limits.tpm,
+            limits.concurrency,
+            ticket.request_id,
+            prompt_tokens + completion_tokens,
+            prompt_tokens,
+            completion_tokens,
+            PERIOD_TTL_S,
+            1 if ticket.reserved else 0,
+        ]
+
     async def finish(self, ticket: Ticket, prompt_tokens: int, completion_tokens: int) -> None:
         limits = ticket.limits
         keys = self._keys(limits.key_id, ticket.org_id, ticket.model_code_id, ticket.period)[1]
         await shared_pipe(self._url).evalsha(
-            _FINISH_SCRIPT,
-            keys,
-            [
-                limits.tpm,
-                limits.concurrency,
-                ticket.request_id,
-                prompt_tokens + completion_tokens,
-                prompt_tokens,
-                completion_tokens,
-                PERIOD_TTL_S,
-                1 if ticket.reserved else 0,
-            ],
+            _FINISH_SCRIPT, keys, self._finish_args(ticket, prompt_tokens, completion_tokens)
         )
+
+    async def finish_recorded(
+        self,
+        ticket: Ticket,
+        prompt_tokens: int,
+        completion_tokens: int,
+        target: tuple[str, str],
+        record: bytes,
+    ) -> None:
+        """``finish`` and the final record's write (``target``: the usage stream and the
+        gateway's in-flight hash) in one script."""
+        limits = ticket.limits
+        keys = self._keys(limits.key_id, ticket.org_id, ticket.model_code_id, ticket.period)[1]
+        args = self._finish_args(ticket, prompt_tokens, completion_tokens)
+        args.append(record)
+        await shared_pipe(self._url).evalsha(_FINISH_RECORDED_SCRIPT, [*target, *keys], args)
 
 
 class InProcessGovernance:
@@ -280,3 +324,25 @@ class Governance:
         """Release the request's lease, debit its tokens, settle its cost (one call)."""
         if ticket.pending and self.backend is not None:
             await self.backend.finish(ticket, prompt_tokens, completion_tokens)
+
+    def can_record(self, ticket: Ticket, url: str) -> bool:
+        """Whether ``finish_recorded`` can write the finish and the final record together: a
+        finish to do, and the usage buffer on the Redis of the governance (``url``)."""
+        backend = self.backend
+        return ticket.pending and isinstance(backend, RedisGovernance) and backend.url == url
+
+    async def finish_recorded(
+        self,
+        ticket: Ticket,
+        prompt_tokens: int,
+        completion_tokens: int,
+        target: tuple[str, str],
+        record: bytes,
+    ) -> None:
+        """``finish`` and the request's final usage record, written to ``target`` (the usage
+        stream, the gateway's in-flight hash), in one atomic script: one round trip. Only when
+        ``can_record``. At most once, as ``finish``: if it raises, whether it ran is unknown, so
+        the caller writes the record again (harmless: the flush is idempotent by request id)
+        but not the finish."""
+        assert isinstance(self.backend, RedisGovernance)
+        await self.backend.finish_recorded(ticket, prompt_tokens, completion_tokens, target, record)

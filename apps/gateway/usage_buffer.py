@@ -43,7 +43,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
 import redis
@@ -74,6 +74,11 @@ class UsageBuffer(Protocol):
     ) -> None:
         """Atomically: append ``finals`` to the stream, delete their checkpoints, and set
         ``checkpoints`` (request id → record) in the gateway's in-flight hash."""
+
+    def final_target(self, gateway_id: str) -> tuple[str, str, str] | None:
+        """Where a script may write a final record itself, atomically with other work (the
+        Redis URL, the stream, the gateway's in-flight hash: ``XADD`` the record, ``HDEL`` its
+        checkpoint); None if the buffer is not in Redis."""
 
     async def heartbeat(self, *, gateway_id: str, ttl_s: float) -> int:
         """Refresh the gateway's liveness; return the backlog (records not yet flushed)."""
@@ -163,6 +168,9 @@ class RedisUsageBuffer:
             commands.append(("HSET", hash_key, *fields))
         if commands:
             await shared_pipe(self._url).transaction(commands)
+
+    def final_target(self, gateway_id: str) -> tuple[str, str, str] | None:
+        return self._url, self._stream, self._inflight + gateway_id
 
     async def heartbeat(self, *, gateway_id: str, ttl_s: float) -> int:
         result = await shared_pipe(self._url).transaction(
@@ -275,6 +283,9 @@ class InProcessUsageBuffer:
                 hashed.pop(request_id, None)
             hashed.update(checkpoints)
 
+    def final_target(self, gateway_id: str) -> tuple[str, str, str] | None:
+        return None
+
     async def heartbeat(self, *, gateway_id: str, ttl_s: float) -> int:
         with self._lock:
             self._alive[gateway_id] = time.monotonic() + ttl_s
@@ -346,12 +357,24 @@ def new_gateway_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
 
 
+# A final record's write that also does other work in the same Redis script (the request's
+# governance finish): given the buffer's ``final_target`` and the record, True once both are
+# written, False if it cannot (the recorder then writes the record alone); if it raises, the
+# record is written again alone (``apps.gateway.governance.Governance.finish_recorded``).
+FinalWrite = Callable[[tuple[str, str, str], bytes], Awaitable[bool]]
+
+
 class UsageRecorder:
-    """Group-commits one process's records to the buffer. ``commit`` (a final record) and
+    """Writes one process's records to the buffer. ``commit`` (a final record) and
     ``checkpoint`` (a stream's progress) return once the buffer holds the record, or raise
     ``UsageUnavailable`` after ``USAGE_WRITE_TIMEOUT_S``; what could not be written is kept
     and retried (a newer version of a request's record replaces an older one not yet
-    written)."""
+    written).
+
+    A waited-for write goes from the request's own coroutine straight to the buffer (no hop
+    through the recorder's task): on the pipelined connection the writes of every request in
+    one event-loop turn still leave in one system call. Once a write fails, records are held
+    and the recorder's task writes them, grouped, retrying, until a write succeeds again."""
 
     def __init__(self, buffer: UsageBuffer | None = None, gateway_id: str | None = None) -> None:
         self._buffer = buffer or usage_buffer()
@@ -360,10 +383,12 @@ class UsageRecorder:
         self.checkpoint_s = settings.USAGE_CHECKPOINT_INTERVAL_S
         self.ttl_s = settings.USAGE_GATEWAY_TTL_S
         self.alert = settings.USAGE_BACKLOG_ALERT
+        self._target = self._buffer.final_target(self.gateway_id)
         self._finals: dict[str, bytes] = {}
         self._checkpoints: dict[str, bytes] = {}
         self._next: asyncio.Future[None] | None = None
         self._wake: asyncio.Event | None = None
+        self._failing = False  # a write failed and none succeeded since: hold, let run() retry
         self._alerted_at = 0.0
         self.backlog = 0
 
@@ -375,11 +400,20 @@ class UsageRecorder:
         metrics.USAGE_PENDING.set(len(self._finals) + len(self._checkpoints))
         return self._next
 
-    async def _wait(self, future: asyncio.Future[None]) -> None:
+    async def _wait(self, future: asyncio.Future[None], since: float | None = None) -> None:
+        """Wait for ``future`` up to ``USAGE_WRITE_TIMEOUT_S`` in all (from ``since``)."""
+        timeout = self.timeout_s
+        if since is not None:
+            timeout -= time.monotonic() - since
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout=self.timeout_s)
+            await asyncio.wait_for(asyncio.shield(future), timeout=max(0.0, timeout))
         except TimeoutError:
             raise UsageUnavailable from None
+
+    def _direct_failed(self) -> None:
+        self._failing = True
+        metrics.USAGE_WRITE_FAILURES.inc()
+        logger.warning("could not write a usage record; the recorder retries", exc_info=True)
 
     def record(self, record: UsageRecordData) -> asyncio.Future[None]:
         """Hand a final record over; the future resolves once the buffer holds it."""
@@ -387,16 +421,50 @@ class UsageRecorder:
         self._finals[record.request_id] = record.to_json()
         return self._enqueue()
 
-    async def commit(self, record: UsageRecordData) -> None:
-        await self._wait(self.record(record))
+    async def commit(self, record: UsageRecordData, write: FinalWrite | None = None) -> None:
+        """Write a final record (with ``write``'s other work when it can) and return once the
+        buffer holds it."""
+        request_id = record.request_id
+        if self._failing:
+            await self._wait(self.record(record))
+            return
+        self._checkpoints.pop(request_id, None)  # not sent yet: the final one supersedes it
+        raw = record.to_json()
+        since = time.monotonic()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if write is None or self._target is None or not await write(self._target, raw):
+                    await self._buffer.write(
+                        gateway_id=self.gateway_id, finals={request_id: raw}, checkpoints={}
+                    )
+            return
+        except (redis.RedisError, OSError, TimeoutError):
+            self._direct_failed()
+        except asyncio.CancelledError:
+            self.record(record)  # maybe not sent: held, the recorder writes it (again)
+            raise
+        await self._wait(self.record(record), since)
 
     async def checkpoint(self, record: UsageRecordData, *, wait: bool) -> None:
         if record.request_id in self._finals:
             return
+        since = None
+        if wait and not self._failing:
+            since = time.monotonic()
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    await self._buffer.write(
+                        gateway_id=self.gateway_id,
+                        finals={},
+                        checkpoints={record.request_id: record.to_json()},
+                    )
+                return
+            except (redis.RedisError, OSError, TimeoutError):
+                self._direct_failed()
         self._checkpoints[record.request_id] = record.to_json()
         future = self._enqueue()
         if wait:
-            await self._wait(future)
+            await self._wait(future, since)
 
     async def flush(self) -> None:
         """Write what is held now, once; raise on failure (it stays held)."""
@@ -404,6 +472,7 @@ class UsageRecorder:
             if self._next is not None:
                 self._next.set_result(None)
                 self._next = None
+            self._failing = False
             return
         future, self._next = self._next, None
         finals, checkpoints = dict(self._finals), dict(self._checkpoints)
@@ -422,6 +491,7 @@ class UsageRecorder:
             for request_id, raw in written.items():
                 if held.get(request_id) is raw:
                     del held[request_id]
+        self._failing = False
         metrics.USAGE_PENDING.set(len(self._finals) + len(self._checkpoints))
         if future is not None and not future.done():
             future.set_result(None)
@@ -506,7 +576,18 @@ class AccountedSend:
     relay, which ends it with an error event. The final empty body commits the final record.
     """
 
-    __slots__ = ("_build", "_held", "_last", "_recorder", "_send", "committed", "req", "seq")
+    __slots__ = (
+        "_build",
+        "_checked",
+        "_fuse",
+        "_held",
+        "_last",
+        "_recorder",
+        "_send",
+        "committed",
+        "req",
+        "seq",
+    )
 
     def __init__(
         self,
@@ -514,15 +595,28 @@ class AccountedSend:
         req: Request,
         recorder: UsageRecorder,
         build: Callable[[Request, int], UsageRecordData],
+        fuse: Callable[[Request, tuple[str, str, str], bytes], Awaitable[bool]] | None = None,
     ) -> None:
         self._send = send
         self.req = req
         self._recorder = recorder
         self._build = build
+        self._fuse = fuse
         self._held: Message | None = None
         self._last = 0.0
+        self._checked = (0, 0)  # the tokens (prompt, completion) of the last checkpoint
         self.seq = 0
         self.committed = False
+
+    async def _fused(self, target: tuple[str, str, str], raw: bytes) -> bool:
+        assert self._fuse is not None
+        return await self._fuse(self.req, target, raw)
+
+    async def commit(self) -> None:
+        """Write the request's final record now (with its governance finish when it can)."""
+        self.committed = True
+        record = self._build(self.req, FINAL_SEQ)
+        await self._recorder.commit(record, self._fused if self._fuse is not None else None)
 
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
@@ -551,6 +645,13 @@ class AccountedSend:
         now = time.monotonic()
         if interval > 0 and now - self._last < interval:
             return
+        req = self.req
+        tokens = (req.prompt_tokens, req.completion_tokens)
+        if tokens == self._checked:
+            # Nothing billable since the last checkpoint (or none yet: a role-only first
+            # chunk): the record it would write bills what the last one did.
+            return
+        self._checked = tokens
         self._last = now
         self.seq += 1
         await self._recorder.checkpoint(self._build(self.req, self.seq), wait=interval <= 0)
@@ -559,10 +660,9 @@ class AccountedSend:
         if self.committed:
             await self._release(message)
             return
-        self.committed = True
         plain = self._held is not None
         try:
-            await self._recorder.commit(self._build(self.req, FINAL_SEQ))
+            await self.commit()
         except UsageUnavailable:
             if not plain:
                 # A stream's tokens already left under their checkpoints; the final record

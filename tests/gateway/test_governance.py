@@ -111,3 +111,61 @@ def test_a_blocked_organization_is_refused_even_with_no_price_and_no_limits(make
 
     assert refused.value.code == "insufficient_quota"
     assert "organization's monthly budget is blocked" in refused.value.message
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="the Redis backend writes the record itself")
+def test_finishing_with_the_final_record_releases_settles_and_records_in_one_script():
+    import redis
+
+    from apps.gateway.redis_pipe import close_shared
+    from apps.gateway.usage_buffer import RedisUsageBuffer
+
+    # Given an admitted request holding the key's one concurrency slot, with a checkpoint
+    key, org, model = _ids()
+    control = RedisBudgetControl()
+    control.set_price(model, 1_000_000, 2_000_000)
+    control.set_limit("key", key, 10**12)
+    limits = Limits(key, tpm=1_000, concurrency=1)
+    governance = Governance()
+    governance.open()
+    buffer = RedisUsageBuffer()
+    gateway_id = f"gw-{secrets.token_hex(3)}"
+    url, stream, inflight = buffer.final_target(gateway_id)  # type: ignore[misc]
+    request_id = f"req_{secrets.token_hex(4)}"
+    record = b'{"request_id":"%s","final":true}' % request_id.encode()
+
+    async def run() -> tuple[bool, str]:
+        ticket = await _admit(governance, limits, org, model, request_id)
+        await buffer.write(gateway_id=gateway_id, finals={}, checkpoints={request_id: b"cp"})
+        fused = governance.can_record(ticket, url)
+        # When it finishes together with its final usage record
+        await governance.finish_recorded(ticket, 3, 4, (stream, inflight), record)
+        try:
+            await _admit(governance, limits, org, model, request_id + "b")
+            after = "ok"
+        except GatewayError as exc:
+            after = exc.code
+        await close_shared()
+        return fused, after
+
+    fused, after = asyncio.run(run())
+
+    # Then the slot is free again, the real cost is settled (3e6 + 8e6 pico; the next request
+    # reserved its worst case, 3e7), the record is in the stream and its checkpoint is gone
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    assert fused and after == "ok"
+    assert control.spent("key", key, period_of()) == (11_000_000, 30_000_000)
+    assert record in [fields[b"r"] for _id, fields in client.xrange(stream)]
+    assert client.hget(inflight, request_id) is None
+
+
+def test_it_does_not_fuse_the_finish_with_a_record_on_another_redis_or_in_process():
+    key, org, model = _ids()
+    in_process = _governance(InProcessGovernance())
+    ticket = asyncio.run(_admit(in_process, Limits(key, tpm=500), org, model, "x"))
+
+    assert not in_process.can_record(ticket, "redis://127.0.0.1:6379/0")
+    if settings.REDIS_URL:
+        redis_governance = _governance(RedisGovernance())
+        assert redis_governance.can_record(ticket, settings.REDIS_URL)
+        assert not redis_governance.can_record(ticket, "redis://elsewhere.invalid:6379/0")
