@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import os
 import secrets
 import signal
@@ -54,6 +56,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -375,6 +378,19 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
 
+@contextlib.contextmanager
+def _no_collections() -> Iterator[None]:
+    """The load generator's cyclic collector off for one load run: a full collection, with the
+    seeded fleet in this process's memory, pauses it for tens of milliseconds, and every beat
+    scheduled meanwhile would count that against the worker."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 async def _connect(port: int) -> _Conn:
     _, conn = await asyncio.get_running_loop().create_connection(_Conn, "127.0.0.1", port)
     return conn
@@ -397,6 +413,13 @@ async def _open_loop(port: int, rate: float, duration: float, connections: int) 
     ``connections`` keep-alive connections opened before the clock starts (a beat whose time
     has come takes an idle one, else waits for one: that wait is counted); with 0, each beat on
     a new connection of its own, closed after its answer."""
+    with _no_collections():
+        return await _open_loop_run(port, rate, duration, connections)
+
+
+async def _open_loop_run(
+    port: int, rate: float, duration: float, connections: int
+) -> dict[str, Any]:
     latencies: list[float] = []
     errors = 0
     idle = [await _connect(port) for _ in range(connections)]
@@ -483,7 +506,8 @@ async def _closed_loop(
         conn.close()
 
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(CAPACITY_CONCURRENCY)))
+    with _no_collections():
+        await asyncio.gather(*(worker() for _ in range(CAPACITY_CONCURRENCY)))
     elapsed = time.perf_counter() - start
     return {
         "done": len(latencies),
