@@ -12,23 +12,25 @@ settings (pool on, ``DJANGO_DEBUG=false``):
   HTTP protocol) is pinned to core 1 with ``taskset``; this process, the load generator, runs
   on core 0 (PostgreSQL and Redis float, as do the other users of the machine: noise);
 * **heartbeats, open loop**: real heartbeat JSON (the agent's own ``Heartbeat`` model, its
-  state, engine status and metrics; the headers its httpx client sends) at the rate N agents
-  make at the default 5 s interval on the two web cores the target plans, so one core's share,
-  N/10 per second, round-robin over the N agents, for ``--duration`` seconds, each beat at its
-  scheduled time whatever the answers (latency counted from the scheduled time, so queueing
-  shows). Twice: **pooled**, over 256 keep-alive connections opened before the clock starts
-  (what a proxy in front of the web role keeps to a worker; a beat whose time has come and
-  finds none idle waits for one, and that wait is counted); **per beat**, each beat on a new
-  connection closed after its answer (agents connecting to the web role themselves: their
-  httpx client keeps a connection 5 s, compose's web role 5 s, the interval is 5 s, so nearly
-  every beat opens one). The load generator speaks HTTP/1.1 itself over asyncio protocols so
-  that its own CPU (on core 0) does not delay the beats it schedules;
-  then **capacity**: closed loop, 64 in flight on 64 keep-alive connections, as fast as the
-  worker answers;
+  state, engine status and metrics, which differ from each beat to the agent's next as a
+  serving engine's do, so every beat has them to write; the headers its httpx client sends)
+  at the rate N agents make at the default 5 s interval on the two web cores the target plans,
+  so one core's share, N/10 per second, round-robin over the N agents, for ``--duration``
+  seconds, each beat at its scheduled time whatever the answers (latency counted from the
+  scheduled time, so queueing shows). Twice: **pooled**, over 256 keep-alive connections
+  opened before the clock starts (what a proxy in front of the web role keeps to a worker; a
+  beat whose time has come and finds none idle waits for one, and that wait is counted); **per
+  beat**, each beat on a new connection closed after its answer (agents connecting to the web
+  role themselves: their httpx client keeps a connection 5 s, compose's web role 5 s, the
+  interval is 5 s, so nearly every beat opens one). The load generator speaks HTTP/1.1 itself
+  over asyncio protocols, and runs each load with its cyclic collector off, so that its own CPU
+  and pauses (on core 0) do not delay the beats it schedules; then **capacity**: closed loop,
+  64 in flight on 64 keep-alive connections, as fast as the worker answers;
 * the same through Django's own ASGI handler (``django.core.asgi``, middleware and a thread
   per request: the way every heartbeat went before the fast path), as the baseline;
 * database connections: ``pg_stat_activity`` of the bench database sampled every 50 ms during
-  the load (max), against the worker's pool (``DATABASE_POOL_MAX_SIZE``, 8);
+  the load (max), against the worker's pool (``DATABASE_POOL_MAX_SIZE``, 8: Django's 6 and the
+  heartbeat's 2 on the event loop);
 * queries per heartbeat: in this process, the heartbeat's implementation called directly for
   a sample of agents in steady state (after a first beat), counted by Django;
 * reconcile: a pass with nothing to change (``reconcile()``), its time and queries (median of
@@ -46,6 +48,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import itertools
 import os
 import secrets
 import signal
@@ -245,8 +248,10 @@ def _engine_status() -> dict[str, Any]:
     return EngineStatus(healthy=True, model_listed=True, warmed_up=True, pid=4242).model_dump()
 
 
-def _beat_body(instance_id: str) -> bytes:
-    """The JSON a ready agent sends (agent.protocol.Heartbeat, as ControlPlaneClient does)."""
+def _beat_body(instance_id: str, step: int = 0) -> bytes:
+    """The JSON a ready agent sends (agent.protocol.Heartbeat, as ControlPlaneClient does);
+    ``step`` 0 or 1: its engine's metrics of every other beat (a serving engine's metrics move
+    from one beat to the next, so that every beat has them to write)."""
     from agent.protocol import AgentState, EngineMetrics, EngineStatus, GpuInfo, Heartbeat
 
     return (
@@ -255,7 +260,7 @@ def _beat_body(instance_id: str) -> bytes:
             agent_version=_agent_version(),
             state=AgentState.READY,
             engine=EngineStatus(healthy=True, model_listed=True, warmed_up=True, pid=4242),
-            metrics=EngineMetrics(kv_cache_usage=0.0),
+            metrics=EngineMetrics(requests_running=step, kv_cache_usage=0.25 * step),
             gpus=[GpuInfo(name="NVIDIA L4", memory_mib=23034)],
         )
         .model_dump_json()
@@ -447,7 +452,7 @@ async def _open_loop_run(
         nonlocal errors
         conn = await take()
         try:
-            if await conn.request(_REQUESTS[index % len(_REQUESTS)]) != 200:
+            if await conn.request(_beat_request(index, len(_REQUESTS))) != 200:
                 errors += 1
         except (ConnectionError, OSError):
             errors += 1
@@ -463,7 +468,7 @@ async def _open_loop_run(
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(k, scheduled)))
+        tasks.append(asyncio.create_task(one(next(_BEATS), scheduled)))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start
     for conn in idle:
@@ -492,12 +497,12 @@ async def _closed_loop(
         nonlocal errors
         conn = await _connect(port)
         while time.perf_counter() < stop_at:
-            k = next(counter, None)
-            if k is None:
+            if next(counter, None) is None:
                 break
+            k = next(_BEATS)
             t0 = time.perf_counter()
             try:
-                if await conn.request(_REQUESTS[k % agents]) != 200:
+                if await conn.request(_beat_request(k, agents)) != 200:
                     errors += 1
             except (ConnectionError, OSError):
                 errors += 1
@@ -518,7 +523,18 @@ async def _closed_loop(
     }
 
 
-_REQUESTS: list[bytes] = []  # each agent's heartbeat request, whole
+# Each agent's two heartbeat requests, whole (its metrics of even and of odd beats).
+_REQUESTS: list[tuple[bytes, bytes]] = []
+
+
+# Beats are numbered across runs, so that each agent's next beat is the other of its two.
+_BEATS = itertools.count()
+
+
+def _beat_request(k: int, agents: int) -> bytes:
+    """The ``k``-th beat, round-robin over the first ``agents`` agents: agent ``k % agents``'s
+    beat number ``k // agents``, whose metrics differ from that agent's previous beat."""
+    return _REQUESTS[k % agents][(k // agents) % 2]
 
 
 # --- in-process measures -------------------------------------------------------------------
@@ -667,7 +683,10 @@ def _cell(n: int, args: argparse.Namespace, base_url: str, env: dict[str, str]) 
     call_command("migrate", verbosity=0)
     credentials = _seed(n)
     connections.close_all()
-    _REQUESTS[:] = [_request(credential, _beat_body(iid)) for iid, credential in credentials]
+    _REQUESTS[:] = [
+        (_request(credential, _beat_body(iid, 0)), _request(credential, _beat_body(iid, 1)))
+        for iid, credential in credentials
+    ]
     out: dict[str, Any] = {"n": n}
     # One core's share of N agents beating every 5 s on the two web cores the target plans.
     rate = n / INTERVAL_S / WEB_CORES
