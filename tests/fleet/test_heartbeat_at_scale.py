@@ -236,6 +236,18 @@ async def test_a_steady_beat_is_answered_on_the_event_loop_and_writes_what_is_du
         assert app.db is not None and await app.db.flush() == 1
         row = await in_thread(lambda: Instance.objects.get(id=instance.id))
         assert row.last_heartbeat_at > old and row.engine_metrics["requests_running"] == 2
+        # When a beat takes the full path (the engine went down) before the next batch, the
+        # older pending write is dropped: the full path's own stands
+        app.executor = lambda: None  # type: ignore[method-assign,assignment,return-value]
+        assert app.db is not None
+        app.db.write(str(instance.id), {"engine_metrics": {"requests_running": 9}})
+        down = EngineStatus(healthy=False, restarts=1, last_error="exit 1")
+        status, _ = await _asgi(
+            app, _body(instance, AgentState.ENGINE_DOWN, engine=down), credential
+        )
+        assert status == 200 and await app.db.flush() == 0
+        row = await in_thread(lambda: Instance.objects.get(id=instance.id))
+        assert row.status == S.STARTING and row.engine_metrics.get("requests_running") != 9
         heartbeat_leases_flush()
         assert cache.get(heartbeat_lease_key(instance.id)) is not None
     finally:

@@ -165,6 +165,10 @@ class BeatDatabase:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
 
+    def forget(self, instance_id: str) -> None:
+        """Drop the instance's pending write (a newer beat writes its own)."""
+        self._pending.pop(instance_id, None)
+
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(BEAT_FLUSH_S)
@@ -294,6 +298,8 @@ class HeartbeatApp:
             message = parse_body(body, Heartbeat, version=PROTOCOL_VERSION)
             steady = heartbeat_steady(row=row, heartbeat=message)
             if steady is None:
+                # The full path writes the beat itself: an older pending one must not follow it.
+                db.forget(row["id"])
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self.executor(), _full, row, message, wall)
             reply, fields = steady
