@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         limit_concurrency=args.limit_concurrency,
         lifespan="on",
         access_log=False,
+        # The gateway reads no client address: no X-Forwarded-* middleware around each request.
+        proxy_headers=False,
         log_level=args.log_level,
         server_header=False,
         date_header=False,

@@ -28,7 +28,7 @@ from apps.gateway.budget import PERIOD_TTL_S, Reservation, period_of
 from apps.gateway.errors import GatewayError, retry_after
 from apps.gateway.ratelimit import LEASE_S as RATE_LEASE_S
 from apps.gateway.ratelimit import Decision, Limits
-from apps.gateway.redis_pipe import Script, shared_pipe
+from apps.gateway.redis_pipe import Script, encode_bulk, shared_pipe
 
 # KEYS: the rate limiter's three, then the reservation's eleven. ARGV: rpm, tpm, concurrency,
 # request id, lease; prompt estimate, max tokens, budget lease, period TTL.
@@ -122,6 +122,7 @@ class Backend(Protocol):
 
 
 _ADMIT_SCRIPT, _FINISH_SCRIPT = Script(_ADMIT), Script(_FINISH)
+Prepared = tuple[int, bytes]  # keys encoded once: (count, encode_bulk(keys))
 _FINISH_RECORDED_SCRIPT = Script(_FINISH_RECORDED)
 _NAMES_MAX = 10_000
 
@@ -136,21 +137,22 @@ class RedisGovernance:
         self.url = url
         self._rl = ratelimit.prefix()
         self._bud = budget.prefix()
-        # (key, organization, model code, period) -> the two scripts' key lists, built once.
-        self._names: dict[tuple[int, int, int, str], tuple[list[str], list[str]]] = {}
+        # (key, organization, model code, period) -> the two scripts' keys, encoded once.
+        self._names: dict[tuple[int, int, int, str], tuple[Prepared, Prepared]] = {}
 
     def _keys(
         self, key_id: int, org_id: int, model_code_id: int, period: str
-    ) -> tuple[list[str], list[str]]:
+    ) -> tuple[Prepared, Prepared]:
         found = self._names.get((key_id, org_id, model_code_id, period))
         if found is None:
             if len(self._names) >= _NAMES_MAX:
                 self._names.clear()
             limit = ratelimit.limit_keys(self._rl, key_id)
-            found = (
-                limit + budget.reserve_keys(self._bud, key_id, org_id, model_code_id, period),
-                limit[1:] + budget.settle_keys(self._bud, key_id, org_id, model_code_id, period),
+            admit = limit + budget.reserve_keys(self._bud, key_id, org_id, model_code_id, period)
+            finish = limit[1:] + budget.settle_keys(
+                self._bud, key_id, org_id, model_code_id, period
             )
+            found = ((len(admit), encode_bulk(admit)), (len(finish), encode_bulk(finish)))
             self._names[(key_id, org_id, model_code_id, period)] = found
         return found
 
@@ -221,7 +223,8 @@ class RedisGovernance:
         keys = self._keys(limits.key_id, ticket.org_id, ticket.model_code_id, ticket.period)[1]
         args = self._finish_args(ticket, prompt_tokens, completion_tokens)
         args.append(record)
-        await shared_pipe(self._url).evalsha(_FINISH_RECORDED_SCRIPT, [*target, *keys], args)
+        prepared = (keys[0] + 2, encode_bulk(target) + keys[1])
+        await shared_pipe(self._url).evalsha(_FINISH_RECORDED_SCRIPT, prepared, args)
 
 
 class InProcessGovernance:

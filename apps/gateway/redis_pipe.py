@@ -55,7 +55,13 @@ class Script:
 
 
 def _encode(args: tuple[Any, ...]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
+    return b"*%d\r\n%s" % (len(args), encode_bulk(args))
+
+
+def encode_bulk(args: tuple[Any, ...] | list[Any]) -> bytes:
+    """``args`` as RESP bulk strings, without the array header (``evalsha`` takes keys encoded
+    once this way)."""
+    out = []
     for arg in args:
         if isinstance(arg, bytes):
             data = arg
@@ -189,13 +195,27 @@ class RedisPipe:
         result: list[Any] = await self._send(proto, data, len(commands) + 2, True)
         return result
 
-    async def evalsha(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+    async def evalsha(
+        self, script: Script, keys: list[str] | tuple[int, bytes], args: list[Any]
+    ) -> Any:
+        """Run ``script`` (``EVAL`` once if Redis does not know it). ``keys``: a list, or
+        ``(count, encode_bulk(keys))`` made once for keys used again and again."""
+        if isinstance(keys, list):
+            keys = (len(keys), encode_bulk(keys))
+        count, blob = keys
+        tail = b"$%d\r\n%d\r\n%s%s" % (len(str(count)), count, blob, encode_bulk(args))
+        size = 3 + count + len(args)
+        head = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % (size, script.sha.encode())
+        proto = await self._connected()
         try:
-            return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self._send(proto, head + tail, 1, False)
         except redis.ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        return await self.execute("EVAL", script.source, len(keys), *keys, *args)
+        source = script.source.encode()
+        head = b"*%d\r\n$4\r\nEVAL\r\n$%d\r\n%s\r\n" % (size, len(source), source)
+        proto = await self._connected()
+        return await self._send(proto, head + tail, 1, False)
 
     async def aclose(self) -> None:
         proto, self._proto = self._proto, None

@@ -166,7 +166,10 @@ class RedisUsageBuffer:
         if checkpoints:
             fields = [part for item in checkpoints.items() for part in item]
             commands.append(("HSET", hash_key, *fields))
-        if commands:
+        if len(commands) == 1:
+            # One command is atomic by itself (a stream's checkpoint): no MULTI, one reply.
+            await shared_pipe(self._url).execute(*commands[0])
+        elif commands:
             await shared_pipe(self._url).transaction(commands)
 
     def final_target(self, gateway_id: str) -> tuple[str, str, str] | None:

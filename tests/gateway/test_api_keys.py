@@ -87,3 +87,20 @@ def test_the_demo_key_is_kept_across_restarts_unless_revoked(owner_org):
 
     assert again == first and replaced != first
     assert ApiKey.objects.count() == 2
+
+
+def test_the_gateways_hot_path_hash_is_the_stored_keyed_hash(settings):
+    from apps.gateway.key_cache import presented_hash
+    from apps.gateway.keys import new_key
+
+    # Given a key
+    _lookup, plaintext = new_key()
+
+    # Then the gateway's hash is token_hash's, under this SECRET_KEY and under others (its
+    # derived key follows the setting)
+    assert presented_hash(plaintext) == token_hash(plaintext)
+    first = presented_hash(plaintext)
+    settings.SECRET_KEY = "another-secret-key-for-this-test-only-0123456789"
+    assert presented_hash(plaintext) == token_hash(plaintext) != first
+    settings.SECRET_KEY = settings.SECRET_KEY + "x"
+    assert presented_hash(plaintext) == token_hash(plaintext)

@@ -14,7 +14,7 @@ import redis
 import uvloop
 from django.conf import settings
 
-from apps.gateway.redis_pipe import RedisPipe, Script
+from apps.gateway.redis_pipe import RedisPipe, Script, encode_bulk
 
 T = TypeVar("T")
 
@@ -74,13 +74,16 @@ def test_a_script_unknown_to_redis_is_sent_whole_once_then_by_digest(run):
         pipe = RedisPipe(settings.REDIS_URL)
         first = await pipe.evalsha(script, ["k"], [41])
         known = await pipe.execute("SCRIPT", "EXISTS", script.sha)
+        # keys encoded once, as governance sends them
+        again = await pipe.evalsha(script, (1, encode_bulk(["k2"])), [b"1"])
         await pipe.aclose()
-        return [first, known]
+        return [first, known, again]
 
-    first, known = run(scenario())
+    first, known, again = run(scenario())
 
     assert first == [b"k", 42]
     assert known == [1]
+    assert again == [b"k2", 2]
 
 
 def test_a_lost_connection_fails_its_commands_and_the_next_one_reconnects(run):
