@@ -23,7 +23,11 @@ from other work on the machine hits all targets alike. The tables print medians 
 TTFT (gateway minus direct of the same run, median over runs), the gateway's CPU per request
 (from /proc, all of its processes) and the requests per second one core could serve at that
 CPU cost, the CPU per relayed SSE event, and the issue's targets. ``--profile DIR`` records
-every gateway with py-spy (``--nonblocking``, raw collapsed stacks) while the runs go on.
+every gateway with py-spy (``--nonblocking``, raw collapsed stacks) while the runs go on;
+``--attach CMD`` runs another tool on each gateway (``perf record -p {pid} ...``).
+``--baseline DIR`` also starts the gateway of another source tree (``git archive <commit> |
+tar -x -C DIR``) with the same settings, measured interleaved with this tree's: before/after
+ratios from one run. Figures: docs/gateway.md, "Benchmark".
 """
 
 from __future__ import annotations
