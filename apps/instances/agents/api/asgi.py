@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 
 from agent.protocol import HEARTBEAT_PATH, PROTOCOL_VERSION, Heartbeat
 from apps.instances.agents.api.beat import heartbeat_answer
@@ -95,8 +95,11 @@ def reserve_heartbeat_connections() -> int:
     run in threads). Call before the process's first query: the pool is sized when made."""
     options = settings.DATABASES["default"].get("OPTIONS", {})
     pool = options.get("pool")
+    wrapper = connections["default"]
     if connection.vendor != "postgresql" or not isinstance(pool, dict):
         return 0
+    if wrapper.alias in getattr(type(wrapper), "_connection_pools", {}):
+        return 0  # the pool is made already (imported late, as in a test): it keeps its size
     size = int(pool.get("max_size") or 0)
     reserved = min(HEARTBEAT_DB_CONNECTIONS, size - 2)  # Django keeps at least two
     if reserved <= 0:
