@@ -51,7 +51,7 @@ from django.conf import settings
 
 from apps.gateway import metrics
 from apps.gateway.errors import GatewayError
-from apps.gateway.redis_pipe import close_shared, shared_pipe
+from apps.gateway.redis_pipe import Script, close_shared, shared_pipe
 from apps.gateway.request import Message, Request, Send
 from apps.gateway.usage_record import FINAL_SEQ, UsageRecordData
 
@@ -131,6 +131,15 @@ return 1
 """
 
 
+# A final record: append it to the stream (KEYS[1]), delete its checkpoint (field ARGV[1] of the
+# gateway's in-flight hash KEYS[2]); atomic, as the MULTI it replaces.
+_FINAL_SCRIPT = Script(
+    "redis.call('XADD', KEYS[1], '*', 'r', ARGV[2])\n"
+    "redis.call('HDEL', KEYS[2], ARGV[1])\n"
+    "return 0\n"
+)
+
+
 class RedisUsageBuffer:
     """The gateway's side (async) goes through its event loop's pipelined connection
     (``apps.gateway.redis_pipe``, shared with governance: one transaction per write, pipelined
@@ -158,6 +167,14 @@ class RedisUsageBuffer:
         self, *, gateway_id: str, finals: dict[str, bytes], checkpoints: dict[str, bytes]
     ) -> None:
         hash_key = self._inflight + gateway_id
+        if len(finals) == 1 and not checkpoints:
+            # One request's final record (the direct path): one script, one reply, instead of
+            # MULTI, XADD, HDEL, EXEC and their four replies.
+            ((request_id, raw),) = finals.items()
+            await shared_pipe(self._url).evalsha(
+                _FINAL_SCRIPT, [self._stream, hash_key], [request_id, raw]
+            )
+            return
         commands: list[tuple[Any, ...]] = [
             ("XADD", self._stream, "*", b"r", raw) for raw in finals.values()
         ]
