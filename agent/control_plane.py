@@ -1,6 +1,11 @@
 """The agent's client for the control plane's internal agent API.
 
-One pooled ``httpx.AsyncClient`` with explicit timeouts. Errors are typed:
+One ``httpx.AsyncClient`` with explicit timeouts, which keeps no connection idle: every request
+asks the server to close its connection after the answer (``Connection: close``). A connection
+kept between beats would sit idle for the whole heartbeat interval, and the web role's uvicorn
+counts idle connections in its ``--limit-concurrency``: with one per agent, a fleet larger than
+the limit would get 503s (docs/operations.md, "A fleet of thousands of machines"). A connection
+per beat costs the web worker about 0.1 ms of CPU more (bench/fleet.py). Errors are typed:
 :class:`ControlPlaneRejected` (the control plane said no: 400/401/403 or another non-retryable
 4xx; retrying will not help) and :class:`ControlPlaneUnavailable` (network error, timeout, 5xx,
 408/429, or an unparseable answer: transient). Credentials are sent only in the
@@ -68,7 +73,7 @@ class ControlPlaneClient:
         credential: str | None = None,
         request_timeout_s: float | None = None,
     ) -> _Answer:
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", "Connection": "close"}
         if credential is not None:
             headers["Authorization"] = f"Bearer {credential}"
         try:
