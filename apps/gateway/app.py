@@ -432,22 +432,33 @@ class Gateway:
 
     # --- accounting --------------------------------------------------------------------------
     async def _finish_recorded(
-        self, req: Request, target: tuple[str, str, str], record: bytes
+        self, req: Request, target: tuple[str, str, str], record: bytes, refusal: bool = False
     ) -> bool:
         """The request's governance finish written with its final usage record, in one script
-        (``AccountedSend`` calls it as the record is committed); False if it cannot be."""
+        (``AccountedSend`` calls it as the record is committed); False if it cannot be.
+
+        At most once per request (the script's finish marker): if it raises (Redis gone, the
+        reply timed out, the task cancelled), whether it ran is unknown, so the ticket is put
+        back and ``_finish`` sends the finish again (a no-op if the script ran). ``refusal``:
+        the record is the 503 of an answer whose own script's outcome is unknown; False then
+        means that script had run (the answer is recorded and billed: deliver it)."""
         ticket = req.ticket
         if ticket is None or not self.governance.can_record(ticket, target[0]):
             return False
-        req.ticket = None  # finished at most once: if this raises, it is not tried again
+        req.ticket = None
         try:
-            await self.governance.finish_recorded(
+            wrote = await self.governance.finish_recorded(
                 ticket, req.prompt_tokens, req.completion_tokens, (target[1], target[2]), record
             )
-        except Exception:
-            logger.exception("could not release the limits and budget of %s", req.request_id)
+        except BaseException:
+            req.ticket = ticket
+            logger.warning(
+                "could not write the finish and record of %s; retried", req.request_id,
+                exc_info=True,
+            )  # fmt: skip
             raise
-        return True
+        # Finished already: by an earlier script whose reply was lost, and its record stands.
+        return wrote or not refusal
 
     async def _finish(self, req: Request, accounted: AccountedSend) -> None:
         key = req.key

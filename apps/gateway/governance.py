@@ -50,8 +50,18 @@ return {0, 0, 0, 0, worst}
 """
 )
 
-# KEYS: the rate limiter's tokens and concurrency, then the settlement's seven. ARGV: tpm,
-# concurrency, request id, tokens; prompt tokens, completion tokens, period TTL, settle (1/0).
+# A request is finished at most once, by whichever script comes first: each starts with
+# ``SET <prefix>fin:<request id> 1 NX EX FINISH_MARK_S`` and does nothing if the marker is there.
+# So a finish whose reply was lost can be sent again (``finish`` after a failed
+# ``finish_recorded``) without releasing or settling twice, and a refusal and its answer's
+# finish exclude each other (``AccountedSend._refuse``). The marker outlives the lease (after it,
+# there is nothing left to release).
+FINISH_MARK_S = max(RATE_LEASE_S, BUDGET_LEASE_S)
+
+# KEYS: the rate limiter's tokens and concurrency, then the settlement's seven, then the
+# request's finish marker. ARGV: tpm, concurrency, request id, tokens; prompt tokens,
+# completion tokens, period TTL, settle (1/0), marker TTL. Returns 0 if it finished the
+# request, 1 if the request was finished already.
 _FINISH = (
     "local RL_KEYS = {KEYS[1], KEYS[2]}\n"
     "local BUD_KEYS = {unpack(KEYS, 3, 9)}\n"
@@ -61,6 +71,7 @@ _FINISH = (
     + ratelimit.RL_RELEASE
     + budget.BUD_SETTLE
     + """
+if not redis.call('SET', KEYS[10], '1', 'NX', 'EX', ARGV[9]) then return 1 end
 rl_release()
 if ARGV[8] == '1' then bud_settle() end
 return 0
@@ -69,8 +80,10 @@ return 0
 
 # The finish and the request's final usage record in one script (one round trip instead of
 # two, atomic: the record is in the stream, its checkpoint gone, if and only if the lease is
-# released and the cost settled). KEYS: the usage stream, the gateway's in-flight hash, then
-# _FINISH's nine. ARGV: _FINISH's eight, then the record.
+# released, the cost settled and the marker set). KEYS: the usage stream, the gateway's
+# in-flight hash, then _FINISH's ten. ARGV: _FINISH's nine, then the record. Returns 0 if it
+# wrote, 1 (writing nothing) if the request was finished already: its final record is the one
+# written by whoever finished it.
 _FINISH_RECORDED = (
     "local RL_KEYS = {KEYS[3], KEYS[4]}\n"
     "local BUD_KEYS = {unpack(KEYS, 5, 11)}\n"
@@ -80,9 +93,10 @@ _FINISH_RECORDED = (
     + ratelimit.RL_RELEASE
     + budget.BUD_SETTLE
     + """
+if not redis.call('SET', KEYS[12], '1', 'NX', 'EX', ARGV[9]) then return 1 end
 rl_release()
 if ARGV[8] == '1' then bud_settle() end
-redis.call('XADD', KEYS[1], '*', 'r', ARGV[9])
+redis.call('XADD', KEYS[1], '*', 'r', ARGV[10])
 redis.call('HDEL', KEYS[2], ARGV[3])
 return 0
 """
@@ -137,6 +151,7 @@ class RedisGovernance:
         self.url = url
         self._rl = ratelimit.prefix()
         self._bud = budget.prefix()
+        self._fin = settings.REDIS_PREFIX + "gw:fin:"
         # (key, organization, model code, period) -> the two scripts' keys, encoded once.
         self._names: dict[tuple[int, int, int, str], tuple[Prepared, Prepared]] = {}
 
@@ -200,13 +215,24 @@ class RedisGovernance:
             completion_tokens,
             PERIOD_TTL_S,
             1 if ticket.reserved else 0,
+            FINISH_MARK_S,
         ]
 
-    async def finish(self, ticket: Ticket, prompt_tokens: int, completion_tokens: int) -> None:
+    def _finish_keys(self, ticket: Ticket, head: bytes = b"", heads: int = 0) -> Prepared:
+        """The finish's keys (after ``heads`` keys encoded as ``head``), the request's marker
+        last: the shared part encoded once, the marker per request."""
         limits = ticket.limits
-        keys = self._keys(limits.key_id, ticket.org_id, ticket.model_code_id, ticket.period)[1]
+        count, blob = self._keys(limits.key_id, ticket.org_id, ticket.model_code_id, ticket.period)[
+            1
+        ]
+        marker = encode_bulk([self._fin + ticket.request_id])
+        return heads + count + 1, head + blob + marker
+
+    async def finish(self, ticket: Ticket, prompt_tokens: int, completion_tokens: int) -> None:
         await shared_pipe(self._url).evalsha(
-            _FINISH_SCRIPT, keys, self._finish_args(ticket, prompt_tokens, completion_tokens)
+            _FINISH_SCRIPT,
+            self._finish_keys(ticket),
+            self._finish_args(ticket, prompt_tokens, completion_tokens),
         )
 
     async def finish_recorded(
@@ -218,13 +244,13 @@ class RedisGovernance:
         record: bytes,
     ) -> None:
         """``finish`` and the final record's write (``target``: the usage stream and the
-        gateway's in-flight hash) in one script."""
-        limits = ticket.limits
-        keys = self._keys(limits.key_id, ticket.org_id, ticket.model_code_id, ticket.period)[1]
+        gateway's in-flight hash) in one script; False (nothing written) if the request was
+        finished already."""
         args = self._finish_args(ticket, prompt_tokens, completion_tokens)
         args.append(record)
-        prepared = (keys[0] + 2, encode_bulk(target) + keys[1])
-        await shared_pipe(self._url).evalsha(_FINISH_RECORDED_SCRIPT, prepared, args)
+        prepared = self._finish_keys(ticket, encode_bulk(target), 2)
+        done = await shared_pipe(self._url).evalsha(_FINISH_RECORDED_SCRIPT, prepared, args)
+        return int(done) == 0
 
 
 class InProcessGovernance:
@@ -324,7 +350,8 @@ class Governance:
         return Ticket(limits, org_id, model_code_id, request_id, bool(found.worst), period)
 
     async def finish(self, ticket: Ticket, prompt_tokens: int, completion_tokens: int) -> None:
-        """Release the request's lease, debit its tokens, settle its cost (one call)."""
+        """Release the request's lease, debit its tokens, settle its cost (one call); in Redis
+        at most once per request (a no-op if ``finish_recorded`` or an earlier call did it)."""
         if ticket.pending and self.backend is not None:
             await self.backend.finish(ticket, prompt_tokens, completion_tokens)
 
@@ -341,11 +368,15 @@ class Governance:
         completion_tokens: int,
         target: tuple[str, str],
         record: bytes,
-    ) -> None:
+    ) -> bool:
         """``finish`` and the request's final usage record, written to ``target`` (the usage
         stream, the gateway's in-flight hash), in one atomic script: one round trip. Only when
-        ``can_record``. At most once, as ``finish``: if it raises, whether it ran is unknown, so
-        the caller writes the record again (harmless: the flush is idempotent by request id)
-        but not the finish."""
+        ``can_record``. True if it wrote both; False, writing nothing, if the request was
+        finished already (by an earlier script whose reply was lost: its record is the one
+        written). At most once, through the finish marker shared with ``finish``: if it raises,
+        whether it ran is unknown, so the caller may write the record again alone (harmless:
+        the flush is idempotent by request id) and must call ``finish`` (a no-op if this ran)."""
         assert isinstance(self.backend, RedisGovernance)
-        await self.backend.finish_recorded(ticket, prompt_tokens, completion_tokens, target, record)
+        return await self.backend.finish_recorded(
+            ticket, prompt_tokens, completion_tokens, target, record
+        )

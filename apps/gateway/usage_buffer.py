@@ -58,6 +58,7 @@ from apps.gateway.usage_record import FINAL_SEQ, UsageRecordData
 logger = logging.getLogger("apps.gateway")
 HEARTBEAT_S = 1.0
 RETRY_S = 0.2
+REFUSE_PROBE_S = 1.0  # a refusal's own try to write, after the answer's write timed out
 GROUP = "billing"
 
 
@@ -435,6 +436,16 @@ class UsageRecorder:
         metrics.USAGE_WRITE_FAILURES.inc()
         logger.warning("could not write a usage record; the recorder retries", exc_info=True)
 
+    def holds(self, request_id: str) -> bool:
+        """Whether the request's final record is held, not yet written."""
+        return request_id in self._finals
+
+    def forget(self, request_id: str) -> None:
+        """Drop the request's held records (another write recorded the request)."""
+        self._finals.pop(request_id, None)
+        self._checkpoints.pop(request_id, None)
+        metrics.USAGE_PENDING.set(len(self._finals) + len(self._checkpoints))
+
     def record(self, record: UsageRecordData) -> asyncio.Future[None]:
         """Hand a final record over; the future resolves once the buffer holds it."""
         self._checkpoints.pop(record.request_id, None)
@@ -604,6 +615,7 @@ class AccountedSend:
         "_last",
         "_recorder",
         "_send",
+        "_unsure",
         "committed",
         "req",
         "seq",
@@ -615,7 +627,7 @@ class AccountedSend:
         req: Request,
         recorder: UsageRecorder,
         build: Callable[[Request, int], UsageRecordData],
-        fuse: Callable[[Request, tuple[str, str, str], bytes], Awaitable[bool]] | None = None,
+        fuse: Callable[[Request, tuple[str, str, str], bytes, bool], Awaitable[bool]] | None = None,
     ) -> None:
         self._send = send
         self.req = req
@@ -627,10 +639,16 @@ class AccountedSend:
         self._checked = (0, 0)  # the tokens (prompt, completion) of the last checkpoint
         self.seq = 0
         self.committed = False
+        # Where the final record's script went when its outcome is unknown (it raised).
+        self._unsure: tuple[str, str, str] | None = None
 
     async def _fused(self, target: tuple[str, str, str], raw: bytes) -> bool:
         assert self._fuse is not None
-        return await self._fuse(self.req, target, raw)
+        try:
+            return await self._fuse(self.req, target, raw, False)
+        except BaseException:
+            self._unsure = target
+            raise
 
     async def commit(self) -> None:
         """Write the request's final record now (with its governance finish when it can)."""
@@ -667,9 +685,11 @@ class AccountedSend:
             return
         req = self.req
         tokens = (req.prompt_tokens, req.completion_tokens)
-        if tokens == self._checked:
-            # Nothing billable since the last checkpoint (or none yet: a role-only first
-            # chunk): the record it would write bills what the last one did.
+        if tokens == self._checked and self.seq:
+            # Nothing billable since the last checkpoint: the record it would write bills what
+            # the last one did. The first is always written (even at (0, 0): a role-only
+            # chunk, or deltas the token count does not see, such as tool calls and
+            # reasoning): without it a gateway killed mid-stream leaves no record at all.
             return
         self._checked = tokens
         self._last = now
@@ -689,14 +709,49 @@ class AccountedSend:
                 # stays held and is written when the buffer is back.
                 await self._release(message)
                 return
-            await self._refuse()
+            await self._refuse(message)
             return
         await self._release(message)
 
-    async def _refuse(self) -> None:
+    async def _refuse(self, message: Message) -> None:
+        """A plain answer whose final record could not be written in time: 503
+        ``usage_unavailable``, recorded with no completion tokens, so that what is billed is
+        what was delivered. If the answer's own script (record and finish) was sent and its
+        outcome is unknown, the refusal goes through the same script first (one more try, at
+        most ``REFUSE_PROBE_S``): the finish marker lets only one of the two run. If the
+        answer's had run, it is recorded and billed, so it is delivered after all; else the
+        refusal is recorded and settled at the prompt's cost. If that try fails too, the 503
+        is sent and its record held for the recorder (docs/gateway.md: the one case left)."""
         req = self.req
+        answered = (req.status, req.error_code, req.completion_tokens)
         req.status, req.error_code, req.completion_tokens = 503, "usage_unavailable", 0
-        self._recorder.record(self._build(req, FINAL_SEQ))
+        refusal = self._build(req, FINAL_SEQ)
+        target = self._unsure
+        if target is not None and self._fuse is not None and req.ticket is not None:
+            if not self._recorder.holds(req.request_id):
+                # The recorder wrote the answer's record alone meanwhile: it is billed.
+                req.status, req.error_code, req.completion_tokens = answered
+                await self._release(message)
+                return
+            refused: bool | None = None
+            try:
+                async with asyncio.timeout(min(REFUSE_PROBE_S, self._recorder.timeout_s)):
+                    refused = await self._fuse(req, target, refusal.to_json(), True)
+            except (redis.RedisError, OSError, TimeoutError):
+                logger.warning("could not write the refusal of %s", req.request_id, exc_info=True)
+            if refused is not None:
+                self._recorder.forget(req.request_id)
+                if not refused:
+                    req.status, req.error_code, req.completion_tokens = answered
+                    await self._release(message)
+                    return
+                await self._send_refusal()
+                return
+        self._recorder.record(refusal)
+        await self._send_refusal()
+
+    async def _send_refusal(self) -> None:
+        req = self.req
         error = GatewayError("usage_unavailable", "Usage could not be recorded; retry later.")
         body = error.body()
         self._held = None

@@ -18,6 +18,7 @@ import pytest
 
 from apps.billing.models import UsageRecord
 from apps.billing.services import usage_flush
+from apps.gateway.budget import RedisBudgetControl, period_of
 from apps.gateway.usage_buffer import RedisUsageBuffer
 from tests.gateway.conftest import GatewayHandle
 from tests.processes import PYTHON, ProcessGroup, free_port, wait_for
@@ -197,3 +198,92 @@ def test_a_redis_restart_mid_load_loses_no_usage(
     assert len(records) == answered
     assert sum(r.completion_tokens for r in records) == sum(delivered)
     assert len(delivered) > 20
+
+
+def _priced(settings: Any, model_code: Any, private_redis: Any, key_id: int) -> RedisBudgetControl:
+    """The model code priced (1e6 pico a prompt token, 2e6 a completion one) in the private
+    Redis, and the key given a budget, so that its requests reserve and settle."""
+    settings.REDIS_URL = private_redis.url
+    control = RedisBudgetControl()
+    control.set_price(model_code.id, 1_000_000, 2_000_000)
+    control.set_limit("key", key_id, 10**15)
+    return control
+
+
+def _cost(records: list[Any]) -> int:
+    return sum(r.prompt_tokens * 1_000_000 + r.completion_tokens * 2_000_000 for r in records)
+
+
+def _ask(client: openai.OpenAI, max_tokens: int, into: dict[str, Any]) -> threading.Thread:
+    def ask() -> None:
+        try:
+            into["reply"] = client.chat.completions.create(
+                model="sales-bot", messages=CHAT, max_tokens=max_tokens
+            )
+        except openai.APIError as exc:
+            into["error"] = exc
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    return thread
+
+
+def test_a_finish_script_that_fails_still_frees_the_slot_and_settles_once(
+    model_code, start_engine, start_gateway, new_key, private_redis, settings
+):
+    # Given a key with one concurrency slot and a budget, and an answer in progress (1.5 s)
+    key, secret = new_key(concurrency_limit=1)
+    control = _priced(settings, model_code, private_redis, key.id)
+    start_engine(model_code, token_rate=4.0)
+    gateway = start_gateway(REDIS_URL=private_redis.url, USAGE_WRITE_TIMEOUT_S="10")
+    client = gateway.client(secret, timeout=30)
+    first: dict[str, Any] = {}
+    thread = _ask(client, 6, first)
+
+    # When Redis is SIGKILLed as the answer ends, so that its finish-and-record script fails
+    time.sleep(0.5)
+    private_redis.restart(down_s=1.5)
+    thread.join(30)
+
+    # Then the answer was delivered, and the key's one slot and its reservation are free: the
+    # next request is admitted, and what Redis settled is the records' cost, once
+    assert "reply" in first, first
+    second = client.chat.completions.create(model="sales-bot", messages=CHAT, max_tokens=2)
+    records = _records(RedisUsageBuffer(private_redis.url), 2)
+    assert sorted(r.completion_tokens for r in records) == sorted(
+        [first["reply"].usage.completion_tokens, second.usage.completion_tokens]
+    )
+    assert control.spent("key", key.id, period_of()) == (_cost(records), 0)
+
+
+def test_a_finish_script_whose_reply_is_late_bills_what_the_client_got(
+    model_code, start_engine, start_gateway, new_key, private_redis, settings
+):
+    import redis
+
+    # Given a governed answer in progress (1 s) through a gateway that waits 0.6 s for usage
+    # (after a first answer: Redis knows the scripts)
+    key, secret = new_key(concurrency_limit=1)
+    control = _priced(settings, model_code, private_redis, key.id)
+    start_engine(model_code, token_rate=4.0)
+    gateway = start_gateway(REDIS_URL=private_redis.url, USAGE_WRITE_TIMEOUT_S="0.6")
+    client = gateway.client(secret, timeout=30)
+    warm = client.chat.completions.create(model="sales-bot", messages=CHAT, max_tokens=1)
+    answer: dict[str, Any] = {}
+    thread = _ask(client, 4, answer)
+
+    # When Redis stalls its writes as the answer ends, so that the reply of its
+    # finish-and-record script comes after the gateway stopped waiting (the script runs)
+    time.sleep(0.5)
+    redis.Redis.from_url(private_redis.url).execute_command("CLIENT", "PAUSE", 1400, "WRITE")
+    thread.join(30)
+
+    # Then the client got what was recorded and settled: the answer (its record was written),
+    # not a 503 over an answer billed in full
+    assert "reply" in answer, answer
+    records = _records(RedisUsageBuffer(private_redis.url), 2)
+    assert sorted((r.status_code, r.completion_tokens) for r in records) == sorted(
+        [(200, warm.usage.completion_tokens), (200, answer["reply"].usage.completion_tokens)]
+    )
+    assert control.spent("key", key.id, period_of()) == (_cost(records), 0)
+    client.chat.completions.create(model="sales-bot", messages=CHAT, max_tokens=1)

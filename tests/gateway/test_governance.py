@@ -169,3 +169,43 @@ def test_it_does_not_fuse_the_finish_with_a_record_on_another_redis_or_in_proces
         redis_governance = _governance(RedisGovernance())
         assert redis_governance.can_record(ticket, settings.REDIS_URL)
         assert not redis_governance.can_record(ticket, "redis://elsewhere.invalid:6379/0")
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="the finish marker is the Redis backend's")
+def test_a_request_is_finished_at_most_once_whichever_script_comes_first():
+    from apps.gateway.redis_pipe import close_shared
+
+    # Given an admitted request finished with its final usage record
+    key, org, model = _ids()
+    control = RedisBudgetControl()
+    control.set_price(model, 1_000_000, 2_000_000)
+    control.set_limit("key", key, 10**12)
+    limits = Limits(key, tpm=1_000, concurrency=2)
+    governance = Governance()
+    governance.open()
+    stream = f"test:stream:{secrets.token_hex(3)}"
+    inflight = f"test:inflight:{secrets.token_hex(3)}"
+    request_id = f"req_{secrets.token_hex(4)}"
+
+    async def run() -> tuple[bool, bool, bool]:
+        ticket = await _admit(governance, limits, org, model, request_id)
+        first = await governance.finish_recorded(ticket, 3, 4, (stream, inflight), b"r1")
+        # When the finish is sent again, separately and fused (a reply was lost)
+        await governance.finish(ticket, 3, 4)
+        again = await governance.finish_recorded(ticket, 3, 0, (stream, inflight), b"r2")
+        other = await _admit(governance, limits, org, model, request_id + "b")
+        await governance.finish(other, 1, 1)
+        await close_shared()
+        return first, again, other.reserved
+
+    first, again, reserved = asyncio.run(run())
+
+    # Then it was released and settled once (3e6 + 8e6 pico, plus the other's 1e6 + 2e6), and
+    # the second fused script wrote no record
+    import redis
+
+    assert first and not again and reserved
+    assert control.spent("key", key, period_of()) == (14_000_000, 0)
+    assert [f[b"r"] for _id, f in redis.Redis.from_url(settings.REDIS_URL).xrange(stream)] == [
+        b"r1"
+    ]
