@@ -242,7 +242,7 @@ class RedisGovernance:
         completion_tokens: int,
         target: tuple[str, str],
         record: bytes,
-    ) -> None:
+    ) -> bool:
         """``finish`` and the final record's write (``target``: the usage stream and the
         gateway's in-flight hash) in one script; False (nothing written) if the request was
         finished already."""

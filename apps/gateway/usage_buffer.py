@@ -7,8 +7,14 @@ Guarantees (see docs/gateway.md, "Usage that survives faults"):
   progress is written as a checkpoint (the tokens about to be sent, and what the record would
   be if nothing else came) before each relayed batch of events is sent
   (``USAGE_CHECKPOINT_INTERVAL_S`` = 0, the default) or at most that often without waiting
-  (> 0: a killed gateway then loses at most that long of one stream's tokens). Writes from all
-  of a process's requests are grouped: one Redis transaction per event-loop turn.
+  (> 0: a killed gateway then loses at most that long of one stream's tokens); a stream's first
+  checkpoint is always written, a later one only if it bills more. Each write goes from its
+  request's coroutine to the process's pipelined connection (one system call per event-loop
+  turn for all of them): a final record is one script (fused with the request's governance
+  finish when it has one), a checkpoint one ``HSET``; only the recorder's retries are grouped,
+  in one transaction per attempt. A request is finished at most once (the finish marker in
+  ``apps.gateway.governance``): a fused script that fails is followed by the separate finish,
+  and a refused plain answer bills what it delivered (``AccountedSend._refuse``).
 * **Exactly what was written is acknowledged.** Final records go to a Redis Stream read by a
   consumer group: a flush reads entries (``XREADGROUP``), writes them, then acknowledges and
   deletes exactly those entry ids (``XACK``/``XDEL``). Entries a dead or stalled flush read
