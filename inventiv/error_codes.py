@@ -271,6 +271,13 @@ CODES: dict[str, ErrorCode] = {
             ("gateway",),
         ),
         ErrorCode(
+            "database_unavailable",
+            503,
+            "The database could not be reached for a heartbeat (its connections failed to "
+            "open); the agent retries at its next beat.",
+            ("agent",),
+        ),
+        ErrorCode(
             "gateway_shutting_down",
             503,
             "The gateway was stopping and cut the stream after its graceful timeout (a final SSE "

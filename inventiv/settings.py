@@ -195,6 +195,10 @@ TEMPLATES = [
 DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 8, minimum=0)
 DATABASE_POOL_MIN_SIZE = env_int("DATABASE_POOL_MIN_SIZE", 1, minimum=0)
 DATABASE_POOL_TIMEOUT_S = env_float("DATABASE_POOL_TIMEOUT_S", 10.0, minimum=0.1)
+# The heartbeat's event-loop look-up is a prepared statement (apps/instances/agents/api/asgi.py);
+# false: never prepared (PgBouncer in transaction mode without max_prepared_statements). Django's
+# own queries never are (client-side binding). OPTIONS["prepare_threshold"], if set, wins.
+DATABASE_PREPARED_STATEMENTS = env_bool("DATABASE_PREPARED_STATEMENTS", True)
 DATABASE_POOL_PLAN_DEFAULT = "web=2,gateway=2,worker=5,beat=1,flower=1,migrate=1"
 
 

@@ -371,36 +371,6 @@ async def test_an_unexpected_failure_is_a_500_in_the_envelope(
         await app.close()
 
 
-def test_the_event_loops_connections_come_out_of_the_process_pool(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from django.conf import settings
-    from django.db import connections
-
-    from apps.instances.agents.api.asgi import reserve_heartbeat_connections
-
-    options = settings.DATABASES["default"].setdefault("OPTIONS", {})
-    # Given a pool not made yet (a web worker's start)
-    wrapper = type(connections["default"])
-    monkeypatch.setattr(wrapper, "_connection_pools", {}, raising=False)
-    # Given the production pool of 8: 2 for the event loop, 6 left to Django
-    monkeypatch.setitem(options, "pool", {"min_size": 1, "max_size": 8})
-    assert reserve_heartbeat_connections() == 2
-    assert options["pool"]["max_size"] == 6
-    # Given a pool of 3: one for the event loop, Django keeps two
-    monkeypatch.setitem(options, "pool", {"min_size": 3, "max_size": 3})
-    assert reserve_heartbeat_connections() == 1
-    assert options["pool"] == {"min_size": 2, "max_size": 2}
-    # Given no pool: none (every beat in threads)
-    monkeypatch.setitem(options, "pool", None)
-    assert reserve_heartbeat_connections() == 0
-    # Given a pool made already: it keeps its size, and the beats run in threads
-    monkeypatch.setitem(options, "pool", {"min_size": 1, "max_size": 8})
-    monkeypatch.setattr(wrapper, "_connection_pools", {"default": object()}, raising=False)
-    assert reserve_heartbeat_connections() == 0
-    assert options["pool"]["max_size"] == 8
-
-
 @pytest.mark.django_db
 def test_a_new_hugging_face_token_reaches_the_agent_at_its_next_beat(
     client: Client, mock_model: LlmModel

@@ -18,6 +18,7 @@ authority, as for the view (which `/internal/` already exempts from the HTTPS re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -52,11 +53,26 @@ _JSON = [(b"content-type", b"application/json")]
 HEARTBEAT_DB_CONNECTIONS = 2
 # Steady beats' writes go to the database in one statement this often (see BeatDatabase).
 BEAT_FLUSH_S = 0.5
+# A beat waits this long at most for the event loop's connections to open; after an open that
+# failed (the database down), beats fail at once (503) this long before the next open.
+BEAT_DB_WAIT_S = 0.5
+BEAT_DB_RETRY_S = 1.0
 
 
 class BodyTooLarge(ApplicationError):
     status_code = 413
     code = "request_too_large"
+
+
+class DatabaseUnavailable(ApplicationError):
+    status_code = 503
+    code = "database_unavailable"
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    # The open's failure reaches the beats that waited for it; none may have (all timed out).
+    if not task.cancelled():
+        task.exception()
 
 
 def _server_error() -> tuple[int, bytes]:
@@ -92,21 +108,29 @@ def _full(row: dict[str, Any], message: Heartbeat, wall: float) -> tuple[int, by
 def reserve_heartbeat_connections() -> int:
     """Take the event loop's connections out of this process's Django pool (so that the
     process still opens at most ``DATABASE_POOL_MAX_SIZE``); how many (0: none, the beats then
-    run in threads). Call before the process's first query: the pool is sized when made."""
+    run in threads). Only before the process's first query: the pool is sized when made, so
+    once it is (a query before ``inventiv.asgi`` is imported: ``run_embedded``'s migrations, a
+    test) it keeps its size and this reserves nothing. Once per process: a second call
+    reserves nothing either (the connections belong to the first caller)."""
+    global _reserved
     options = settings.DATABASES["default"].get("OPTIONS", {})
     pool = options.get("pool")
     wrapper = connections["default"]
     if connection.vendor != "postgresql" or not isinstance(pool, dict):
         return 0
-    if wrapper.alias in getattr(type(wrapper), "_connection_pools", {}):
-        return 0  # the pool is made already (imported late, as in a test): it keeps its size
+    if _reserved or wrapper.alias in getattr(type(wrapper), "_connection_pools", {}):
+        return 0
     size = int(pool.get("max_size") or 0)
     reserved = min(HEARTBEAT_DB_CONNECTIONS, size - 2)  # Django keeps at least two
     if reserved <= 0:
         return 0
     pool["max_size"] = size - reserved
     pool["min_size"] = min(int(pool.get("min_size") or 0), size - reserved)
+    _reserved = True
     return reserved
+
+
+_reserved = False
 
 
 class BeatDatabase:
@@ -122,7 +146,8 @@ class BeatDatabase:
     def __init__(self, size: int) -> None:
         self.size = size
         self._pool: Any = None
-        self._opening: asyncio.Lock | None = None
+        self._opening: asyncio.Task[Any] | None = None
+        self._retry_at = 0.0  # the event loop's clock: no new open before it
         self._pending: dict[str, dict[str, Any]] = {}
         self._flusher: asyncio.Task[None] | None = None
 
@@ -134,27 +159,61 @@ class BeatDatabase:
             params.pop(name, None)
         return make_conninfo(**{k: v for k, v in params.items() if v is not None})
 
+    @staticmethod
+    def prepare_threshold() -> int | None:
+        """The look-up prepared at its first use (0), unless ``DATABASES["default"]["OPTIONS"]``
+        says otherwise: ``prepare_threshold`` there is used as is (``None``: never prepared,
+        e.g. behind PgBouncer in transaction mode without ``max_prepared_statements``)."""
+        options = settings.DATABASES["default"].get("OPTIONS", {})
+        if "prepare_threshold" in options:
+            value = options["prepare_threshold"]
+            return None if value is None else int(value)
+        return 0 if settings.DATABASE_PREPARED_STATEMENTS else None
+
     async def _get_pool(self) -> Any:
+        """The connections, opened once. While an open is under way a beat waits for it at
+        most ``BEAT_DB_WAIT_S``; after a failed open, beats fail at once for ``BEAT_DB_RETRY_S``
+        (``DatabaseUnavailable``, a 503): a database that is down never holds beats (and
+        uvicorn's ``--limit-concurrency`` slots) for the open's whole timeout."""
         if self._pool is not None:
             return self._pool
+        loop = asyncio.get_running_loop()
         if self._opening is None:
-            self._opening = asyncio.Lock()
-        async with self._opening:
-            if self._pool is None:
-                from psycopg_pool import AsyncConnectionPool
+            if loop.time() < self._retry_at:
+                raise DatabaseUnavailable("The database is unavailable; retry later.")
+            self._opening = loop.create_task(self._open())
+            self._opening.add_done_callback(_retrieved)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._opening), BEAT_DB_WAIT_S)
+        except TimeoutError:
+            raise DatabaseUnavailable("The database is unavailable; retry later.") from None
 
-                pool = AsyncConnectionPool(
-                    self._conninfo(),
-                    min_size=self.size,
-                    max_size=self.size,
-                    kwargs={"autocommit": True, "prepare_threshold": 0},
-                    timeout=settings.DATABASE_POOL_TIMEOUT_S,
-                    open=False,
-                    name="heartbeat",
-                )
-                await pool.open(wait=True, timeout=settings.DATABASE_POOL_TIMEOUT_S)
-                self._pool = pool
-        return self._pool
+    async def _open(self) -> Any:
+        from psycopg_pool import AsyncConnectionPool
+
+        pool = AsyncConnectionPool(
+            self._conninfo(),
+            min_size=self.size,
+            max_size=self.size,
+            kwargs={"autocommit": True, "prepare_threshold": self.prepare_threshold()},
+            timeout=settings.DATABASE_POOL_TIMEOUT_S,
+            open=False,
+            name="heartbeat",
+        )
+        try:
+            await pool.open(wait=True, timeout=settings.DATABASE_POOL_TIMEOUT_S)
+        except BaseException as exc:
+            self._retry_at = asyncio.get_running_loop().time() + BEAT_DB_RETRY_S
+            await pool.close()
+            if isinstance(exc, Exception):
+                log.warning("heartbeat connections could not be opened: %s", exc)
+                raise DatabaseUnavailable("The database is unavailable; retry later.") from None
+            raise
+        else:
+            self._pool = pool
+            return pool
+        finally:
+            self._opening = None
 
     async def identify(self, hashed: str) -> Any:
         pool = await self._get_pool()
@@ -208,6 +267,10 @@ class BeatDatabase:
         if self._flusher is not None:
             self._flusher.cancel()
             self._flusher = None
+        if self._opening is not None:
+            self._opening.cancel()
+            with contextlib.suppress(BaseException):
+                await self._opening
         if self._pool is not None:
             try:
                 await self.flush()
@@ -219,7 +282,7 @@ class BeatDatabase:
 class HeartbeatApp:
     """Serves the heartbeat path itself and hands every other request to ``default``.
     ``db_connections``: the event loop's connections (see :func:`reserve_heartbeat_connections`;
-    ``None``: ``HEARTBEAT_DB_CONNECTIONS`` on PostgreSQL, 0 elsewhere)."""
+    ``None``: what :func:`reserve_heartbeat_connections` reserves now, so never past the pool)."""
 
     def __init__(
         self, default: Any, *, threads: int | None = None, db_connections: int | None = None
@@ -228,7 +291,7 @@ class HeartbeatApp:
         self.threads = threads or max(2, min(settings.DATABASE_POOL_MAX_SIZE or 4, 4))
         self._executor: ThreadPoolExecutor | None = None
         if db_connections is None:
-            db_connections = HEARTBEAT_DB_CONNECTIONS if connection.vendor == "postgresql" else 0
+            db_connections = reserve_heartbeat_connections()
         self.db = BeatDatabase(db_connections) if db_connections > 0 else None
 
     @staticmethod
@@ -245,7 +308,13 @@ class HeartbeatApp:
         return self._executor
 
     async def close(self) -> None:
-        """Close the event loop's connections and the threads (tests; a worker's exit)."""
+        """Write what is pending, close the event loop's connections and the threads. Tests
+        call it; a web worker does not (compose runs it with ``--lifespan off``, and nothing
+        else tells the app the worker stops): at a worker's exit the batch not yet written, at
+        most ``BEAT_FLUSH_S`` of steady beats' ``last_heartbeat_at`` and ``engine_metrics``, is
+        dropped (as are the lease renewals the process had not yet sent, batched as often),
+        and those agents' next beats, on another worker, write them again: 0.5 s is far
+        within ``INVENTIV_HEARTBEAT_DEADLINE_S``."""
         if self.db is not None:
             await self.db.close()
         if self._executor is not None:
