@@ -58,25 +58,29 @@ return {0, 0, 0, 0, worst}
 # there is nothing left to release).
 FINISH_MARK_S = max(RATE_LEASE_S, BUDGET_LEASE_S)
 
-# KEYS: the rate limiter's tokens and concurrency, then the settlement's seven, then the
-# request's finish marker. ARGV: tpm, concurrency, request id, tokens; prompt tokens,
-# completion tokens, period TTL, settle (1/0), marker TTL. Returns 0 if it finished the
-# request, 1 if the request was finished already.
-_FINISH = (
-    "local RL_KEYS = {KEYS[1], KEYS[2]}\n"
-    "local BUD_KEYS = {unpack(KEYS, 3, 9)}\n"
-    "local RL_ARGV = {ARGV[1], ARGV[2], ARGV[3], ARGV[4]}\n"
-    "local BUD_ARGV = {ARGV[3], ARGV[5], ARGV[6], ARGV[7]}\n"
-    + ratelimit.CLOCK
-    + ratelimit.RL_RELEASE
-    + budget.BUD_SETTLE
-    + """
-if not redis.call('SET', KEYS[10], '1', 'NX', 'EX', ARGV[9]) then return 1 end
-rl_release()
-if ARGV[8] == '1' then bud_settle() end
-return 0
-"""
-)
+
+def _finish_lua(offset: int, then: str = "") -> str:
+    """The finish script, its keys from ``KEYS[offset + 1]`` on: the rate limiter's tokens and
+    concurrency, the settlement's seven, the request's finish marker. ARGV: tpm, concurrency,
+    request id, tokens; prompt tokens, completion tokens, period TTL, settle (1/0), marker TTL.
+    ``then`` runs after the finish, in the same script. Returns 0 if it finished the request, 1
+    (doing nothing) if the request was finished already."""
+    return (
+        f"local RL_KEYS = {{KEYS[{offset + 1}], KEYS[{offset + 2}]}}\n"
+        f"local BUD_KEYS = {{unpack(KEYS, {offset + 3}, {offset + 9})}}\n"
+        "local RL_ARGV = {ARGV[1], ARGV[2], ARGV[3], ARGV[4]}\n"
+        "local BUD_ARGV = {ARGV[3], ARGV[5], ARGV[6], ARGV[7]}\n"
+        + ratelimit.CLOCK
+        + ratelimit.RL_RELEASE
+        + budget.BUD_SETTLE
+        + f"if not redis.call('SET', KEYS[{offset + 10}], '1', 'NX', 'EX', ARGV[9]) then"
+        " return 1 end\n"
+        "rl_release()\n"
+        "if ARGV[8] == '1' then bud_settle() end\n" + then + "return 0\n"
+    )
+
+
+_FINISH = _finish_lua(0)
 
 # The finish and the request's final usage record in one script (one round trip instead of
 # two, atomic: the record is in the stream, its checkpoint gone, if and only if the lease is
@@ -84,22 +88,8 @@ return 0
 # in-flight hash, then _FINISH's ten. ARGV: _FINISH's nine, then the record. Returns 0 if it
 # wrote, 1 (writing nothing) if the request was finished already: its final record is the one
 # written by whoever finished it.
-_FINISH_RECORDED = (
-    "local RL_KEYS = {KEYS[3], KEYS[4]}\n"
-    "local BUD_KEYS = {unpack(KEYS, 5, 11)}\n"
-    "local RL_ARGV = {ARGV[1], ARGV[2], ARGV[3], ARGV[4]}\n"
-    "local BUD_ARGV = {ARGV[3], ARGV[5], ARGV[6], ARGV[7]}\n"
-    + ratelimit.CLOCK
-    + ratelimit.RL_RELEASE
-    + budget.BUD_SETTLE
-    + """
-if not redis.call('SET', KEYS[12], '1', 'NX', 'EX', ARGV[9]) then return 1 end
-rl_release()
-if ARGV[8] == '1' then bud_settle() end
-redis.call('XADD', KEYS[1], '*', 'r', ARGV[10])
-redis.call('HDEL', KEYS[2], ARGV[3])
-return 0
-"""
+_FINISH_RECORDED = _finish_lua(
+    2, "redis.call('XADD', KEYS[1], '*', 'r', ARGV[10])\nredis.call('HDEL', KEYS[2], ARGV[3])\n"
 )
 
 
