@@ -220,7 +220,18 @@ class Platform:
         self.start(role)
 
     def gateway_workers(self) -> list[int]:
-        return _children(self.roles["gateway"].pid)
+        """The gateway's uvicorn workers: its supervisor's children but multiprocessing's
+        resource tracker (killing that one is no gateway fault, and it stays a zombie until
+        the supervisor next needs a tracker)."""
+        workers = []
+        for pid in _children(self.roles["gateway"].pid):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"resource_tracker" not in cmdline:
+                workers.append(pid)
+        return workers
 
     def ensure_all(self) -> None:
         for role in ("worker", "beat", "gateway"):
@@ -264,6 +275,21 @@ def _zombies(parents: set[int]) -> list[int]:
         if fields[0] == b"Z" and int(fields[1]) in parents:
             found.append(int(entry.name))
     return found
+
+
+def _described(pids: list[int]) -> str:
+    """How many, and for each its name and its parent's command line (which role left it)."""
+    parts = []
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+            name = stat[stat.index(b"(") + 1 : stat.rindex(b")")].decode(errors="replace")
+            ppid = int(stat.rsplit(b")", 1)[1].split()[1])
+            parent = Path(f"/proc/{ppid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        parts.append(f"{name} of {ppid} ({parent.strip()[:80]})")
+    return f"{len(pids)}" + (f": {'; '.join(parts)}" if parts else "")
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -547,6 +573,7 @@ def _run(args: argparse.Namespace, base_db: str, db_name: str, redis_server: Red
         for pid in list(ours):
             ours.update(_children(pid))
         zombies = _zombies(ours)
+        zombies_seen = _described(zombies)  # now: a zombie is gone once reaped
         now = time.time()
         limits = {S.PROVISIONING: 60, S.TERMINATING: 60, S.BOOTING: 40, S.STARTING: 60,
                   S.DRAINING: 30, S.UNAVAILABLE: 30}  # fmt: skip
@@ -616,7 +643,7 @@ def _run(args: argparse.Namespace, base_db: str, db_name: str, redis_server: Red
         ),
         ("duplicate machines", str(duplicates), duplicates == 0),
         ("orphan processes (tagged, no live instance)", str(len(orphans)), not orphans),
-        ("zombie processes", str(len(zombies)), not zombies),
+        ("zombie processes", zombies_seen, not zombies),
         ("instances stuck past their deadline", str(len(stuck)), not stuck),
         ("requests neither answered nor failed visibly", str(len(hangs)), not hangs),
     ]
