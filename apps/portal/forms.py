@@ -106,6 +106,10 @@ class ModelCodeForm(forms.Form):
         help_text="Scale up when the gateways measure more. Empty: no latency signal.",
     )
 
+    def clean_scale_to_zero_mode(self) -> str:
+        # A script's POST without it: terminate, the model codes' default.
+        return self.cleaned_data.get("scale_to_zero_mode") or ScaleToZeroMode.TERMINATE.value
+
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         item = next((m for m in CATALOG if m.key == data.get("catalog")), None)
@@ -138,7 +142,6 @@ class ModelCodeForm(forms.Form):
 
     def policy_values(self) -> dict[str, Any]:
         data = self.cleaned_data
-        data["scale_to_zero_mode"] = data.get("scale_to_zero_mode") or ScaleToZeroMode.TERMINATE
         return {
             name: data[name]
             for name in (

@@ -97,7 +97,7 @@ def _full(row: dict[str, Any], message: Heartbeat, wall: float) -> tuple[int, by
     try:
         return 200, agent_heartbeat_full(row=row, heartbeat=message, wall=wall)
     except ApplicationError as exc:
-        return exc.status_code, json.dumps(exc.body()).encode()
+        return exc.status_code, _error_body(exc)
     except Exception:
         log.exception("heartbeat failed")
         return _server_error()
@@ -380,7 +380,7 @@ class HeartbeatApp:
             heartbeat_lease_renew(row["id"], wall)
             return 200, reply
         except ApplicationError as exc:
-            return exc.status_code, json.dumps(exc.body()).encode()
+            return exc.status_code, _error_body(exc)
         except Exception:
             log.exception("heartbeat failed")
             return _server_error()
